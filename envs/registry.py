@@ -1,0 +1,49 @@
+"""The nested-ac environment namespace: Gymnasium registration plus what changes and how often."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import gymnasium as gym
+
+from nested_ac.errors import ConfigError, unknown_choice
+
+NAMESPACE = "nested_ac"
+
+
+@dataclass(frozen=True)
+class NonStationaryEnvInfo:
+    """What the ``nested-ac list envs`` table shows for one registered non-stationary environment."""
+
+    id: str
+    changes: str
+    default_every: int
+
+
+NONSTATIONARY_ENVS: dict[str, NonStationaryEnvInfo] = {}
+
+
+def register_nonstationary(
+    name: str, entry_point: str | Callable[..., gym.Env], changes: str, default_every: int, **kwargs
+) -> str:
+    """Register ``nested_ac/<name>`` with Gymnasium; its entry point must accept ``task_seed``."""
+    env_id = f"{NAMESPACE}/{name}"
+    gym.register(id=env_id, entry_point=entry_point, kwargs=kwargs)
+    NONSTATIONARY_ENVS[env_id] = NonStationaryEnvInfo(env_id, changes, default_every)
+    return env_id
+
+
+def resolve_env_id(env_id: str) -> gym.envs.registration.EnvSpec:
+    """The spec of ``env_id`` (``module:EnvId`` imports ``module`` first); a ConfigError if unknown."""
+    module, _, name = env_id.rpartition(":")
+    if module:
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            raise ConfigError(f"cannot import module {module!r} for env {env_id!r}: {error}") from None
+    spec = gym.envs.registry.get(name)
+    if spec is None:
+        raise unknown_choice("env", name, gym.envs.registry, limit=12)
+    return spec

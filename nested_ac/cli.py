@@ -1,0 +1,120 @@
+"""The ``nested-ac`` command line: ``train`` and ``list``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from nested_ac.errors import ConfigError
+
+LIST_TOPICS = ("envs", "agents", "optimizers")
+
+# Command-line flag → dotted config key; each flag is validated by the config's own type checks.
+TRAIN_FLAGS = {
+    "env": "env.id",
+    "agent": "agent",
+    "optimizer": "optimizer.name",
+    "steps": "steps",
+    "seed": "seed",
+    "n_envs": "env.n_envs",
+    "run_dir": "run_dir",
+    "name": "name",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argparse parser whose errors are one line and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="nested-ac", description="Continual RL on non-stationary Gymnasium environments.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    train = commands.add_parser("train", help="train one agent", description="Train one agent; see README.")
+    train.add_argument("--env", help="Gymnasium id or module:EnvId (default nested_ac/PermutedCartPole-v0)")
+    train.add_argument("--agent", help="agent name (nested-ac list agents; default ppo)")
+    train.add_argument("--optimizer", help="optimizer name (nested-ac list optimizers; default adam)")
+    train.add_argument("--steps", help="environment steps in total, over all copies")
+    train.add_argument("--seed", help="run seed: networks, environments and tasks")
+    train.add_argument("--n-envs", dest="n_envs", help="parallel environment copies")
+    train.add_argument("--run-dir", dest="run_dir", help="parent directory of the run (default runs)")
+    train.add_argument("--name", help="run name (default <agent>-<optimizer>-<env>-s<seed>)")
+    train.add_argument("--config", help="YAML file with any subset of the configuration")
+    train.add_argument(
+        "--set",
+        dest="assignments",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config key, e.g. --set ppo.n_epochs=4 (repeatable)",
+    )
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    listing = commands.add_parser("list", help="list the available choices")
+    listing.add_argument("topic", choices=LIST_TOPICS)
+    return parser
+
+
+def _train(args: argparse.Namespace) -> int:
+    from nested_ac.config import resolve_config
+    from nested_ac.train import train
+
+    overrides = {
+        key: getattr(args, flag) for flag, key in TRAIN_FLAGS.items() if getattr(args, flag) is not None
+    }
+    if args.no_progress:
+        overrides["progress_bar"] = False
+    config = resolve_config(args.config, overrides, args.assignments)
+    result = train(config)
+    returns = [episode_return for _, episode_return, _ in result.episodes[-20:]]
+    recent = (
+        f"; mean return of the last {len(returns)} episodes {sum(returns) / len(returns):.1f}"
+        if returns
+        else ""
+    )
+    print(f"trained {result.config.steps:,} steps in {result.seconds:.0f} s{recent}")
+    print(f"run written to {result.run_dir}  (view: tensorboard --logdir {result.run_dir.parent})")
+    return 0
+
+
+def _list(topic: str) -> int:
+    import agents  # noqa: F401
+    import envs
+    import nested_ac.optimizers  # noqa: F401
+    from nested_ac.registry import AGENTS, OPTIMIZERS
+
+    if topic == "envs":
+        rows = [
+            (info.id, f"{info.changes}; new task every {info.default_every:,} steps")
+            for info in envs.NONSTATIONARY_ENVS.values()
+        ]
+        footer = (
+            "Any other Gymnasium id (or module:EnvId) trains too; it is stationary unless it has set_task."
+        )
+    else:
+        registry = AGENTS if topic == "agents" else OPTIMIZERS
+        rows, footer = [(entry.name, entry.description) for entry in registry], ""
+    width = max(len(name) for name, _ in rows)
+    for name, description in rows:
+        print(f"{name:<{width}}  {description}")
+    if footer:
+        print(footer)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    try:
+        return _train(args) if args.command == "train" else _list(args.topic)
+    except ConfigError as error:
+        print(f"nested-ac: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

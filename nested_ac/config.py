@@ -1,0 +1,298 @@
+"""The typed run configuration: every hyperparameter of a run, loadable from YAML, overridable from the CLI.
+
+Precedence, lowest first: the defaults below, a ``--config FILE.yaml``, the explicit command-line flags
+(``--env``, ``--steps`` ...), then ``--set section.key=value``. The fully resolved configuration is written
+to ``config.yaml`` in the run directory; ``nested-ac train --config that/config.yaml`` reruns it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nested_ac.errors import ConfigError, closest_first
+
+
+@dataclass
+class ScheduleConfig:
+    """When the environment's task changes. ``every`` = None takes the environment's own default."""
+
+    kind: str = "every"
+    every: int | None = None
+
+
+@dataclass
+class EnvConfig:
+    """The (non-stationary) environment: a Gymnasium id (``module:EnvId`` works too) and its copies."""
+
+    id: str = "nested_ac/PermutedCartPole-v0"
+    n_envs: int = 8
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+
+
+@dataclass
+class PPOConfig:
+    """Stable-Baselines3 PPO hyperparameters (same names and meaning as ``stable_baselines3.PPO``)."""
+
+    learning_rate: float = 3e-4
+    n_steps: int = 256
+    batch_size: int = 256
+    n_epochs: int = 10
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    clip_range: float = 0.2
+    ent_coef: float = 0.0
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    normalize_advantage: bool = True
+
+
+@dataclass
+class NetworkConfig:
+    """Separate actor and critic MLPs (hidden widths per layer) with one activation function."""
+
+    actor: list[int] = field(default_factory=lambda: [64, 64])
+    critic: list[int] = field(default_factory=lambda: [64, 64])
+    activation: str = "relu"
+
+
+@dataclass
+class OptimizerConfig:
+    """The optimizer of every network and its hyperparameters (the learning rate is ``ppo.learning_rate``)."""
+
+    name: str = "adam"
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-5
+    weight_decay: float = 0.0
+
+
+@dataclass
+class RunConfig:
+    """Everything a run needs; ``name`` = None picks ``<agent>-<optimizer>-<env>-s<seed>``."""
+
+    env: EnvConfig = field(default_factory=EnvConfig)
+    agent: str = "ppo"
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    steps: int = 100_000
+    seed: int = 0
+    run_dir: str = "runs"
+    name: str | None = None
+    device: str = "cpu"
+    torch_threads: int = 1
+    progress_bar: bool = True
+
+    def default_name(self) -> str:
+        env_name = self.env.id.split(":")[-1].split("/")[-1]
+        return f"{self.agent}-{self.optimizer.name}-{env_name}-s{self.seed}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: Path) -> None:
+        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    def check(self) -> None:
+        """Range checks that the types alone do not express; a ConfigError names the key."""
+        positive = {
+            "steps": self.steps,
+            "env.n_envs": self.env.n_envs,
+            "ppo.n_steps": self.ppo.n_steps,
+            "ppo.batch_size": self.ppo.batch_size,
+            "ppo.n_epochs": self.ppo.n_epochs,
+            "torch_threads": self.torch_threads,
+        }
+        for key, value in positive.items():
+            if value <= 0:
+                raise ConfigError(f"{key} must be a positive integer, got {value}")
+        if self.ppo.learning_rate <= 0:
+            raise ConfigError(f"ppo.learning_rate must be > 0, got {self.ppo.learning_rate}")
+        if self.env.schedule.every is not None and self.env.schedule.every < 0:
+            raise ConfigError(
+                f"env.schedule.every must be >= 0 (0 = never switch), got {self.env.schedule.every}"
+            )
+        if any(width <= 0 for width in self.network.actor + self.network.critic):
+            raise ConfigError("network.actor and network.critic widths must be positive integers")
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def _as_number(value: Any) -> int | float | None:
+    """A number from an int, a float or a numeric string (YAML reads ``1e-3`` as a string); else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return value
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """``value`` converted to the type ``hint`` of config key ``key``, or a ConfigError saying why not."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key)
+            except ConfigError as error:
+                errors.append(error)
+        raise errors[0]
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {key!r} is a section; expected a mapping, got {value!r}")
+        return _build(hint, value, prefix=f"{key}.")
+    if origin is list:
+        (item_hint,) = typing.get_args(hint)
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"config key {key!r} expects a list of {_type_name(item_hint)}, got {value!r}")
+        return [_coerce(item, item_hint, key) for item in value]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {key!r} expects a mapping, got {value!r}")
+        return dict(value)
+    if hint is Any:
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        number = _as_number(value)
+        if number is not None and float(number).is_integer():
+            return int(number)
+    elif hint is float:
+        number = _as_number(value)
+        if number is not None:
+            return float(number)
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(
+        f"config key {key!r} expects {_type_name(hint)}, got {value!r} ({type(value).__name__})"
+    )
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+    """An instance of dataclass ``cls`` from a (partial) mapping; missing keys keep their defaults."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for name, value in values.items():
+        if name not in names:
+            raise _unknown_key(prefix + str(name), prefix, names)
+        kwargs[name] = _coerce(value, hints[name], prefix + name)
+    return cls(**kwargs)
+
+
+def _unknown_key(key: str, prefix: str, names: list[str]) -> ConfigError:
+    full = [prefix + name for name in names]
+    suggestion = closest_first(key, full)
+    section = f"in section {prefix[:-1]!r}" if prefix else "at the top level"
+    return ConfigError(f"unknown config key {key!r}; valid keys {section}: {', '.join(suggestion)}")
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _nested(dotted_key: str, value: Any) -> dict[str, Any]:
+    parts = dotted_key.split(".")
+    if not all(parts):
+        raise ConfigError(f"malformed config key {dotted_key!r}")
+    nested: dict[str, Any] = {parts[-1]: value}
+    for part in reversed(parts[:-1]):
+        nested = {part: nested}
+    return nested
+
+
+def _check_keys(cls: type, dotted_key: str) -> None:
+    """Raise a ConfigError naming ``dotted_key`` if it does not exist in dataclass ``cls``."""
+    prefix = ""
+    for part in dotted_key.split("."):
+        names = [f.name for f in dataclasses.fields(cls)]
+        if part not in names:
+            raise _unknown_key(prefix + part, prefix, names)
+        hint = typing.get_type_hints(cls)[part]
+        prefix += part + "."
+        if not dataclasses.is_dataclass(hint):
+            if prefix[:-1] != dotted_key and typing.get_origin(hint) is not dict:
+                raise ConfigError(f"config key {prefix[:-1]!r} is not a section; cannot set {dotted_key!r}")
+            return
+        cls = hint
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """The mapping in a YAML config file; a ConfigError for a missing, malformed or non-mapping file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise ConfigError(f"cannot read config file {str(path)!r}: {error.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or "invalid YAML"
+        raise ConfigError(f"malformed YAML in {str(path)!r}{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def parse_set(assignment: str) -> tuple[str, Any]:
+    """``'ppo.n_epochs=4'`` → ``('ppo.n_epochs', 4)``; the value is read as YAML (``[64, 64]``, ``true``)."""
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set expects key=value, got {assignment!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def resolve_config(
+    file: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    assignments: list[str] | None = None,
+) -> RunConfig:
+    """Defaults ← YAML ``file`` ← ``overrides`` (dotted keys) ← ``assignments`` (``key=value`` strings)."""
+    values: dict[str, Any] = load_yaml(file) if file is not None else {}
+    dotted = dict(overrides or {})
+    for assignment in assignments or []:
+        key, value = parse_set(assignment)
+        dotted[key] = value
+    for key, value in dotted.items():
+        _check_keys(RunConfig, key)
+        values = _merge(values, _nested(key, value))
+    config = _build(RunConfig, values)
+    config.check()
+    return config
