@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -11,6 +12,7 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from nested_ac.config import RunConfig
 from nested_ac.errors import unknown_choice
+from nested_ac.hooks import PlasticityTool
 from nested_ac.registry import OPTIMIZERS
 
 ACTIVATIONS: dict[str, type[torch.nn.Module]] = {
@@ -43,14 +45,47 @@ class ContinualPPO(PPO):
     ``r_t(θ) = π_θ(a_t|s_t) / π_θ_old(a_t|s_t)`` and GAE(λ) advantages, plus ``c_v · (V(s) - R̂)²`` and an
     entropy bonus — SB3's PPO unchanged. What it adds is the continual-learning default network
     (separate actor and critic MLPs, 64×64 ReLU, as in the loss-of-plasticity literature) and
-    construction from a :class:`~nested_ac.config.RunConfig`.
+    construction from a :class:`~nested_ac.config.RunConfig`, and the hooks of
+    :class:`~nested_ac.hooks.PlasticityTool`: each tool in ``plasticity_tools`` runs after every optimizer
+    step, at every task switch, after every rollout, and logs after every update.
     """
 
-    def __init__(self, policy: Any, env: Any, **kwargs: Any) -> None:
+    def __init__(
+        self, policy: Any, env: Any, plasticity_tools: Sequence[PlasticityTool] = (), **kwargs: Any
+    ) -> None:
         kwargs.setdefault(
             "policy_kwargs", {"net_arch": {"pi": [64, 64], "vf": [64, 64]}, "activation_fn": torch.nn.ReLU}
         )
+        self.plasticity_tools = list(plasticity_tools)
         super().__init__(policy, env, **kwargs)
+
+    def _setup_model(self) -> None:
+        super()._setup_model()
+        self.policy.optimizer.register_step_post_hook(self._after_optimizer_step)
+
+    def _after_optimizer_step(self, optimizer: torch.optim.Optimizer, *_: Any) -> None:
+        for tool in self.plasticity_tools:
+            tool.after_optimizer_step(self, optimizer)
+
+    def notify_task_switch(self, task: int) -> None:
+        """Tell every tool that the environment's task is now ``task`` (called by the task clock)."""
+        for tool in self.plasticity_tools:
+            tool.on_task_switch(self, self.policy.optimizer, task)
+
+    def collect_rollouts(self, *args: Any, **kwargs: Any) -> bool:
+        collected = super().collect_rollouts(*args, **kwargs)
+        for tool in self.plasticity_tools:
+            tool.on_rollout_end(self)
+        return collected
+
+    def train(self) -> None:
+        super().train()
+        for tool in self.plasticity_tools:
+            tool.log(self.logger)
+
+    def _excluded_save_params(self) -> list[str]:
+        # Tools hold references into the policy; their own state goes through state_dict().
+        return [*super()._excluded_save_params(), "plasticity_tools"]
 
     @classmethod
     def from_config(cls, config: RunConfig, env: VecEnv) -> ContinualPPO:

@@ -16,7 +16,8 @@ class Schedule(Protocol):
 class TaskClock(BaseCallback):
     """Applies the schedule: switches every parallel copy to the scheduled task at the same global step.
 
-    The global step counts environment steps summed over the copies (SB3's ``num_timesteps``). Logs
+    The global step counts environment steps summed over the copies (SB3's ``num_timesteps``). Tells an
+    agent with ``notify_task_switch`` (``ContinualPPO``: its plasticity tools) after each switch. Logs
     ``task/index`` every rollout and keeps ``switches``, the ``(step, task)`` list of every change.
     """
 
@@ -30,6 +31,9 @@ class TaskClock(BaseCallback):
         self.training_env.env_method("set_task", task)
         self.task = task
         self.switches.append((self.num_timesteps, task))
+        notify = getattr(self.model, "notify_task_switch", None)
+        if notify is not None:
+            notify(task)
 
     def _on_training_start(self) -> None:
         self._switch_to(self.schedule.task_at(self.model.num_timesteps))

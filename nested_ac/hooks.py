@@ -1,0 +1,43 @@
+"""The one hook protocol every plasticity tool (continual backprop, ReDo, Shrink & Perturb ...) follows.
+
+An agent that supports tools (``agents.ContinualPPO`` and its subclasses) calls, for each tool in its
+``plasticity_tools`` list:
+
+- ``after_optimizer_step(model, optimizer)`` after every optimizer step inside the update;
+- ``on_task_switch(model, optimizer, task)`` when the task clock switches the environment's task;
+- ``on_rollout_end(model)`` after each rollout is collected;
+- ``log(logger)`` after each update, to record scalars on SB3's logger;
+- ``state_dict()`` / ``load_state_dict(state)`` to save and restore the tool's own state.
+
+A new method is one subclass of :class:`PlasticityTool` overriding what it needs, not a fork of PPO.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.logger import Logger
+
+
+class PlasticityTool:
+    """Base class of plasticity tools: every hook is a no-op until a subclass overrides it."""
+
+    def after_optimizer_step(self, model: BaseAlgorithm, optimizer: torch.optim.Optimizer) -> None:
+        """Called after every optimizer step."""
+
+    def on_task_switch(self, model: BaseAlgorithm, optimizer: torch.optim.Optimizer, task: int) -> None:
+        """Called when every environment copy has just been switched to ``task``."""
+
+    def on_rollout_end(self, model: BaseAlgorithm) -> None:
+        """Called after each rollout is collected, before the update."""
+
+    def log(self, logger: Logger) -> None:
+        """Record the tool's scalars; called after each update."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
