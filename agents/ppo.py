@@ -6,8 +6,12 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
+from gymnasium import spaces
 from stable_baselines3 import PPO
+from stable_baselines3.common.buffers import RolloutBufferSamples
+from stable_baselines3.common.utils import explained_variance
 from stable_baselines3.common.vec_env import VecEnv
 
 from nested_ac.config import RunConfig
@@ -79,9 +83,106 @@ class ContinualPPO(PPO):
         return collected
 
     def train(self) -> None:
-        super().train()
+        """One PPO update on the rollout buffer: SB3's ``PPO.train``, step for step and number for number.
+
+        It is written out as a loop over :meth:`_loss` (the minibatch loss) and :meth:`_optimizer_step` so
+        that subclasses add terms to the loss or work after each step without a second copy of PPO.
+        """
+        self.policy.set_training_mode(True)
+        self._update_learning_rate(self.policy.optimizer)
+        progress = self._current_progress_remaining
+        clip_range = self.clip_range(progress)
+        clip_range_vf = None if self.clip_range_vf is None else self.clip_range_vf(progress)
+        stats: dict[str, list[float]] = {"pg": [], "value": [], "entropy": [], "clip_fraction": []}
+        continue_training = True
+        for epoch in range(self.n_epochs):
+            approx_kl_divs = []
+            for batch in self.rollout_buffer.get(self.batch_size):
+                loss, _, approx_kl_div = self._loss(batch, clip_range, clip_range_vf, stats)
+                approx_kl_divs.append(approx_kl_div)
+                if self.target_kl is not None and approx_kl_div > 1.5 * self.target_kl:
+                    continue_training = False
+                    if self.verbose >= 1:
+                        print(f"Early stopping at step {epoch} due to reaching max kl: {approx_kl_div:.2f}")
+                    break
+                self._optimizer_step(loss)
+            self._n_updates += 1
+            if not continue_training:
+                break
+
+        buffer = self.rollout_buffer
+        self.logger.record("train/entropy_loss", np.mean(stats["entropy"]))
+        self.logger.record("train/policy_gradient_loss", np.mean(stats["pg"]))
+        self.logger.record("train/value_loss", np.mean(stats["value"]))
+        self.logger.record("train/approx_kl", np.mean(approx_kl_divs))
+        self.logger.record("train/clip_fraction", np.mean(stats["clip_fraction"]))
+        self.logger.record("train/loss", loss.item())
+        self.logger.record(
+            "train/explained_variance", explained_variance(buffer.values.flatten(), buffer.returns.flatten())
+        )
+        if hasattr(self.policy, "log_std"):
+            self.logger.record("train/std", torch.exp(self.policy.log_std).mean().item())
+        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+        self.logger.record("train/clip_range", clip_range)
+        if clip_range_vf is not None:
+            self.logger.record("train/clip_range_vf", clip_range_vf)
         for tool in self.plasticity_tools:
             tool.log(self.logger)
+
+    def _loss(
+        self,
+        batch: RolloutBufferSamples,
+        clip_range: float,
+        clip_range_vf: float | None,
+        stats: dict[str, list[float]],
+    ) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """PPO's minibatch loss ``-L_clip + c_e·L_entropy + c_v·E[(V(s) - R̂)²]``, computed as SB3 does.
+
+        Returns the loss, the critic's predictions ``V(s)`` on the minibatch (with their graph) and the
+        approximate KL divergence; appends the loss terms to ``stats``.
+        """
+        actions = batch.actions
+        if isinstance(self.action_space, spaces.Discrete):
+            actions = batch.actions.long().flatten()
+        values, log_prob, entropy = self.policy.evaluate_actions(batch.observations, actions)
+        values = values.flatten()
+        advantages = batch.advantages
+        if self.normalize_advantage and len(advantages) > 1:
+            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+
+        ratio = torch.exp(log_prob - batch.old_log_prob)
+        policy_loss_1 = advantages * ratio
+        policy_loss_2 = advantages * torch.clamp(ratio, 1 - clip_range, 1 + clip_range)
+        policy_loss = -torch.min(policy_loss_1, policy_loss_2).mean()
+        stats["pg"].append(policy_loss.item())
+        stats["clip_fraction"].append(torch.mean((torch.abs(ratio - 1) > clip_range).float()).item())
+
+        values_pred = values
+        if clip_range_vf is not None:
+            values_pred = batch.old_values + torch.clamp(
+                values - batch.old_values, -clip_range_vf, clip_range_vf
+            )
+        value_loss = torch.nn.functional.mse_loss(batch.returns, values_pred)
+        stats["value"].append(value_loss.item())
+
+        entropy_loss = -torch.mean(-log_prob) if entropy is None else -torch.mean(entropy)
+        stats["entropy"].append(entropy_loss.item())
+        loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
+
+        with torch.no_grad():
+            log_ratio = log_prob - batch.old_log_prob
+            approx_kl_div = torch.mean((torch.exp(log_ratio) - 1) - log_ratio).item()
+        return loss, values, approx_kl_div
+
+    def _optimizer_step(self, loss: torch.Tensor) -> None:
+        """Back-propagate ``loss``, clip the gradient norm to ``max_grad_norm`` and step the optimizer."""
+        self.policy.optimizer.zero_grad()
+        loss.backward()
+        self._clip_gradients()
+        self.policy.optimizer.step()
+
+    def _clip_gradients(self) -> None:
+        torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
 
     def _excluded_save_params(self) -> list[str]:
         # Tools hold references into the policy; their own state goes through state_dict().
