@@ -190,12 +190,15 @@ class ContinualPPO(PPO):
 
     @classmethod
     def from_config(cls, config: RunConfig, env: VecEnv) -> ContinualPPO:
-        return cls(
-            "MlpPolicy",
-            env,
+        return cls("MlpPolicy", env, **cls.kwargs_from_config(config))
+
+    @classmethod
+    def kwargs_from_config(cls, config: RunConfig) -> dict[str, Any]:
+        """Constructor keyword arguments for ``config``; a ConfigError if they are out of range."""
+        return {
             **dataclasses.asdict(config.ppo),
-            policy_kwargs=policy_kwargs_from_config(config),
-            seed=config.seed,
-            device=config.device,
-            verbose=0,
-        )
+            "policy_kwargs": policy_kwargs_from_config(config),
+            "seed": config.seed,
+            "device": config.device,
+            "verbose": 0,
+        }

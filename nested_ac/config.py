@@ -74,6 +74,25 @@ class OptimizerConfig:
 
 
 @dataclass
+class NestedConfig:
+    """The nested-critic agent (``--agent nested-ppo``): K critics, each a learned loss for the inner one.
+
+    ``levels`` = K; ``kappa`` = κ (weight of the pull towards the neighbouring critics); ``lr_ratio`` = ρ_lr
+    (critic k learns at ``lr·ρ_lr^(k-1)``); ``mode`` = ``distill`` or ``polyak`` (with rate ``tau``);
+    ``freeze_outer_after`` = N environment steps after which the outer critics stop changing (None: never);
+    ``critic`` = hidden widths of the outer critics (None: ``network.critic``). See ``agents/nested.py``.
+    """
+
+    levels: int = 2
+    kappa: float = 1.0
+    lr_ratio: float = 0.1
+    mode: str = "distill"
+    tau: float = 0.02
+    freeze_outer_after: int | None = None
+    critic: list[int] | None = None
+
+
+@dataclass
 class RunConfig:
     """Everything a run needs; ``name`` = None picks ``<agent>-<optimizer>-<env>-s<seed>``."""
 
@@ -82,6 +101,7 @@ class RunConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
+    nested: NestedConfig = field(default_factory=NestedConfig)
     steps: int = 100_000
     seed: int = 0
     run_dir: str = "runs"

@@ -1,0 +1,311 @@
+"""NestedPPO: PPO with a chain of K critics, each outer one a slowly moving learned loss for the inner one."""
+
+from __future__ import annotations
+
+from functools import partial
+from itertools import pairwise
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from stable_baselines3.common.buffers import RolloutBufferSamples
+from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.preprocessing import preprocess_obs
+from stable_baselines3.common.type_aliases import Schedule
+from stable_baselines3.common.utils import explained_variance
+from torch import nn
+
+from agents.ppo import ContinualPPO
+from nested_ac.config import RunConfig
+from nested_ac.errors import ConfigError, unknown_choice
+
+MODES = ("distill", "polyak")
+PROBE_SIZE = 256  # states of the first rollout on which critic churn is measured
+
+Critic = tuple[nn.Module, nn.Module]  # (hidden MLP, linear value head): V(s) = head(mlp(features(s)))
+
+
+def nested_critic_terms(values: list[torch.Tensor], kappa: float) -> list[torch.Tensor]:
+    """The nested part of each critic's loss, from the predictions ``values`` = [V_1(s), …, V_K(s)].
+
+    ``term_1 = κ·E[(V_1 - sg V_2)²]`` (PPO's ``E[(V_1 - R̂)²]`` is the rest of L(V_1)) and
+    ``term_k = E[(V_k - sg V_{k-1})²] + κ·E[(V_k - sg V_{k+1})²]`` for 1 < k ≤ K (no κ part for k = K);
+    ``sg`` is stop-gradient (``detach``), so each term trains only its own critic.
+    """
+    mse = nn.functional.mse_loss
+    last = len(values) - 1
+    terms = []
+    for k, value in enumerate(values):
+        term = mse(value, values[k - 1].detach()) if k > 0 else value.new_zeros(())
+        if k < last:
+            term = term + kappa * mse(value, values[k + 1].detach())
+        terms.append(term)
+    return terms
+
+
+class NestedActorCriticPolicy(ActorCriticPolicy):
+    """SB3's ``ActorCriticPolicy`` (the actor and the inner critic V_1) plus outer critics V_2 … V_K.
+
+    The base policy is built and initialised exactly as for PPO; the outer critics (``levels - 1`` MLPs of
+    ``outer_net_arch`` widths, default V_1's, with PPO's orthogonal initialisation) are created afterwards
+    inside ``torch.random.fork_rng``, so the random stream that follows is PPO's. The optimizer holds one
+    param group per level: group 0 is every base parameter in PPO's order, group k-1 is V_k's with
+    ``lr_scale`` = ρ_lr^(k-1), the factor :meth:`NestedPPO._update_learning_rate` applies to the schedule.
+    :meth:`critics` lists V_1 … V_K as (MLP, head) pairs of ``nn.Sequential`` Linear→activation layers and a
+    ``nn.Linear`` head: that is where plasticity tools find every critic.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        levels: int = 1,
+        outer_net_arch: list[int] | None = None,
+        lr_ratio: float = 1.0,
+        **kwargs: Any,
+    ) -> None:
+        self.levels = levels
+        self.outer_net_arch = outer_net_arch
+        self.lr_ratio = lr_ratio
+        super().__init__(*args, **kwargs)
+
+    def _build(self, lr_schedule: Schedule) -> None:
+        super()._build(lr_schedule)
+        base = list(self.parameters())
+        inner_widths = [
+            layer.out_features for layer in self.mlp_extractor.value_net if isinstance(layer, nn.Linear)
+        ]
+        widths = inner_widths if self.outer_net_arch is None else self.outer_net_arch
+        self.outer_mlps, self.outer_heads = nn.ModuleList(), nn.ModuleList()
+        with torch.random.fork_rng(devices=[]):
+            for _ in range(self.levels - 1):
+                layers: list[nn.Module] = []
+                last = self.vf_features_extractor.features_dim
+                for width in widths:
+                    layers += [nn.Linear(last, width), self.activation_fn()]
+                    last = width
+                mlp, head = nn.Sequential(*layers), nn.Linear(last, 1)
+                if self.ortho_init:
+                    mlp.apply(partial(self.init_weights, gain=np.sqrt(2)))
+                    head.apply(partial(self.init_weights, gain=1))
+                self.outer_mlps.append(mlp)
+                self.outer_heads.append(head)
+        lr = lr_schedule(1)
+        groups = [{"params": base, "lr": lr, "lr_scale": 1.0}]
+        for level, (mlp, head) in enumerate(self.critics()[1:], start=1):
+            scale = self.lr_ratio**level
+            groups.append(
+                {"params": [*mlp.parameters(), *head.parameters()], "lr": lr * scale, "lr_scale": scale}
+            )
+        self.optimizer = self.optimizer_class(groups, lr=lr, **self.optimizer_kwargs)
+
+    def critics(self) -> list[Critic]:
+        """The value networks V_1 (inner, PPO's critic) … V_K (outermost) as (MLP, head) pairs."""
+        return [
+            (self.mlp_extractor.value_net, self.value_net),
+            *zip(self.outer_mlps, self.outer_heads, strict=True),
+        ]
+
+    def outer_values(self, obs: torch.Tensor) -> list[torch.Tensor]:
+        """[V_2(s), …, V_K(s)], each of shape (batch,)."""
+        features = self.vf_features_extractor(
+            preprocess_obs(obs, self.observation_space, self.normalize_images)
+        )
+        return [
+            head(mlp(features)).flatten() for mlp, head in zip(self.outer_mlps, self.outer_heads, strict=True)
+        ]
+
+    def critic_values(self, obs: torch.Tensor) -> list[torch.Tensor]:
+        """[V_1(s), …, V_K(s)], each of shape (batch,)."""
+        return [self.predict_values(obs).flatten(), *self.outer_values(obs)]
+
+    @torch.no_grad()
+    def polyak_update(self, tau: float) -> None:
+        """θ_k ← (1 - τ)·θ_k + τ·θ_{k-1} for k = 2 … K, in that order."""
+        for inner, outer in pairwise(self.critics()):
+            for target, source in zip(_parameters(outer), _parameters(inner), strict=True):
+                target.lerp_(source, tau)
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        return {
+            **super()._get_constructor_parameters(),
+            "levels": self.levels,
+            "outer_net_arch": self.outer_net_arch,
+            "lr_ratio": self.lr_ratio,
+        }
+
+
+def _parameters(critic: Critic) -> list[nn.Parameter]:
+    mlp, head = critic
+    return [*mlp.parameters(), *head.parameters()]
+
+
+class NestedPPO(ContinualPPO):
+    """Nested actor-critic: PPO whose critic is the innermost of K critics, each a learned loss for the next.
+
+    The project's own idea: every critic adds one more level of delay, a chain of low-pass filters on the
+    reward, so the outer critics remember what the inner one has drifted away from; once the outer critics
+    stop moving (``freeze_outer_after``) they are a fixed learned loss while the inner critic and the actor
+    keep learning on a changing world. With R̂ PPO's returns (GAE advantages + V_1's old values), the actor
+    trains against V_1 only (PPO's clipped surrogate and entropy bonus, unchanged) and the critics minimise
+
+        L(V_1) = E[(V_1(s) - R̂)²] + κ·E[(V_1(s) - sg V_2(s))²]
+        L(V_k) = E[(V_k(s) - sg V_{k-1}(s))²] + κ·E[(V_k(s) - sg V_{k+1}(s))²]   for 1 < k ≤ K
+        lr(V_k) = lr·ρ_lr^(k-1)
+
+    (the κ part of L(V_K) is absent; ``sg`` is stop-gradient; :func:`nested_critic_terms`), each weighted by
+    PPO's value coefficient c_v. ``mode="polyak"`` replaces the outer losses by
+    θ_k ← (1 - τ)·θ_k + τ·θ_{k-1} after every optimizer step (same shapes required). After
+    ``freeze_outer_after`` environment steps (checked at each update) V_2 … V_K get no gradient and no
+    Polyak step: their parameters stay fixed. Gradients are clipped to ``max_grad_norm`` per level: actor
+    and V_1 together exactly as PPO clips them, each outer critic on its own. With K = 1, or κ = 0 (the outer
+    critics then never touch the inner loss), the actor and V_1 get PPO's updates number for number.
+
+    Logs ``nested/critic_<k>/value_mean``, ``explained_variance`` (against R̂) and ``gap`` (E|V_k - V_{k+1}|,
+    k < K) on each rollout before the update, ``churn`` (E|ΔV_k| over the update on a fixed probe set: the
+    first rollout's first 256 states) and ``loss`` (the minibatch mean of V_k's nested term).
+    """
+
+    policy_aliases: ClassVar[dict[str, type[ActorCriticPolicy]]] = {"MlpPolicy": NestedActorCriticPolicy}
+    policy: NestedActorCriticPolicy
+
+    def __init__(
+        self,
+        policy: Any,
+        env: Any,
+        levels: int = 2,
+        kappa: float = 1.0,
+        lr_ratio: float = 0.1,
+        mode: str = "distill",
+        tau: float = 0.02,
+        freeze_outer_after: int | None = None,
+        outer_net_arch: list[int] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        check_nested(levels, kappa, lr_ratio, mode, tau, freeze_outer_after, outer_net_arch)
+        self.kappa, self.mode, self.tau, self.freeze_outer_after = kappa, mode, tau, freeze_outer_after
+        self._probe: torch.Tensor | None = None
+        self._probe_values: list[torch.Tensor] = []
+        policy_kwargs = dict(kwargs.pop("policy_kwargs", None) or {})
+        policy_kwargs.update(levels=levels, outer_net_arch=outer_net_arch, lr_ratio=lr_ratio)
+        super().__init__(policy, env, policy_kwargs=policy_kwargs, **kwargs)
+
+    def _setup_model(self) -> None:
+        super()._setup_model()
+        if self.mode == "polyak":
+            shapes = [[p.shape for p in _parameters(critic)] for critic in self.policy.critics()]
+            if any(shape != shapes[0] for shape in shapes):
+                raise ConfigError(
+                    "nested.mode='polyak' needs every outer critic shaped like the inner one; set "
+                    "nested.critic to network.critic (or null) or use nested.mode='distill'"
+                )
+
+    def outer_frozen(self) -> bool:
+        """True once more than ``freeze_outer_after`` environment steps have been collected."""
+        return self.freeze_outer_after is not None and self.num_timesteps > self.freeze_outer_after
+
+    def _update_learning_rate(self, optimizers: Any) -> None:
+        super()._update_learning_rate(optimizers)  # sets every group to the schedule's lr
+        for group in self.policy.optimizer.param_groups:
+            group["lr"] *= group["lr_scale"]
+
+    def _loss(
+        self,
+        batch: RolloutBufferSamples,
+        clip_range: float,
+        clip_range_vf: float | None,
+        stats: dict[str, list[float]],
+    ) -> tuple[torch.Tensor, torch.Tensor, float]:
+        loss, values, approx_kl = super()._loss(batch, clip_range, clip_range_vf, stats)
+        if self.policy.levels == 1:
+            return loss, values, approx_kl
+        distill = self.mode == "distill" and not self.outer_frozen()
+        with torch.set_grad_enabled(distill):
+            outer = self.policy.outer_values(batch.observations)
+        terms = nested_critic_terms([values, *outer], self.kappa)
+        for level, term in enumerate(terms, start=1):
+            self.logger.record_mean(f"nested/critic_{level}/loss", term.item())
+        nested = sum(terms[1:], terms[0]) if distill else terms[0]
+        return loss + self.vf_coef * nested, values, approx_kl
+
+    def _clip_gradients(self) -> None:
+        for group in self.policy.optimizer.param_groups:
+            torch.nn.utils.clip_grad_norm_(group["params"], self.max_grad_norm)
+
+    def _optimizer_step(self, loss: torch.Tensor) -> None:
+        super()._optimizer_step(loss)
+        if self.mode == "polyak" and not self.outer_frozen():
+            self.policy.polyak_update(self.tau)
+
+    def train(self) -> None:
+        buffer = self.rollout_buffer
+        obs = torch.as_tensor(buffer.observations.reshape(-1, *buffer.obs_shape), device=self.device)
+        with torch.no_grad():
+            rollout_values = [v.cpu().numpy() for v in self.policy.critic_values(obs)]
+            if self._probe is None:
+                self._probe = obs[:PROBE_SIZE].clone()
+                self._probe_values = self.policy.critic_values(self._probe)
+        super().train()
+        with torch.no_grad():
+            probe_values = self.policy.critic_values(self._probe)
+        returns = buffer.returns.reshape(-1)
+        for k, values in enumerate(rollout_values):
+            tag = f"nested/critic_{k + 1}"
+            self.logger.record(f"{tag}/value_mean", float(values.mean()))
+            self.logger.record(f"{tag}/explained_variance", float(explained_variance(values, returns)))
+            churn = (probe_values[k] - self._probe_values[k]).abs().mean().item()
+            self.logger.record(f"{tag}/churn", churn)
+            if k + 1 < len(rollout_values):
+                self.logger.record(f"{tag}/gap", float(np.abs(values - rollout_values[k + 1]).mean()))
+        self._probe_values = probe_values
+
+    def _excluded_save_params(self) -> list[str]:
+        # The probe set is re-taken from the first rollout after loading.
+        return [*super()._excluded_save_params(), "_probe", "_probe_values"]
+
+    @classmethod
+    def kwargs_from_config(cls, config: RunConfig) -> dict[str, Any]:
+        nested = config.nested
+        if nested.freeze_outer_after is not None and nested.freeze_outer_after > config.steps:
+            raise ConfigError(
+                f"nested.freeze_outer_after must be within the run (0 … steps = {config.steps}), "
+                f"got {nested.freeze_outer_after}"
+            )
+        return {
+            **super().kwargs_from_config(config),
+            "levels": nested.levels,
+            "kappa": nested.kappa,
+            "lr_ratio": nested.lr_ratio,
+            "mode": nested.mode,
+            "tau": nested.tau,
+            "freeze_outer_after": nested.freeze_outer_after,
+            "outer_net_arch": nested.critic,
+        }
+
+
+def check_nested(
+    levels: int,
+    kappa: float,
+    lr_ratio: float,
+    mode: str,
+    tau: float,
+    freeze_outer_after: int | None,
+    outer_net_arch: list[int] | None,
+) -> None:
+    """A ConfigError naming the first out-of-range nested-critic setting and its valid range."""
+    if levels < 1:
+        raise ConfigError(f"nested.levels must be an integer >= 1 (1 = plain PPO), got {levels}")
+    if kappa < 0:
+        raise ConfigError(f"nested.kappa must be >= 0, got {kappa}")
+    if not 0 < lr_ratio <= 1:
+        raise ConfigError(f"nested.lr_ratio must be in (0, 1], got {lr_ratio}")
+    if mode not in MODES:
+        raise unknown_choice("nested.mode", mode, MODES)
+    if not 0 < tau <= 1:
+        raise ConfigError(f"nested.tau must be in (0, 1], got {tau}")
+    if freeze_outer_after is not None and freeze_outer_after < 0:
+        raise ConfigError(
+            f"nested.freeze_outer_after must be >= 0 environment steps (null: never), "
+            f"got {freeze_outer_after}"
+        )
+    if outer_net_arch is not None and any(width <= 0 for width in outer_net_arch):
+        raise ConfigError(f"nested.critic widths must be positive integers, got {outer_net_arch}")
