@@ -232,3 +232,11 @@ def test_outer_critic_width_is_configurable():
     mlp, _ = model.policy.critics()[1]
     assert [layer.out_features for layer in mlp if isinstance(layer, nn.Linear)] == [16]
     assert policy_kwargs_from_config(config)["net_arch"]["vf"] == [64, 64]
+
+
+def test_same_seed_same_nested_run():
+    first, second = (trained(NestedPPO, steps=256, levels=3, kappa=1.0) for _ in range(2))
+    for (key, p), q in zip(
+        first.policy.state_dict().items(), second.policy.state_dict().values(), strict=True
+    ):
+        assert torch.equal(p, q), key
