@@ -12,6 +12,7 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from nested_ac.config import RunConfig
 from nested_ac.errors import unknown_choice
+from nested_ac.faults import GradientCheck, NumericalFault, check_update, loss_fault
 from nested_ac.hooks import PlasticityTool
 from nested_ac.registry import OPTIMIZERS
 
@@ -47,7 +48,8 @@ class ContinualPPO(PPO):
     (separate actor and critic MLPs, 64×64 ReLU, as in the loss-of-plasticity literature) and
     construction from a :class:`~nested_ac.config.RunConfig`, and the hooks of
     :class:`~nested_ac.hooks.PlasticityTool`: each tool in ``plasticity_tools`` runs after every optimizer
-    step, at every task switch, after every rollout, and logs after every update.
+    step, at every task switch, after every rollout, and logs after every update. A NaN or inf in a
+    loss, a gradient or a parameter stops the update with :class:`~nested_ac.faults.NumericalFault`.
     """
 
     def __init__(
@@ -61,6 +63,7 @@ class ContinualPPO(PPO):
 
     def _setup_model(self) -> None:
         super()._setup_model()
+        self.policy.optimizer.register_step_pre_hook(GradientCheck(self))
         self.policy.optimizer.register_step_post_hook(self._after_optimizer_step)
 
     def _after_optimizer_step(self, optimizer: torch.optim.Optimizer, *_: Any) -> None:
@@ -79,7 +82,11 @@ class ContinualPPO(PPO):
         return collected
 
     def train(self) -> None:
-        super().train()
+        try:
+            super().train()
+        except NumericalFault as fault:
+            raise loss_fault(fault, fault.__traceback__) from None
+        check_update(self)
         for tool in self.plasticity_tools:
             tool.log(self.logger)
 
