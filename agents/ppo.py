@@ -16,8 +16,12 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from nested_ac.config import RunConfig
 from nested_ac.errors import unknown_choice
+from nested_ac.faults import GradientCheck, check_losses, check_update
 from nested_ac.hooks import PlasticityTool
 from nested_ac.registry import OPTIMIZERS
+
+# PPO's loss terms, as logged under train/ and checked for NaN on every minibatch.
+LOSS_TERMS = ("policy_gradient_loss", "value_loss", "entropy_loss")
 
 ACTIVATIONS: dict[str, type[torch.nn.Module]] = {
     "relu": torch.nn.ReLU,
@@ -51,7 +55,8 @@ class ContinualPPO(PPO):
     (separate actor and critic MLPs, 64×64 ReLU, as in the loss-of-plasticity literature) and
     construction from a :class:`~nested_ac.config.RunConfig`, and the hooks of
     :class:`~nested_ac.hooks.PlasticityTool`: each tool in ``plasticity_tools`` runs after every optimizer
-    step, at every task switch, after every rollout, and logs after every update.
+    step, at every task switch, after every rollout, and logs after every update. A NaN or inf in a
+    loss, a gradient or a parameter stops the update with :class:`~nested_ac.faults.NumericalFault`.
     """
 
     def __init__(
@@ -65,6 +70,7 @@ class ContinualPPO(PPO):
 
     def _setup_model(self) -> None:
         super()._setup_model()
+        self.policy.optimizer.register_step_pre_hook(GradientCheck(self))
         self.policy.optimizer.register_step_post_hook(self._after_optimizer_step)
 
     def _after_optimizer_step(self, optimizer: torch.optim.Optimizer, *_: Any) -> None:
@@ -83,6 +89,12 @@ class ContinualPPO(PPO):
         return collected
 
     def train(self) -> None:
+        self._update()
+        check_update(self)
+        for tool in self.plasticity_tools:
+            tool.log(self.logger)
+
+    def _update(self) -> None:
         """One PPO update on the rollout buffer: SB3's ``PPO.train``, step for step and number for number.
 
         It is written out as a loop over :meth:`_loss` (the minibatch loss) and :meth:`_optimizer_step` so
@@ -93,12 +105,13 @@ class ContinualPPO(PPO):
         progress = self._current_progress_remaining
         clip_range = self.clip_range(progress)
         clip_range_vf = None if self.clip_range_vf is None else self.clip_range_vf(progress)
-        stats: dict[str, list[float]] = {"pg": [], "value": [], "entropy": [], "clip_fraction": []}
+        stats: dict[str, list[float]] = {name: [] for name in (*LOSS_TERMS, "clip_fraction")}
         continue_training = True
         for epoch in range(self.n_epochs):
             approx_kl_divs = []
             for batch in self.rollout_buffer.get(self.batch_size):
                 loss, _, approx_kl_div = self._loss(batch, clip_range, clip_range_vf, stats)
+                check_losses({name: stats[name][-1] for name in LOSS_TERMS}, self.num_timesteps)
                 approx_kl_divs.append(approx_kl_div)
                 if self.target_kl is not None and approx_kl_div > 1.5 * self.target_kl:
                     continue_training = False
@@ -111,9 +124,8 @@ class ContinualPPO(PPO):
                 break
 
         buffer = self.rollout_buffer
-        self.logger.record("train/entropy_loss", np.mean(stats["entropy"]))
-        self.logger.record("train/policy_gradient_loss", np.mean(stats["pg"]))
-        self.logger.record("train/value_loss", np.mean(stats["value"]))
+        for name in LOSS_TERMS:
+            self.logger.record(f"train/{name}", np.mean(stats[name]))
         self.logger.record("train/approx_kl", np.mean(approx_kl_divs))
         self.logger.record("train/clip_fraction", np.mean(stats["clip_fraction"]))
         self.logger.record("train/loss", loss.item())
@@ -126,8 +138,6 @@ class ContinualPPO(PPO):
         self.logger.record("train/clip_range", clip_range)
         if clip_range_vf is not None:
             self.logger.record("train/clip_range_vf", clip_range_vf)
-        for tool in self.plasticity_tools:
-            tool.log(self.logger)
 
     def _loss(
         self,
@@ -154,7 +164,7 @@ class ContinualPPO(PPO):
         policy_loss_1 = advantages * ratio
         policy_loss_2 = advantages * torch.clamp(ratio, 1 - clip_range, 1 + clip_range)
         policy_loss = -torch.min(policy_loss_1, policy_loss_2).mean()
-        stats["pg"].append(policy_loss.item())
+        stats["policy_gradient_loss"].append(policy_loss.item())
         stats["clip_fraction"].append(torch.mean((torch.abs(ratio - 1) > clip_range).float()).item())
 
         values_pred = values
@@ -163,10 +173,10 @@ class ContinualPPO(PPO):
                 values - batch.old_values, -clip_range_vf, clip_range_vf
             )
         value_loss = torch.nn.functional.mse_loss(batch.returns, values_pred)
-        stats["value"].append(value_loss.item())
+        stats["value_loss"].append(value_loss.item())
 
         entropy_loss = -torch.mean(-log_prob) if entropy is None else -torch.mean(entropy)
-        stats["entropy"].append(entropy_loss.item())
+        stats["entropy_loss"].append(entropy_loss.item())
         loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
 
         with torch.no_grad():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
@@ -36,7 +36,9 @@ class TaskClock(BaseCallback):
             notify(task)
 
     def _on_training_start(self) -> None:
-        self._switch_to(self.schedule.task_at(self.model.num_timesteps))
+        task = self.schedule.task_at(self.model.num_timesteps)
+        if task != self.task:  # a resumed run is already on its task
+            self._switch_to(task)
 
     def _on_step(self) -> bool:
         task = self.schedule.task_at(self.num_timesteps)
@@ -46,6 +48,12 @@ class TaskClock(BaseCallback):
 
     def _on_rollout_end(self) -> None:
         self.logger.record("task/index", self.task)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"task": self.task, "switches": list(self.switches)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.task, self.switches = state["task"], list(state["switches"])
 
 
 class EpisodeStats(BaseCallback):
@@ -78,6 +86,12 @@ class EpisodeStats(BaseCallback):
             self.logger.record("episode/return", float(np.mean(returns)))
             self.logger.record("episode/length", float(np.mean(lengths)))
         self.logger.record("episode/count", len(finished))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"episodes": list(self.episodes)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.episodes = list(state["episodes"])
 
 
 class Throughput(BaseCallback):

@@ -10,6 +10,7 @@ from typing import NoReturn
 from nested_ac.errors import ConfigError
 
 LIST_TOPICS = ("envs", "agents", "optimizers")
+NUMERICAL_FAULT_EXIT = 3
 
 # Command-line flag → dotted config key; each flag is validated by the config's own type checks.
 TRAIN_FLAGS = {
@@ -54,6 +55,11 @@ def _build_parser() -> argparse.ArgumentParser:
         help="override one config key, e.g. --set ppo.n_epochs=4 (repeatable)",
     )
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue the run in RUN_DIR from its last checkpoint, with its config.yaml (no other options)",
+    )
 
     listing = commands.add_parser("list", help="list the available choices")
     listing.add_argument("topic", choices=LIST_TOPICS)
@@ -62,15 +68,30 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _train(args: argparse.Namespace) -> int:
     from nested_ac.config import resolve_config
-    from nested_ac.train import train
+    from nested_ac.faults import NumericalFault
+    from nested_ac.interrupts import TrainingInterrupted
+    from nested_ac.train import resume, train
 
     overrides = {
         key: getattr(args, flag) for flag, key in TRAIN_FLAGS.items() if getattr(args, flag) is not None
     }
     if args.no_progress:
         overrides["progress_bar"] = False
-    config = resolve_config(args.config, overrides, args.assignments)
-    result = train(config)
+    if args.resume is not None and (overrides or args.config or args.assignments):
+        raise ConfigError("--resume takes no other options: the run continues with its own config.yaml")
+    try:
+        result = (
+            resume(args.resume)
+            if args.resume is not None
+            else train(resolve_config(args.config, overrides, args.assignments))
+        )
+    except TrainingInterrupted as interrupt:
+        print(f"nested-ac: {interrupt}", file=sys.stderr)
+        return interrupt.exit_code
+    except NumericalFault as fault:
+        kept = f"; last good checkpoint: {fault.last_checkpoint}" if fault.last_checkpoint else ""
+        print(f"nested-ac: numerical fault: {fault}{kept}", file=sys.stderr)
+        return NUMERICAL_FAULT_EXIT
     returns = [episode_return for _, episode_return, _ in result.episodes[-20:]]
     recent = (
         f"; mean return of the last {len(returns)} episodes {sum(returns) / len(returns):.1f}"

@@ -93,6 +93,14 @@ class NestedConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    """Periodic checkpoints in ``<run>/checkpoints/``: every ``every`` steps (0: only on an interrupt)."""
+
+    every: int = 50_000
+    keep: int = 3
+
+
+@dataclass
 class RunConfig:
     """Everything a run needs; ``name`` = None picks ``<agent>-<optimizer>-<env>-s<seed>``."""
 
@@ -102,6 +110,7 @@ class RunConfig:
     ppo: PPOConfig = field(default_factory=PPOConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     nested: NestedConfig = field(default_factory=NestedConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     steps: int = 100_000
     seed: int = 0
     run_dir: str = "runs"
@@ -129,6 +138,7 @@ class RunConfig:
             "ppo.batch_size": self.ppo.batch_size,
             "ppo.n_epochs": self.ppo.n_epochs,
             "torch_threads": self.torch_threads,
+            "checkpoint.keep": self.checkpoint.keep,
         }
         for key, value in positive.items():
             if value <= 0:
@@ -138,6 +148,10 @@ class RunConfig:
         if self.env.schedule.every is not None and self.env.schedule.every < 0:
             raise ConfigError(
                 f"env.schedule.every must be >= 0 (0 = never switch), got {self.env.schedule.every}"
+            )
+        if self.checkpoint.every < 0:
+            raise ConfigError(
+                f"checkpoint.every must be >= 0 (0 = only on an interrupt), got {self.checkpoint.every}"
             )
         if any(width <= 0 for width in self.network.actor + self.network.critic):
             raise ConfigError("network.actor and network.critic widths must be positive integers")

@@ -1,7 +1,8 @@
 """The training entry point: builds the environment and the agent from a RunConfig and trains it.
 
-A run writes ``<run_dir>/<name>/``: ``config.yaml`` (the resolved configuration), the TensorBoard event
-file and ``model.zip``. An existing run directory is never reused: the new one gets a suffix ``_1``, ``_2``...
+A run writes ``<run_dir>/<name>/``: ``config.yaml`` (the resolved configuration), TensorBoard event
+files, ``checkpoints/`` and ``model.zip``; :func:`resume` continues an unfinished one. An existing run
+directory is never reused: the new one gets a suffix ``_1``, ``_2``...
 """
 
 from __future__ import annotations
@@ -10,24 +11,31 @@ import copy
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import gymnasium as gym
 import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import CallbackList
 from stable_baselines3.common.env_util import make_vec_env
-from stable_baselines3.common.logger import configure
+from stable_baselines3.common.logger import Logger, TensorBoardOutputFormat
 from stable_baselines3.common.vec_env import VecEnv
 
 import agents  # noqa: F401  (registers the agents)
 import envs
 import nested_ac.optimizers  # noqa: F401  (registers the optimizers)
+from nested_ac import checkpoint
 from nested_ac.callbacks import EpisodeStats, TaskClock, Throughput
-from nested_ac.config import RunConfig
+from nested_ac.checkpoint import Checkpointer, CheckpointStore, restore
+from nested_ac.config import RunConfig, resolve_config
 from nested_ac.errors import ConfigError, unknown_choice
+from nested_ac.events import DeferredOutput
+from nested_ac.faults import EnvFaultCheck, NumericalFault
+from nested_ac.interrupts import InterruptGuard, TrainingInterrupted
 from nested_ac.registry import AGENTS, OPTIMIZERS
 
 SCHEDULE_KINDS = ("every",)
+CHECKPOINT_DIR = "checkpoints"
 
 
 @dataclass
@@ -92,6 +100,8 @@ def train(config: RunConfig) -> RunResult:
     """Train one agent as ``config`` says; bad input raises ConfigError before anything is written.
 
     ``config`` is not modified: the resolved copy (defaults filled in, final name) is ``result.config``.
+    Raises :class:`~nested_ac.interrupts.TrainingInterrupted` after a SIGINT/SIGTERM (a checkpoint is
+    written) and :class:`~nested_ac.faults.NumericalFault` on a NaN/inf (the last checkpoint is kept).
     """
     validate(config)
     config = copy.deepcopy(config)
@@ -109,24 +119,82 @@ def train(config: RunConfig) -> RunResult:
         run_dir = create_run_dir(config.run_dir, config.name or config.default_name())
         config.name = run_dir.name
         config.save(run_dir / "config.yaml")
-        logger = configure(str(run_dir), ["tensorboard"])
-        agent.set_logger(logger)
-        episodes = EpisodeStats()
-        callbacks = [episodes, Throughput()]
-        clock = TaskClock(schedule) if env.has_attr("set_task") else None
-        if clock is not None:
-            callbacks.append(clock)
-        start = time.perf_counter()
-        try:
-            agent.learn(
-                total_timesteps=config.steps,
-                callback=CallbackList(callbacks),
-                progress_bar=config.progress_bar,
-            )
-        finally:
-            logger.close()
-        agent.save(run_dir / "model.zip")
-        switches = clock.switches if clock is not None else []
-        return RunResult(config, run_dir, episodes.episodes, switches, time.perf_counter() - start)
+        return _learn(config, schedule, agent, run_dir, checkpoint=None)
     finally:
         env.close()
+
+
+def resume(run_dir: str | Path) -> RunResult:
+    """Continue the run in ``run_dir`` from its last checkpoint, with its saved configuration.
+
+    A ConfigError (nothing written) if ``run_dir`` is not a run, is complete, has no checkpoint, or its
+    last checkpoint is corrupt or from another agent or environment.
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"{run_dir} is not a run directory (no config.yaml)")
+    if (run_dir / "model.zip").exists():
+        raise ConfigError(f"run {run_dir} is complete (model.zip exists); nothing to resume")
+    config = resolve_config(run_dir / "config.yaml")
+    store = CheckpointStore(run_dir / CHECKPOINT_DIR, config.checkpoint.keep)
+    path = store.latest()
+    state = store.load(path)
+    validate(config)
+    schedule = make_schedule(config)
+    torch.set_num_threads(config.torch_threads)
+    env = make_env(config)
+    try:
+        agent = build_agent(config, env)
+        checkpoint.check_compatible(state, agent, config.agent, config.env.id, path)
+        return _learn(config, schedule, agent, run_dir, checkpoint=state)
+    finally:
+        env.close()
+
+
+def _learn(
+    config: RunConfig,
+    schedule: envs.EveryNSteps,
+    agent: BaseAlgorithm,
+    run_dir: Path,
+    checkpoint: dict[str, Any] | None,
+) -> RunResult:
+    """Train ``agent`` to ``config.steps`` in ``run_dir``, first restoring ``checkpoint`` if given."""
+    events = DeferredOutput(TensorBoardOutputFormat(str(run_dir)), defer=config.checkpoint.every > 0)
+    logger = Logger(str(run_dir), [events])
+    agent.set_logger(logger)
+    episodes = EpisodeStats()
+    clock = TaskClock(schedule) if agent.get_env().has_attr("set_task") else None
+    parts = {"episode_stats": episodes, **({"task_clock": clock} if clock is not None else {})}
+    start = time.perf_counter()
+    with InterruptGuard() as guard:
+        checkpointer = Checkpointer(
+            CheckpointStore(run_dir / CHECKPOINT_DIR, config.checkpoint.keep),
+            config.checkpoint.every,
+            (config.agent, config.env.id),
+            parts,
+            events,
+            guard,
+        )
+        callbacks = [checkpointer, episodes, Throughput(), EnvFaultCheck()]
+        if clock is not None:
+            callbacks.append(clock)
+        try:
+            if checkpoint is not None:
+                restore(agent, checkpoint, parts, logger)
+            agent.learn(
+                total_timesteps=config.steps - agent.num_timesteps,
+                callback=CallbackList(callbacks),
+                progress_bar=config.progress_bar,
+                reset_num_timesteps=checkpoint is None,
+            )
+            events.commit()
+        except NumericalFault as fault:
+            fault.last_checkpoint = checkpointer.store.latest() if checkpointer.store.paths() else None
+            raise
+        finally:
+            logger.close()
+    if checkpointer.stopped_at is not None:
+        raise TrainingInterrupted(guard.signum, checkpointer.stopped_at, str(run_dir))
+    agent.save(run_dir / "model.zip")
+    switches = clock.switches if clock is not None else []
+    return RunResult(config, run_dir, episodes.episodes, switches, time.perf_counter() - start)

@@ -33,11 +33,14 @@ def cli(capsys) -> Callable[..., tuple[int, str, str]]:
 
 
 def read_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """Every scalar tag of the run's TensorBoard event file as (step, value) lists."""
-    (event_file,) = run_dir.glob("events.out.tfevents.*")
-    accumulator = EventAccumulator(str(event_file), size_guidance={"scalars": 0})
-    accumulator.Reload()
-    return {
-        tag: [(event.step, event.value) for event in accumulator.Scalars(tag)]
-        for tag in accumulator.Tags()["scalars"]
-    }
+    """Every scalar tag of the run's TensorBoard event files, read in name (= creation) order and joined,
+    as (step, value) lists: what TensorBoard shows for the run."""
+    scalars: dict[str, list[tuple[int, float]]] = {}
+    for event_file in sorted(run_dir.glob("events.out.tfevents.*")):
+        accumulator = EventAccumulator(str(event_file), size_guidance={"scalars": 0})
+        accumulator.Reload()
+        for tag in accumulator.Tags()["scalars"]:
+            scalars.setdefault(tag, []).extend(
+                (event.step, event.value) for event in accumulator.Scalars(tag)
+            )
+    return scalars

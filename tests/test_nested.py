@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
+
 import pytest
 import torch
 from stable_baselines3 import PPO
@@ -112,9 +114,7 @@ def test_inner_loss_includes_the_kappa_term():
     losses, grads = {}, {}
     for kappa in (0.0, 2.0):
         model.kappa = kappa
-        loss, values, _ = model._loss(
-            batch, 0.2, None, {"pg": [], "value": [], "entropy": [], "clip_fraction": []}
-        )
+        loss, values, _ = model._loss(batch, 0.2, None, defaultdict(list))
         model.policy.optimizer.zero_grad()
         loss.backward()
         losses[kappa], grads[kappa] = loss.item(), model.policy.value_net.weight.grad.clone()

@@ -1,0 +1,292 @@
+"""Long runs: checkpoints, exact resume after SIGINT/SIGTERM, atomic writes, NaN faults, bad checkpoints."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from stable_baselines3 import PPO
+from stable_baselines3.common.logger import Logger
+from stable_baselines3.common.policies import ActorCriticPolicy
+
+import envs
+from nested_ac import checkpoint
+from nested_ac.callbacks import Throughput
+from nested_ac.checkpoint import CheckpointStore
+from nested_ac.config import RunConfig, resolve_config
+from nested_ac.faults import NumericalFault, check_update
+from nested_ac.train import resume, train
+from tests.conftest import read_scalars
+
+REPO = Path(__file__).resolve().parents[1]
+
+# 2 copies x 64 steps per rollout; a new task every 1000 steps; a checkpoint every 1024 steps.
+SMALL = {
+    "env.n_envs": 2,
+    "ppo.n_steps": 64,
+    "ppo.batch_size": 64,
+    "ppo.n_epochs": 2,
+    "env.schedule.every": 1000,
+    "checkpoint.every": 1024,
+    "progress_bar": False,
+    "seed": 5,
+}
+STEPS = 6144
+
+
+def small_config(tmp_path: Path, name: str, **overrides) -> RunConfig:
+    values = {**SMALL, "steps": STEPS, "run_dir": str(tmp_path), "name": name, **overrides}
+    return resolve_config(overrides=values)
+
+
+def cli_args(config: RunConfig) -> list[str]:
+    flat = {**SMALL, "steps": config.steps, "run_dir": config.run_dir, "name": config.name}
+    return [arg for key, value in flat.items() for arg in ("--set", f"{key}={value}")]
+
+
+def assert_same_final_run(run_dir: Path, reference: Path) -> None:
+    """Same parameters bit for bit, same step count, same curves (tasks included) without duplicates."""
+    ours, theirs = PPO.load(run_dir / "model.zip"), PPO.load(reference / "model.zip")
+    assert ours.num_timesteps == theirs.num_timesteps == STEPS
+    for p, q in zip(ours.policy.parameters(), theirs.policy.parameters(), strict=True):
+        assert torch.equal(p, q)
+    got, expected = read_scalars(run_dir), read_scalars(reference)
+    for tag, points in got.items():
+        steps = [step for step, _ in points]
+        assert len(steps) == len(set(steps)), f"duplicated steps in {tag}"
+        if not tag.startswith("time/"):
+            assert sorted(points) == sorted(expected[tag]), tag
+    assert set(got) == set(expected)
+    tasks = sorted(got["task/index"])
+    assert {value for _, value in tasks} == {0, 1, 2, 3, 4, 5, 6}
+    assert all(value == step // 1000 for step, value in tasks)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    torch.set_num_threads(1)
+    result = train(small_config(tmp_path_factory.mktemp("ref"), "ref"))
+    assert result.switches == [(step, step // 1000) for step in (0, 1000, 2000, 3000, 4000, 5000, 6000)]
+    return result.run_dir
+
+
+def test_checkpoints_keep_the_last_few_and_hold_every_piece(uninterrupted):
+    store = CheckpointStore(uninterrupted / "checkpoints", keep=3)
+    # Rollouts of 128 steps: checkpoints at 1024, 2048 ... 5120; the last 3 are kept.
+    assert [path.name for path in store.paths()] == [f"step_{step}.pt" for step in (3072, 4096, 5120)]
+    state = store.load(store.latest())
+    assert state["format"] == checkpoint.FORMAT_VERSION and state["step"] == 5120
+    assert state["agent"] == "ppo" and state["env_id"] == "nested_ac/PermutedCartPole-v0"
+    assert state["parts"]["task_clock"]["task"] == 5
+    assert state["optimizer"]["state"]  # Adam's moments
+    assert len(state["parts"]["episode_stats"]["episodes"]) > 0
+    assert {"python", "numpy", "torch"} <= set(state["rng"])
+
+
+def test_real_sigint_then_resume_equals_uninterrupted_run(tmp_path, uninterrupted):
+    config = small_config(tmp_path, "run")
+    command = [sys.executable, "-m", "nested_ac.cli", "train", "--no-progress", *cli_args(config)]
+    process = subprocess.Popen(command, cwd=REPO, stderr=subprocess.PIPE, text=True)
+    run_dir = tmp_path / "run"
+    deadline = time.monotonic() + 120
+    while not (run_dir / "checkpoints" / "step_1024.pt").exists() and process.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    step = int(err.split("interrupted at step ")[1].split(";")[0].replace(",", ""))
+    assert 1024 <= step < STEPS
+    assert f"resume with: nested-ac train --resume {run_dir}" in err
+    assert (run_dir / "checkpoints" / f"step_{step}.pt").is_file() and not (run_dir / "model.zip").exists()
+
+    resumed = subprocess.run(
+        [sys.executable, "-m", "nested_ac.cli", "train", "--resume", str(run_dir)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert len(list(run_dir.glob("events.out.tfevents.*"))) == 2  # the resumed process adds its own file
+    assert_same_final_run(run_dir, uninterrupted)
+
+
+def interrupt_at(monkeypatch, step: int, signum: int) -> None:
+    """Deliver a real ``signum`` to this process after the rollout that passes ``step``."""
+    original = Throughput._on_rollout_end
+
+    def _on_rollout_end(self) -> None:
+        original(self)
+        if self.num_timesteps >= step and not getattr(self, "_sent", False):
+            self._sent = True
+            os.kill(os.getpid(), signum)
+
+    monkeypatch.setattr(Throughput, "_on_rollout_end", _on_rollout_end)
+
+
+def test_sigterm_exits_143_restores_handlers_and_resumes_exactly(cli, tmp_path, monkeypatch, uninterrupted):
+    config = small_config(tmp_path, "run")
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    interrupt_at(monkeypatch, 3000, signal.SIGTERM)
+    code, _, err = cli("train", "--no-progress", *cli_args(config))
+    assert code == 143
+    # The update after the rollout that crossed step 3000 finishes; the checkpoint is at the next boundary.
+    assert f"interrupted at step 3,072; resume with: nested-ac train --resume {tmp_path / 'run'}" in err
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+    monkeypatch.undo()
+    code, _, err = cli("train", "--resume", str(tmp_path / "run"))
+    assert code == 0, err
+    assert_same_final_run(tmp_path / "run", uninterrupted)
+
+
+def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
+    real_save, calls = torch.save, []
+
+    def crashing_save(state, file) -> None:
+        calls.append(state["step"])
+        if len(calls) == 3:
+            file.write(b"half a checkpoint")
+            raise OSError("disk full (simulated crash mid-write)")
+        real_save(state, file)
+
+    monkeypatch.setattr(checkpoint.torch, "save", crashing_save)
+    with pytest.raises(OSError, match="simulated crash"):
+        train(small_config(tmp_path, "run"))
+    monkeypatch.undo()
+    store = CheckpointStore(tmp_path / "run" / "checkpoints", keep=3)
+    assert [path.name for path in store.paths()] == ["step_1024.pt", "step_2048.pt"]
+    assert store.load(store.latest())["step"] == 2048
+    # TensorBoard holds nothing past the last checkpoint, so the resume writes no step twice.
+    assert max(step for points in read_scalars(tmp_path / "run").values() for step, _ in points) <= 2048
+    resume(tmp_path / "run")
+    for points in read_scalars(tmp_path / "run").values():
+        assert len({step for step, _ in points}) == len(points)
+
+
+def assert_fault_keeps_checkpoint(err: str, run_dir: Path, where: str) -> int:
+    assert "numerical fault: non-finite value (NaN or inf) in " + where in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    fault_step = int(err.split(" at step ")[1].split(";")[0].replace(",", ""))
+    store = CheckpointStore(run_dir / "checkpoints", keep=3)
+    assert f"last good checkpoint: {store.latest()}" in err
+    state = store.load(store.latest())
+    assert state["step"] <= fault_step
+    assert all(torch.isfinite(value).all() for value in state["policy"].values())
+    return fault_step
+
+
+def test_nan_in_the_loss_stops_with_a_message_and_a_good_checkpoint(cli, tmp_path, monkeypatch):
+    original = ActorCriticPolicy.evaluate_actions
+
+    def evaluate_actions(self, obs, actions):
+        values, log_prob, entropy = original(self, obs, actions)
+        if self.poison:
+            values = values * float("nan")
+        return values, log_prob, entropy
+
+    monkeypatch.setattr(ActorCriticPolicy, "poison", False, raising=False)
+    monkeypatch.setattr(ActorCriticPolicy, "evaluate_actions", evaluate_actions)
+    rollout_end = Throughput._on_rollout_end
+
+    def poison_after(self) -> None:
+        rollout_end(self)
+        if self.num_timesteps >= 2500:
+            ActorCriticPolicy.poison = True
+
+    monkeypatch.setattr(Throughput, "_on_rollout_end", poison_after)
+    config = small_config(tmp_path, "run")
+    code, _, err = cli("train", "--no-progress", *cli_args(config))
+    assert code == 3
+    step = assert_fault_keeps_checkpoint(err, tmp_path / "run", "the loss (value_loss = nan)")
+    assert step == 2560 and not (tmp_path / "run" / "model.zip").exists()
+
+
+def test_nan_observation_from_the_env_is_reported(cli, tmp_path, monkeypatch):
+    original, count = envs.PermuteObservation.observation, [0]
+
+    def observation(self, obs):
+        count[0] += 1
+        result = original(self, obs)
+        return result * np.nan if count[0] == 4000 else result
+
+    monkeypatch.setattr(envs.PermuteObservation, "observation", observation)
+    code, _, err = cli("train", "--no-progress", *cli_args(small_config(tmp_path, "run")))
+    assert code == 3
+    step = assert_fault_keeps_checkpoint(err, tmp_path / "run", "the observation of env copy")
+    assert 3000 < step <= 4000  # the 4000th observation: ~2 per 2 steps, plus resets
+
+
+def test_non_finite_gradient_and_parameter_are_named(tmp_path):
+    from nested_ac.train import build_agent, make_env
+
+    config = small_config(tmp_path, "run")
+    agent = build_agent(config, make_env(config))
+    agent.set_logger(Logger(None, []))
+    weight = agent.policy.value_net.weight
+    weight.grad = torch.zeros_like(weight)
+    weight.grad[0, 0] = float("inf")
+    with pytest.raises(NumericalFault, match="in the gradient of value_net.weight at step 0"):
+        agent.policy.optimizer.step()
+    with torch.no_grad():
+        agent.policy.mlp_extractor.policy_net[0].bias[1] = float("nan")
+    with pytest.raises(NumericalFault, match="in the parameter mlp_extractor.policy_net.0.bias"):
+        check_update(agent)
+
+
+def unfinished_run(tmp_path: Path, name: str, **overrides) -> Path:
+    """A run with checkpoints but no model.zip, as a crash leaves it."""
+    result = train(small_config(tmp_path, name, steps=3072, **overrides))
+    (result.run_dir / "model.zip").unlink()
+    return result.run_dir
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()
+    }
+
+
+def test_corrupt_or_incompatible_checkpoint_fails_cleanly_nothing_overwritten(cli, tmp_path):
+    run_dir = unfinished_run(tmp_path, "run")
+    latest = CheckpointStore(run_dir / "checkpoints", keep=3).latest()
+    other = unfinished_run(tmp_path, "other", **{"env.id": "Acrobot-v1", "env.schedule.every": 0})
+    cases = [
+        (lambda: latest.write_bytes(latest.read_bytes()[:5000]), "is corrupt or unreadable"),
+        (lambda: latest.write_bytes(b"garbage" * 100), "move it away to resume from step_1024.pt"),
+        (
+            lambda: latest.write_bytes(CheckpointStore(other / "checkpoints", 3).latest().read_bytes()),
+            "its env_id is 'Acrobot-v1', the run's is 'nested_ac/PermutedCartPole-v0'",
+        ),
+    ]
+    for damage, message in cases:
+        damage()
+        before = snapshot(run_dir)
+        code, _, err = cli("train", "--resume", str(run_dir))
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+        assert snapshot(run_dir) == before
+
+    state = torch.load(CheckpointStore(other / "checkpoints", 3).latest(), weights_only=False)
+    state.update(env_id="nested_ac/PermutedCartPole-v0", agent="nested")
+    torch.save(state, latest)
+    code, _, err = cli("train", "--resume", str(run_dir))
+    assert code == 2 and "its agent is 'nested', the run's is 'ppo'" in err
+
+
+def test_resume_refuses_what_it_cannot_continue(cli, tmp_path):
+    done = train(small_config(tmp_path, "done", steps=512)).run_dir
+    code, _, err = cli("train", "--resume", str(done))
+    assert code == 2 and "is complete (model.zip exists)" in err
+    (done / "model.zip").unlink()
+    code, _, err = cli("train", "--resume", str(done))
+    assert code == 2 and "no checkpoint in" in err
+    code, _, err = cli("train", "--resume", str(tmp_path / "nowhere"))
+    assert code == 2 and "is not a run directory" in err
+    code, _, err = cli("train", "--resume", str(done), "--steps", "10")
+    assert code == 2 and "--resume takes no other options" in err
