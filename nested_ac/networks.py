@@ -1,0 +1,57 @@
+"""The networks of an actor-critic policy, as plasticity tools and diagnostics see them.
+
+A network is an MLP of ``Linear → activation`` hidden layers followed by a ``Linear`` output head. For
+SB3's ``ActorCriticPolicy`` with separate actor and critic MLPs that is the actor
+(``mlp_extractor.policy_net`` + ``action_net``) and the critic (``mlp_extractor.value_net`` +
+``value_net``); a policy with a ``critics()`` method (the nested-critic agent) contributes every critic it
+lists, named ``critic_1`` (inner) … ``critic_K`` (outermost).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from stable_baselines3.common.policies import ActorCriticPolicy
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Network:
+    """One MLP: its hidden ``Linear`` layers, the activation module after each, and its output head.
+
+    ``hidden[i]`` produces unit pre-activations of layer i, ``activations[i]`` their activations, and the
+    outgoing weights of layer i are ``hidden[i + 1].weight`` (or ``output.weight`` for the last layer).
+    """
+
+    name: str
+    hidden: tuple[nn.Linear, ...]
+    activations: tuple[nn.Module, ...]
+    output: nn.Linear
+
+    def outgoing(self, layer: int) -> nn.Linear:
+        """The Linear layer that reads the units of hidden layer ``layer``."""
+        return self.hidden[layer + 1] if layer + 1 < len(self.hidden) else self.output
+
+    def parameters(self) -> list[nn.Parameter]:
+        return [p for module in (*self.hidden, self.output) for p in module.parameters()]
+
+
+def mlp_network(name: str, mlp: nn.Sequential, output: nn.Linear) -> Network:
+    """A :class:`Network` from an ``nn.Sequential`` of alternating Linear and activation modules."""
+    modules = list(mlp)
+    hidden = tuple(m for m in modules if isinstance(m, nn.Linear))
+    activations = tuple(
+        modules[i + 1] for i, m in enumerate(modules) if isinstance(m, nn.Linear) and i + 1 < len(modules)
+    )
+    if len(activations) != len(hidden) or any(isinstance(a, nn.Linear) for a in activations):
+        raise ValueError(f"network {name!r} is not a sequence of Linear → activation layers: {mlp}")
+    return Network(name, hidden, activations, output)
+
+
+def policy_networks(policy: ActorCriticPolicy) -> list[Network]:
+    """The actor and every critic of ``policy`` (see the module docstring for the names)."""
+    actor = mlp_network("actor", policy.mlp_extractor.policy_net, policy.action_net)
+    critics = getattr(policy, "critics", None)
+    if critics is None:
+        return [actor, mlp_network("critic", policy.mlp_extractor.value_net, policy.value_net)]
+    return [actor] + [mlp_network(f"critic_{k}", mlp, head) for k, (mlp, head) in enumerate(critics(), 1)]
