@@ -61,6 +61,15 @@ def _build_parser() -> argparse.ArgumentParser:
         help="continue the run in RUN_DIR from its last checkpoint, with its config.yaml (no other options)",
     )
 
+    sweep = commands.add_parser(
+        "sweep", help="run every (variant, seed) of an experiment", description="Run an experiment file."
+    )
+    sweep.add_argument("experiment", help="experiment YAML file (see nested_ac/sweep.py for the format)")
+    sweep.add_argument("--workers", type=int, help="parallel runs (default: the number of cores)")
+    sweep.add_argument("--backend", default="local", help="local (process pool, default) or ray")
+    sweep.add_argument("--address", help="Ray cluster address (default: start a local Ray instance)")
+    sweep.add_argument("--sweep-dir", dest="sweep_dir", help="where the runs go (default runs/<name>)")
+
     listing = commands.add_parser("list", help="list the available choices")
     listing.add_argument("topic", choices=LIST_TOPICS)
     return parser
@@ -103,6 +112,18 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from nested_ac.sweep import load_experiment, run_sweep
+
+    if args.workers is not None and args.workers <= 0:
+        raise ConfigError(f"--workers must be a positive integer, got {args.workers}")
+    experiment = load_experiment(args.experiment, args.sweep_dir)
+    failures = run_sweep(experiment, args.workers, args.backend, args.address)
+    for line in failures:
+        print(f"nested-ac: run failed: {line}", file=sys.stderr)
+    return 1 if failures else 0
+
+
 def _list(topic: str) -> int:
     import agents  # noqa: F401
     import envs
@@ -131,7 +152,9 @@ def _list(topic: str) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     try:
-        return _train(args) if args.command == "train" else _list(args.topic)
+        if args.command == "train":
+            return _train(args)
+        return _sweep(args) if args.command == "sweep" else _list(args.topic)
     except ConfigError as error:
         print(f"nested-ac: error: {error}", file=sys.stderr)
         return 2

@@ -1,0 +1,213 @@
+"""Sweeps: every (variant, seed) of an experiment file as its own run, in parallel, resumable.
+
+An experiment file is YAML::
+
+    name: collapse                      # the sweep directory's default name
+    description: one line for `nested-ac list experiments`
+    steps: 1_000_000                    # per run
+    seeds: [0, 1, 2, 3, 4]
+    base:                               # any RunConfig keys, shared by every variant
+      env: {id: nested_ac/PermutedCartPole-v0, n_envs: 16, schedule: {every: 100_000}}
+      ppo: {n_epochs: 4}
+    variants:                           # one entry per agent variant; names are unique
+      - name: ppo-adam
+      - name: nested
+        agent: nested-ppo
+      - name: upgd
+        optimizer: upgd
+        set: {ppo.learning_rate: 6e-4}  # dotted overrides of this variant only
+
+Run ``(variant, seed)`` lives in ``SWEEP_DIR/<variant>/seed<seed>/``. A finished run (``model.zip``) is
+skipped, an interrupted one with a checkpoint is resumed, so running the same sweep again finishes it.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nested_ac.config import RunConfig, load_yaml, resolve_config
+from nested_ac.errors import ConfigError, unknown_choice
+from nested_ac.train import resume, train, validate
+
+BACKENDS = ("local", "ray")
+
+EXPERIMENT_KEYS = ("name", "description", "steps", "seeds", "base", "variants")
+VARIANT_KEYS = ("name", "agent", "optimizer", "set")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of a sweep: its variant, seed, directory and fully resolved configuration."""
+
+    variant: str
+    seed: int
+    run_dir: Path
+    config: RunConfig
+
+
+@dataclass
+class Experiment:
+    """A validated experiment file: every (variant, seed) run it asks for."""
+
+    name: str
+    description: str
+    runs: list[RunSpec] = field(default_factory=list)
+
+
+def _flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        if isinstance(value, dict) and value and key != "kwargs":
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def load_experiment(path: str | Path, sweep_dir: str | Path | None = None) -> Experiment:
+    """Parse and validate an experiment file; every run's config is resolved, so bad keys fail here."""
+    path = Path(path)
+    data = load_yaml(path)
+    unknown = sorted(set(data) - set(EXPERIMENT_KEYS))
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown experiment keys {unknown}; valid keys: {', '.join(EXPERIMENT_KEYS)}"
+        )
+    seeds = data.get("seeds")
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
+        raise ConfigError(f"{path}: 'seeds' must be a non-empty list of integers, got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"{path}: 'seeds' has duplicates: {seeds}")
+    variants = data.get("variants")
+    if not isinstance(variants, list) or not variants:
+        raise ConfigError(f"{path}: 'variants' must be a non-empty list of variants")
+    base = data.get("base") or {}
+    if not isinstance(base, dict):
+        raise ConfigError(f"{path}: 'base' must be a mapping of config keys")
+    name = str(data.get("name") or path.stem)
+    root = Path(sweep_dir) if sweep_dir is not None else Path("runs") / name
+    experiment = Experiment(name, str(data.get("description", "")))
+    seen: set[str] = set()
+    for index, variant in enumerate(variants):
+        if not isinstance(variant, dict) or not variant.get("name"):
+            raise ConfigError(f"{path}: variant #{index + 1} needs a 'name'")
+        label = str(variant["name"])
+        if label in seen:
+            raise ConfigError(f"{path}: duplicate variant name {label!r}")
+        seen.add(label)
+        extra = sorted(set(variant) - set(VARIANT_KEYS))
+        if extra:
+            raise ConfigError(
+                f"{path}: variant {label!r} has unknown keys {extra}; valid: {', '.join(VARIANT_KEYS)}"
+            )
+        overrides = _flatten(base)
+        if "steps" in data:
+            overrides["steps"] = data["steps"]
+        for key in ("agent", "optimizer"):
+            if key in variant:
+                overrides["agent" if key == "agent" else "optimizer.name"] = variant[key]
+        overrides.update(variant.get("set") or {})
+        for seed in seeds:
+            overrides.update(seed=seed, run_dir=str(root / label), name=f"seed{seed}", progress_bar=False)
+            try:
+                config = resolve_config(overrides=overrides)
+                validate(config)
+            except ConfigError as error:
+                raise ConfigError(f"{path}: variant {label!r}: {error}") from None
+            experiment.runs.append(RunSpec(label, seed, root / label / f"seed{seed}", config))
+    return experiment
+
+
+def run_status(spec: RunSpec) -> str:
+    """``done`` (model.zip), ``resume`` (a checkpoint to continue from) or ``new``."""
+    if (spec.run_dir / "model.zip").exists():
+        return "done"
+    if any((spec.run_dir / "checkpoints").glob("step_*.pt")):
+        return "resume"
+    return "new"
+
+
+def run_one(spec: RunSpec) -> str:
+    """Train (or resume) one run in this process; returns its directory."""
+    if run_status(spec) == "resume":
+        return str(resume(spec.run_dir).run_dir)
+    return str(train(spec.config).run_dir)
+
+
+def run_local(specs: Iterable[RunSpec], workers: int, on_done: Callable[[RunSpec, str | None], None]) -> None:
+    """Each run in its own process of a pool of ``workers`` (one torch thread each)."""
+    specs = list(specs)
+    with concurrent.futures.ProcessPoolExecutor(max_workers=workers) as pool:
+        futures = {pool.submit(run_one, spec): spec for spec in specs}
+        for future in concurrent.futures.as_completed(futures):
+            error = future.exception()
+            on_done(futures[future], None if error is None else f"{type(error).__name__}: {error}")
+
+
+def run_ray(
+    specs: Iterable[RunSpec],
+    workers: int,
+    address: str | None,
+    on_done: Callable[[RunSpec, str | None], None],
+) -> None:
+    """Each run as a Ray task needing one CPU: on the cluster at ``address``, or a local Ray instance
+    on the loopback interface with ``workers`` CPUs when ``address`` is None."""
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("the ray backend needs Ray: pip install 'nested-ac[ray]'") from None
+    if address is None:
+        ray.init(num_cpus=workers, include_dashboard=False, _node_ip_address="127.0.0.1")
+    else:
+        ray.init(address=address)
+    try:
+        task = ray.remote(num_cpus=1)(run_one)
+        pending = {task.remote(spec): spec for spec in specs}
+        while pending:
+            (ready,), _ = ray.wait(list(pending), num_returns=1)
+            spec = pending.pop(ready)
+            try:
+                ray.get(ready)
+                on_done(spec, None)
+            except Exception as error:  # noqa: BLE001  (a failed run is reported, the sweep goes on)
+                on_done(spec, f"{type(error).__name__}: {error}")
+    finally:
+        ray.shutdown()
+
+
+def run_sweep(
+    experiment: Experiment, workers: int | None = None, backend: str = "local", address: str | None = None
+) -> list[str]:
+    """Run every unfinished run of ``experiment``; returns the failures as lines (empty: all fine)."""
+    from rich.progress import Progress
+
+    if backend not in BACKENDS:
+        raise unknown_choice("backend", backend, BACKENDS)
+
+    todo = [spec for spec in experiment.runs if run_status(spec) != "done"]
+    skipped = len(experiment.runs) - len(todo)
+    failures: list[str] = []
+    total = len(experiment.runs)
+    print(f"sweep {experiment.name}: {total} runs, {skipped} already finished, {len(todo)} to run")
+    with Progress(transient=False, disable=not sys.stdout.isatty()) as progress:
+        task = progress.add_task("runs", total=len(todo))
+
+        def on_done(spec: RunSpec, error: str | None) -> None:
+            progress.advance(task)
+            status = "ok" if error is None else f"FAILED: {error}"
+            progress.console.print(f"{spec.variant} seed {spec.seed}: {status}")
+            if error is not None:
+                failures.append(f"{spec.run_dir}: {error}")
+
+        workers = workers or os.cpu_count() or 1
+        if todo and backend == "ray":
+            run_ray(todo, workers, address, on_done)
+        elif todo:
+            run_local(todo, workers, on_done)
+    return failures

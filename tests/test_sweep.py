@@ -1,0 +1,110 @@
+"""Experiment files, the local process-pool sweep with resume, and the Ray backend on a local instance."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from nested_ac.sweep import load_experiment, run_status
+
+TINY = """
+name: tiny
+steps: 512
+seeds: [0, 1]
+base:
+  env: {id: nested_ac/PermutedCartPole-v0, n_envs: 2, schedule: {every: 256}}
+  ppo: {n_steps: 64, batch_size: 64, n_epochs: 1}
+  checkpoint: {every: 0}
+variants:
+  - name: adam
+  - name: nested
+    agent: nested-ppo
+    set: {nested.levels: 2}
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "experiment.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_experiment_expands_variants_times_seeds(tmp_path):
+    experiment = load_experiment(write(tmp_path, TINY), tmp_path / "sweep")
+    assert [(r.variant, r.seed) for r in experiment.runs] == [
+        ("adam", 0),
+        ("adam", 1),
+        ("nested", 0),
+        ("nested", 1),
+    ]
+    adam, nested = experiment.runs[0].config, experiment.runs[3].config
+    assert (adam.agent, nested.agent, nested.seed, nested.steps) == ("ppo", "nested-ppo", 1, 512)
+    assert nested.env.schedule.every == 256 and nested.ppo.n_steps == 64
+    assert experiment.runs[3].run_dir == tmp_path / "sweep" / "nested" / "seed1"
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (("    agent: nested-ppo", "    agent: nested-ppp"), "variant 'nested': unknown agent 'nested-ppp'"),
+        (("seeds: [0, 1]", "seeds: []"), "'seeds' must be a non-empty list of integers"),
+        (("seeds: [0, 1]\n", ""), "'seeds' must be a non-empty list of integers"),
+        (("seeds: [0, 1]", "seeds: [1, 1]"), "'seeds' has duplicates"),
+        (("  - name: nested", "  - name: adam"), "duplicate variant name 'adam'"),
+        (("    set: {nested.levels: 2}", "    set: {nested.levls: 2}"), "unknown config key 'nested.levls'"),
+        (("    agent: nested-ppo", "    agnt: nested-ppo"), "variant 'nested' has unknown keys ['agnt']"),
+        (("name: tiny", "nme: tiny"), "unknown experiment keys ['nme']"),
+    ],
+)
+def test_bad_experiment_files_name_the_problem(tmp_path, cli, change, message):
+    path = write(tmp_path, TINY.replace(*change))
+    code, _, err = cli("sweep", str(path), "--sweep-dir", str(tmp_path / "sweep"))
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_sweep_runs_everything_then_skips_finished_runs(tmp_path, cli):
+    path = write(tmp_path, TINY)
+    code, out, err = cli("sweep", str(path), "--sweep-dir", str(tmp_path / "sweep"), "--workers", "2")
+    assert code == 0, err
+    assert "4 runs, 0 already finished, 4 to run" in out
+    experiment = load_experiment(path, tmp_path / "sweep")
+    assert all(run_status(spec) == "done" for spec in experiment.runs)
+    marker = experiment.runs[0].run_dir / "model.zip"
+    before = marker.stat().st_mtime_ns
+    code, out, _ = cli("sweep", str(path), "--sweep-dir", str(tmp_path / "sweep"))
+    assert code == 0 and "4 runs, 4 already finished, 0 to run" in out
+    assert marker.stat().st_mtime_ns == before
+    assert sorted(p.name for p in (tmp_path / "sweep" / "adam").iterdir()) == ["seed0", "seed1"]
+
+
+def test_sweep_resumes_an_interrupted_run(tmp_path, cli):
+    path = write(tmp_path, TINY.replace("checkpoint: {every: 0}", "checkpoint: {every: 256}"))
+    spec = load_experiment(path, tmp_path / "sweep").runs[0]
+    from nested_ac.train import train
+
+    train(spec.config)
+    (spec.run_dir / "model.zip").unlink()  # as if the run had died after its checkpoints
+    assert run_status(spec) == "resume"
+    code, out, err = cli("sweep", str(path), "--sweep-dir", str(tmp_path / "sweep"), "--workers", "1")
+    assert code == 0, err
+    assert "3 already finished" not in out and run_status(spec) == "done"
+    assert sorted(p.name for p in spec.run_dir.parent.iterdir()) == ["seed0", "seed1"]
+
+
+def test_ray_backend_on_a_local_instance(tmp_path, cli):
+    path = write(tmp_path, TINY.replace("seeds: [0, 1]", "seeds: [0]"))
+    code, out, err = cli(
+        "sweep", str(path), "--sweep-dir", str(tmp_path / "sweep"), "--backend", "ray", "--workers", "2"
+    )
+    assert code == 0, err + out
+    assert all(run_status(spec) == "done" for spec in load_experiment(path, tmp_path / "sweep").runs)
+
+
+def test_unknown_backend(tmp_path, cli):
+    code, _, err = cli(
+        "sweep", str(write(tmp_path, TINY)), "--sweep-dir", str(tmp_path / "s"), "--backend", "k8s"
+    )
+    assert code == 2 and "unknown backend 'k8s'; valid choices: local, ray" in err
