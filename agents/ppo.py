@@ -15,9 +15,10 @@ from stable_baselines3.common.utils import explained_variance
 from stable_baselines3.common.vec_env import VecEnv
 
 from nested_ac.config import RunConfig
-from nested_ac.errors import unknown_choice
+from nested_ac.errors import ConfigError, unknown_choice
 from nested_ac.faults import GradientCheck, check_losses, check_update
 from nested_ac.hooks import PlasticityTool
+from nested_ac.optimizers import UtilityLogger
 from nested_ac.registry import OPTIMIZERS
 
 # PPO's loss terms, as logged under train/ and checked for NaN on every minibatch.
@@ -38,12 +39,24 @@ def policy_kwargs_from_config(config: RunConfig) -> dict[str, Any]:
     if network.activation not in ACTIVATIONS:
         raise unknown_choice("activation", network.activation, ACTIVATIONS)
     optimizer_class, optimizer_kwargs = OPTIMIZERS.get(config.optimizer.name)(config.optimizer)
+    try:  # the optimizer's own range checks, before anything is built or written
+        optimizer_class([torch.zeros(1, requires_grad=True)], lr=config.ppo.learning_rate, **optimizer_kwargs)
+    except ValueError as error:
+        raise ConfigError(f"optimizer {config.optimizer.name!r}: {error}") from None
     return {
         "net_arch": {"pi": list(network.actor), "vf": list(network.critic)},
         "activation_fn": ACTIVATIONS[network.activation],
         "optimizer_class": optimizer_class,
         "optimizer_kwargs": optimizer_kwargs,
     }
+
+
+def plasticity_tools_from_config(config: RunConfig) -> list[PlasticityTool]:
+    """The plasticity tools ``config`` switches on (UPGD's utility logging with a UPGD optimizer)."""
+    tools: list[PlasticityTool] = []
+    if config.optimizer.name.startswith("upgd") and config.optimizer.log_every > 0:
+        tools.append(UtilityLogger(config.optimizer.log_every))
+    return tools
 
 
 class ContinualPPO(PPO):
@@ -200,7 +213,8 @@ class ContinualPPO(PPO):
 
     @classmethod
     def from_config(cls, config: RunConfig, env: VecEnv) -> ContinualPPO:
-        return cls("MlpPolicy", env, **cls.kwargs_from_config(config))
+        tools = plasticity_tools_from_config(config)
+        return cls("MlpPolicy", env, plasticity_tools=tools, **cls.kwargs_from_config(config))
 
     @classmethod
     def kwargs_from_config(cls, config: RunConfig) -> dict[str, Any]:

@@ -11,15 +11,11 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
-import tempfile
-from pathlib import Path
 
 import torch
-from throughput import framework
+from throughput import bench_config, compare_configs
 
-from nested_ac.config import CheckpointConfig, RunConfig
-from nested_ac.train import make_env
+from nested_ac.config import CheckpointConfig
 
 
 def main() -> None:
@@ -28,27 +24,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    with_checkpoints = RunConfig(steps=args.steps, progress_bar=False)
-    with_checkpoints.env.schedule.every = args.steps // 4
+    with_checkpoints = bench_config(args.steps)
     without = copy.deepcopy(with_checkpoints)
     without.checkpoint.every = 0
-    every = CheckpointConfig().every
-    make_env(with_checkpoints).close()  # warm imports and registrations before timing
-    ratios = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for round_ in range(args.rounds):
-            plain = framework(copy.deepcopy(without), Path(tmp))
-            ours = framework(copy.deepcopy(with_checkpoints), Path(tmp))
-            ratios.append(plain / ours)
-            print(
-                f"round {round_ + 1}: no checkpoints {args.steps / plain:,.0f} steps/s, "
-                f"checkpoint every {every:,} steps {args.steps / ours:,.0f} steps/s, ratio {plain / ours:.3f}"
-            )
-    ratio = statistics.median(ratios)
-    print(
-        f"median throughput ratio with / without checkpoints: {ratio:.3f} "
-        f"({'PASS' if ratio >= 0.98 else 'FAIL'}: target >= 0.98)"
-    )
+    label = f"checkpoint every {CheckpointConfig().every:,} steps"
+    compare_configs(without, with_checkpoints, ("no checkpoints", label), args.rounds, target=0.98)
 
 
 if __name__ == "__main__":

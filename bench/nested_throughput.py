@@ -12,17 +12,9 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
-import tempfile
-from pathlib import Path
 
 import torch
-from throughput import framework
-
-from nested_ac.config import RunConfig
-from nested_ac.train import make_env
-
-TARGET = 0.8
+from throughput import bench_config, compare_configs
 
 
 def main() -> None:
@@ -31,24 +23,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    ppo = RunConfig(steps=args.steps, progress_bar=False)
-    ppo.env.schedule.every = args.steps // 4
+    ppo = bench_config(args.steps)
     nested = copy.deepcopy(ppo)
     nested.agent, nested.nested.levels = "nested-ppo", 2
-    make_env(ppo).close()  # warm imports and registrations before timing
-    ratios = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for round_ in range(args.rounds):
-            plain = framework(copy.deepcopy(ppo), Path(tmp))
-            ours = framework(copy.deepcopy(nested), Path(tmp))
-            ratios.append(plain / ours)
-            print(
-                f"round {round_ + 1}: ppo {args.steps / plain:,.0f} steps/s, "
-                f"nested-ppo (K=2) {args.steps / ours:,.0f} steps/s, ratio {plain / ours:.3f}"
-            )
-    ratio = statistics.median(ratios)
-    verdict = "PASS" if ratio >= TARGET else "FAIL"
-    print(f"median throughput ratio nested-ppo / ppo: {ratio:.3f} ({verdict}: target >= {TARGET})")
+    compare_configs(ppo, nested, ("ppo", "nested-ppo (K=2)"), args.rounds, target=0.8)
 
 
 if __name__ == "__main__":

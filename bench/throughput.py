@@ -11,6 +11,7 @@ clock, the episode and throughput callbacks and TensorBoard logging. Target: rat
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import tempfile
 import time
@@ -53,14 +54,43 @@ def framework(config: RunConfig, out_dir: Path) -> float:
     return time.perf_counter() - start
 
 
+def bench_config(steps: int) -> RunConfig:
+    """The benchmark setting: defaults (permuted CartPole, 8 copies, 256 steps, batch 256, 10 epochs), four
+    tasks over the run, no progress bar."""
+    config = RunConfig(steps=steps, progress_bar=False)
+    config.env.schedule.every = steps // 4
+    return config
+
+
+def compare_configs(
+    baseline: RunConfig, variant: RunConfig, labels: tuple[str, str], rounds: int, target: float
+) -> float:
+    """Median ratio of steps per second, variant / baseline, both through ``nested-ac train``, interleaved
+    for ``rounds`` rounds in this process; prints every round and PASS/FAIL against ``target``."""
+    make_env(baseline).close()  # warm imports and registrations before timing
+    ratios = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for round_ in range(rounds):
+            base = framework(copy.deepcopy(baseline), Path(tmp))
+            ours = framework(copy.deepcopy(variant), Path(tmp))
+            ratios.append(base / ours)
+            print(
+                f"round {round_ + 1}: {labels[0]} {baseline.steps / base:,.0f} steps/s, "
+                f"{labels[1]} {variant.steps / ours:,.0f} steps/s, ratio {base / ours:.3f}"
+            )
+    ratio = statistics.median(ratios)
+    verdict = "PASS" if ratio >= target else "FAIL"
+    print(f"median throughput ratio {labels[1]} / {labels[0]}: {ratio:.3f} ({verdict}: target >= {target})")
+    return ratio
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    config = RunConfig(steps=args.steps, progress_bar=False)
-    config.env.schedule.every = args.steps // 4
+    config = bench_config(args.steps)
     make_env(config).close()  # warm imports and registrations before timing
     ratios = []
     with tempfile.TemporaryDirectory() as tmp:

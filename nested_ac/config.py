@@ -65,12 +65,19 @@ class NetworkConfig:
 
 @dataclass
 class OptimizerConfig:
-    """The optimizer of every network and its hyperparameters (the learning rate is ``ppo.learning_rate``)."""
+    """The optimizer of every network and its hyperparameters (the learning rate is ``ppo.learning_rate``).
+
+    ``betas``, ``eps`` and ``weight_decay`` (decoupled) serve Adam and UPGD; the ``UPGD`` fields only UPGD.
+    """
 
     name: str = "adam"
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-5
     weight_decay: float = 0.0
+    beta_utility: float = 0.999  # UPGD: decay of the utility trace
+    sigma: float = 1e-3  # UPGD: standard deviation of the perturbation noise
+    protect: bool = True  # UPGD: gate the gradient too (the paper's UPGD), not only the noise
+    log_every: int = 10  # UPGD: log the scaled utilities every N updates (0: never)
 
 
 @dataclass
@@ -153,6 +160,8 @@ class RunConfig:
             raise ConfigError(
                 f"checkpoint.every must be >= 0 (0 = only on an interrupt), got {self.checkpoint.every}"
             )
+        if self.optimizer.log_every < 0:
+            raise ConfigError(f"optimizer.log_every must be >= 0 (0 = never), got {self.optimizer.log_every}")
         if any(width <= 0 for width in self.network.actor + self.network.critic):
             raise ConfigError("network.actor and network.critic widths must be positive integers")
 
