@@ -9,7 +9,7 @@ from typing import NoReturn
 
 from nested_ac.errors import ConfigError
 
-LIST_TOPICS = ("envs", "agents", "optimizers")
+LIST_TOPICS = ("envs", "agents", "optimizers", "presets")
 NUMERICAL_FAULT_EXIT = 3
 
 # Command-line flag → dotted config key; each flag is validated by the config's own type checks.
@@ -45,6 +45,7 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--n-envs", dest="n_envs", help="parallel environment copies")
     train.add_argument("--run-dir", dest="run_dir", help="parent directory of the run (default runs)")
     train.add_argument("--name", help="run name (default <agent>-<optimizer>-<env>-s<seed>)")
+    train.add_argument("--preset", help="a shipped configuration to start from (nested-ac list presets)")
     train.add_argument("--config", help="YAML file with any subset of the configuration")
     train.add_argument(
         "--set",
@@ -79,6 +80,7 @@ def _train(args: argparse.Namespace) -> int:
     from nested_ac.config import resolve_config
     from nested_ac.faults import NumericalFault
     from nested_ac.interrupts import TrainingInterrupted
+    from nested_ac.presets import load_preset
     from nested_ac.train import resume, train
 
     overrides = {
@@ -86,13 +88,14 @@ def _train(args: argparse.Namespace) -> int:
     }
     if args.no_progress:
         overrides["progress_bar"] = False
-    if args.resume is not None and (overrides or args.config or args.assignments):
+    preset = load_preset(args.preset) if args.preset is not None else None
+    if args.resume is not None and (overrides or args.config or args.assignments or preset):
         raise ConfigError("--resume takes no other options: the run continues with its own config.yaml")
     try:
         result = (
             resume(args.resume)
             if args.resume is not None
-            else train(resolve_config(args.config, overrides, args.assignments))
+            else train(resolve_config(args.config, overrides, args.assignments, preset))
         )
     except TrainingInterrupted as interrupt:
         print(f"nested-ac: {interrupt}", file=sys.stderr)
@@ -128,8 +131,10 @@ def _list(topic: str) -> int:
     import agents  # noqa: F401
     import envs
     import nested_ac.optimizers  # noqa: F401
+    from nested_ac.presets import preset_description, preset_names
     from nested_ac.registry import AGENTS, OPTIMIZERS
 
+    footer = ""
     if topic == "envs":
         rows = [
             (info.id, f"{info.changes}; new task every {info.default_every:,} steps")
@@ -138,9 +143,12 @@ def _list(topic: str) -> int:
         footer = (
             "Any other Gymnasium id (or module:EnvId) trains too; it is stationary unless it has set_task."
         )
+    elif topic == "presets":
+        rows = [(name, preset_description(name)) for name in preset_names()]
+        footer = "Use one with: nested-ac train --preset NAME (flags, --config and --set override it)."
     else:
         registry = AGENTS if topic == "agents" else OPTIMIZERS
-        rows, footer = [(entry.name, entry.description) for entry in registry], ""
+        rows = [(entry.name, entry.description) for entry in registry]
     width = max(len(name) for name, _ in rows)
     for name, description in rows:
         print(f"{name:<{width}}  {description}")

@@ -1,8 +1,9 @@
 """The typed run configuration: every hyperparameter of a run, loadable from YAML, overridable from the CLI.
 
-Precedence, lowest first: the defaults below, a ``--config FILE.yaml``, the explicit command-line flags
-(``--env``, ``--steps`` ...), then ``--set section.key=value``. The fully resolved configuration is written
-to ``config.yaml`` in the run directory; ``nested-ac train --config that/config.yaml`` reruns it.
+Precedence, lowest first: the defaults below, a ``--preset NAME``, a ``--config FILE.yaml``, the explicit
+command-line flags (``--env``, ``--steps`` ...), then ``--set section.key=value``. The fully resolved
+configuration is written to ``config.yaml`` in the run directory; ``nested-ac train --config
+that/config.yaml`` reruns it.
 """
 
 from __future__ import annotations
@@ -326,9 +327,10 @@ def resolve_config(
     file: str | Path | None = None,
     overrides: dict[str, Any] | None = None,
     assignments: list[str] | None = None,
+    preset: dict[str, Any] | None = None,
 ) -> RunConfig:
-    """Defaults ← YAML ``file`` ← ``overrides`` (dotted keys) ← ``assignments`` (``key=value`` strings)."""
-    values: dict[str, Any] = load_yaml(file) if file is not None else {}
+    """Defaults ← ``preset`` ← YAML ``file`` ← ``overrides`` (dotted keys) ← ``assignments`` (key=value)."""
+    values: dict[str, Any] = _merge(preset or {}, load_yaml(file) if file is not None else {})
     dotted = dict(overrides or {})
     for assignment in assignments or []:
         key, value = parse_set(assignment)

@@ -200,9 +200,7 @@ def test_ppo_trains_saves_and_loads_with_upgd(tmp_path, cls, lr):
         batch_size=64,
         n_epochs=2,
         seed=0,
-        policy_kwargs=dict(
-            optimizer_class=cls, optimizer_kwargs=dict(sigma=1e-3, weight_decay=1e-3)
-        ),
+        policy_kwargs=dict(optimizer_class=cls, optimizer_kwargs=dict(sigma=1e-3, weight_decay=1e-3)),
     )
     before = [p.clone() for p in model.policy.parameters()]
     model.learn(2048)

@@ -6,6 +6,7 @@ import signal
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from nested_ac.config import resolve_config
 from nested_ac.train import train
 from tests.conftest import FAST, read_scalars
 from tests.test_reliability import assert_same_final_run, cli_args, interrupt_at, small_config
@@ -78,3 +79,37 @@ def test_interrupted_upgd_run_resumes_exactly(cli, tmp_path, monkeypatch):
     code, _, err = cli("train", "--resume", str(tmp_path / "run"))
     assert code == 0, err
     assert_same_final_run(tmp_path / "run", reference)
+
+
+def test_upgd_preset_sets_the_papers_settings_and_flags_override_it(cli, tmp_path):
+    code, out, _ = cli("list", "presets")
+    assert code == 0 and "upgd-ppo" in out and "factor 2" in out
+    code, _, err = cli(
+        "train",
+        "--preset",
+        "upgd-ppo",
+        "--steps",
+        "256",
+        "--n-envs",
+        "2",
+        "--run-dir",
+        str(tmp_path),
+        "--name",
+        "p",
+        "--set",
+        "optimizer.sigma=0.01",
+        *FAST,
+    )
+    assert code == 0, err
+    config = resolve_config(tmp_path / "p" / "config.yaml")
+    assert (config.optimizer.name, config.ppo.learning_rate, config.optimizer.weight_decay) == (
+        "upgd",
+        6e-4,
+        1e-3,
+    )
+    assert config.optimizer.sigma == 0.01
+
+
+def test_unknown_preset(cli, tmp_path):
+    code, _, err = cli("train", "--preset", "upgd-pp", "--run-dir", str(tmp_path))
+    assert code == 2 and "unknown preset 'upgd-pp'; valid choices: upgd-ppo" in err
