@@ -19,6 +19,7 @@ from nested_ac.errors import ConfigError, unknown_choice
 from nested_ac.faults import GradientCheck, check_losses, check_update
 from nested_ac.hooks import PlasticityTool
 from nested_ac.optimizers import UtilityLogger
+from nested_ac.plasticity import ContinualBackprop, L2Init, ReDo, ShrinkPerturb
 from nested_ac.registry import OPTIMIZERS
 
 # PPO's loss terms, as logged under train/ and checked for NaN on every minibatch.
@@ -52,10 +53,26 @@ def policy_kwargs_from_config(config: RunConfig) -> dict[str, Any]:
 
 
 def plasticity_tools_from_config(config: RunConfig) -> list[PlasticityTool]:
-    """The plasticity tools ``config`` switches on (UPGD's utility logging with a UPGD optimizer)."""
+    """The plasticity tools ``config`` switches on: UPGD's utility logging with a UPGD optimizer, continual
+    backprop, Shrink & Perturb, L2-Init, ReDo."""
     tools: list[PlasticityTool] = []
     if config.optimizer.name.startswith("upgd") and config.optimizer.log_every > 0:
         tools.append(UtilityLogger(config.optimizer.log_every))
+    try:
+        if config.cbp.enabled:
+            cbp = config.cbp
+            tools.append(
+                ContinualBackprop(cbp.replacement_rate, cbp.maturity, cbp.decay_rate, cbp.mean_corrected)
+            )
+        if config.shrink_perturb.mode != "off":
+            sp = config.shrink_perturb
+            tools.append(ShrinkPerturb(sp.mode, sp.shrink, sp.sigma, sp.alpha))
+        if config.l2_init.coef:
+            tools.append(L2Init(config.l2_init.coef))
+        if config.redo.enabled:
+            tools.append(ReDo(config.redo.tau, config.redo.every))
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     return tools
 
 

@@ -56,6 +56,7 @@ def _build_parser() -> argparse.ArgumentParser:
         help="override one config key, e.g. --set ppo.n_epochs=4 (repeatable)",
     )
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--cbp", action="store_true", help="continual backprop on (cbp.* keys under --set)")
     train.add_argument(
         "--resume",
         metavar="RUN_DIR",
@@ -88,6 +89,8 @@ def _train(args: argparse.Namespace) -> int:
     }
     if args.no_progress:
         overrides["progress_bar"] = False
+    if args.cbp:
+        overrides["cbp.enabled"] = True
     preset = load_preset(args.preset) if args.preset is not None else None
     if args.resume is not None and (overrides or args.config or args.assignments or preset):
         raise ConfigError("--resume takes no other options: the run continues with its own config.yaml")

@@ -101,6 +101,44 @@ class NestedConfig:
 
 
 @dataclass
+class CBPConfig:
+    """Continual backprop (``--cbp``): replacement rate ρ, maturity m (optimizer steps), decay η."""
+
+    enabled: bool = False
+    replacement_rate: float = 1e-4
+    maturity: int = 10_000
+    decay_rate: float = 0.99
+    mean_corrected: bool = False
+
+
+@dataclass
+class ShrinkPerturbConfig:
+    """Shrink & Perturb: ``mode`` off, ``step`` (θ ← shrink·θ + sigma·ε each optimizer step) or ``switch``
+    (θ ← alpha·θ + (1 - alpha)·θ_fresh at each task switch)."""
+
+    mode: str = "off"
+    shrink: float = 0.999
+    sigma: float = 1e-4
+    alpha: float = 0.5
+
+
+@dataclass
+class L2InitConfig:
+    """L2-Init: pull toward the initial weights with strength ``coef`` (0: off)."""
+
+    coef: float = 0.0
+
+
+@dataclass
+class ReDoConfig:
+    """ReDo: reset the τ-dormant units every ``every`` updates."""
+
+    enabled: bool = False
+    tau: float = 0.025
+    every: int = 10
+
+
+@dataclass
 class CheckpointConfig:
     """Periodic checkpoints in ``<run>/checkpoints/``: every ``every`` steps (0: only on an interrupt)."""
 
@@ -118,6 +156,10 @@ class RunConfig:
     ppo: PPOConfig = field(default_factory=PPOConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     nested: NestedConfig = field(default_factory=NestedConfig)
+    cbp: CBPConfig = field(default_factory=CBPConfig)
+    shrink_perturb: ShrinkPerturbConfig = field(default_factory=ShrinkPerturbConfig)
+    l2_init: L2InitConfig = field(default_factory=L2InitConfig)
+    redo: ReDoConfig = field(default_factory=ReDoConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     steps: int = 100_000
     seed: int = 0

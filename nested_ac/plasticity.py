@@ -1,0 +1,391 @@
+"""Plasticity tools: continual backprop and the standard baselines, all through the one hook protocol.
+
+- :class:`ContinualBackprop` — generate-and-test replacement of low-utility hidden units (Dohare et al.,
+  "Loss of plasticity in deep continual learning", Nature 2024);
+- :class:`ShrinkPerturb` — θ ← λθ + σε each step, or θ ← αθ + (1 − α)θ_fresh at each task switch
+  (Ash & Adams, "On warm-starting neural network training", NeurIPS 2020);
+- :class:`L2Init` — a pull toward the initial weights (Kumar et al., "Maintaining plasticity in continual
+  learning via regenerative regularization", 2023);
+- :class:`ReDo` — reset τ-dormant units every F updates (Sokar et al., "The dormant neuron phenomenon in
+  deep reinforcement learning", ICML 2023).
+
+L2 (weight decay) and "non-stationary Adam" (β1 = β2) are optimizer settings: ``optimizer.weight_decay``
+and ``optimizer.betas`` (presets ``cbp-paper`` and ``nonstationary-adam``).
+
+Every tool acts on the networks :func:`nested_ac.networks.policy_networks` lists — the actor and every
+critic. While a nested agent's outer critics are frozen (``model.outer_frozen()``), tools leave them alone.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.logger import Logger
+from torch import nn
+
+from nested_ac.hooks import PlasticityTool
+from nested_ac.metrics import dormant_mask
+from nested_ac.networks import Network, policy_networks
+
+# Per-parameter state tensors (shaped like the parameter) of torch's optimizers; an optimizer class with a
+# ``per_parameter_state_keys`` attribute (nested_ac.optim's UPGD optimizers) names its own.
+TORCH_OPTIMIZER_STATE_KEYS: dict[type[torch.optim.Optimizer], tuple[str, ...]] = {
+    torch.optim.Adam: ("exp_avg", "exp_avg_sq"),
+    torch.optim.AdamW: ("exp_avg", "exp_avg_sq"),
+    torch.optim.SGD: ("momentum_buffer",),
+}
+
+
+def optimizer_state_keys(optimizer: torch.optim.Optimizer) -> tuple[str, ...]:
+    """The names of ``optimizer``'s per-parameter state tensors; a ValueError for an unknown layout."""
+    keys = getattr(type(optimizer), "per_parameter_state_keys", None)
+    if keys is not None:
+        return tuple(keys)
+    if type(optimizer) in TORCH_OPTIMIZER_STATE_KEYS:
+        return TORCH_OPTIMIZER_STATE_KEYS[type(optimizer)]
+    known = ", ".join(cls.__name__ for cls in TORCH_OPTIMIZER_STATE_KEYS)
+    raise ValueError(
+        f"unknown optimizer state layout of {type(optimizer).__name__}: supported are {known} and optimizers "
+        "with a per_parameter_state_keys attribute (UPGD, AdaptiveUPGD)"
+    )
+
+
+def active_networks(model: BaseAlgorithm) -> list[Network]:
+    """The networks tools may change now: all of them, less a nested agent's frozen outer critics."""
+    networks = policy_networks(model.policy)
+    outer_frozen = getattr(model, "outer_frozen", None)
+    if outer_frozen is not None and outer_frozen():
+        networks = [n for n in networks if n.name in ("actor", "critic", "critic_1")]
+    return networks
+
+
+@torch.no_grad()
+def reset_units(
+    network: Network, layer: int, units: torch.Tensor, optimizer: torch.optim.Optimizer, ortho_init: bool
+) -> None:
+    """Replace hidden ``units`` of ``layer`` by fresh ones without changing the network's output.
+
+    Incoming weights are redrawn from the layer's own initialisation — SB3's orthogonal init with gain √2
+    for hidden layers when ``ortho_init`` (a fresh orthogonal matrix of the layer's shape, of which the
+    rows of ``units`` are taken), PyTorch's default ``nn.Linear`` init otherwise — their bias set to 0,
+    their outgoing weights (the next layer's columns) set to 0, and the optimizer's state of exactly those
+    entries zeroed.
+    """
+    incoming, outgoing = network.hidden[layer], network.outgoing(layer)
+    fresh = nn.Linear(incoming.in_features, incoming.out_features).to(incoming.weight.device)
+    if ortho_init:
+        nn.init.orthogonal_(fresh.weight, gain=math.sqrt(2))
+    incoming.weight[units] = fresh.weight[units].to(incoming.weight.dtype)
+    incoming.bias[units] = 0.0
+    outgoing.weight[:, units] = 0.0
+    keys = optimizer_state_keys(optimizer)
+    for parameter, index in (
+        (incoming.weight, units),
+        (incoming.bias, units),
+        (outgoing.weight, (slice(None), units)),
+    ):
+        state = optimizer.state.get(parameter, {})
+        for key in keys:
+            if isinstance(state.get(key), torch.Tensor):
+                state[key][index] = 0.0
+
+
+def reset_layers(
+    network: Network,
+    units_by_layer: dict[int, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    ortho_init: bool,
+) -> None:
+    """:func:`reset_units` for several layers of one network, last layer first: a fresh row of layer l+1
+    would otherwise give back outgoing weights to the units just replaced in layer l."""
+    for layer in sorted(units_by_layer, reverse=True):
+        reset_units(network, layer, units_by_layer[layer], optimizer, ortho_init)
+
+
+class ActivationRecorder:
+    """Keeps the last training-time output (under autograd, so not rollouts or probes) of each activation."""
+
+    def __init__(self, networks: list[Network]) -> None:
+        self.outputs: dict[tuple[str, int], torch.Tensor] = {}
+        self._handles = [
+            activation.register_forward_hook(self._hook((network.name, layer)))
+            for network in networks
+            for layer, activation in enumerate(network.activations)
+        ]
+
+    def _hook(self, key: tuple[str, int]):
+        def record(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+            if torch.is_grad_enabled():
+                self.outputs[key] = output.detach()
+
+        return record
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
+class ContinualBackprop(PlasticityTool):
+    """Continual backprop (Dohare et al., Nature 2024): generate-and-test over every hidden layer.
+
+    After every optimizer step, for hidden unit i of a layer with activation h_i on the minibatch and
+    outgoing weights W_out[:, i]:
+
+        c_i = mean_batch |h_i| · Σ_k |W_out[k, i]|        contribution utility
+              (mean-corrected: |h_i − f̂_i|, f̂_i the bias-corrected running mean of h_i)
+        a_i += 1;  U_i = η·U_i + (1 − η)·c_i;  Û_i = U_i / (1 − η^{a_i})
+        n += ρ · |{i : a_i > m}|;  replace the ⌊n⌋ mature units with the lowest Û_i;  n −= ⌊n⌋
+
+    A replaced unit gets fresh incoming weights, bias 0, outgoing weights 0 (the output is unchanged),
+    age 0, utility 0, and the optimizer state of exactly its entries zeroed (:func:`reset_units`). ρ is the
+    replacement rate, m the maturity threshold in optimizer steps, η the decay rate. The paper's RL
+    setting: ρ = 1e-4, m = 10 000, η = 0.99, with L2 1e-4 and Adam β = (0.99, 0.99) (preset ``cbp-paper``).
+    """
+
+    def __init__(
+        self,
+        replacement_rate: float = 1e-4,
+        maturity: int = 10_000,
+        decay_rate: float = 0.99,
+        mean_corrected: bool = False,
+    ) -> None:
+        if not 0.0 <= replacement_rate <= 1.0:
+            raise ValueError(f"replacement_rate must be in [0, 1], got {replacement_rate}")
+        if maturity < 0:
+            raise ValueError(f"maturity must be >= 0, got {maturity}")
+        if not 0.0 <= decay_rate < 1.0:
+            raise ValueError(f"decay_rate must be in [0, 1), got {decay_rate}")
+        self.replacement_rate = replacement_rate
+        self.maturity = maturity
+        self.decay_rate = decay_rate
+        self.mean_corrected = mean_corrected
+        self.recorder: ActivationRecorder | None = None
+        # Per (network, layer): ages (host), utility U, running mean f, replacement carry, replaced count.
+        self.ages: dict[tuple[str, int], np.ndarray] = {}
+        self.utility: dict[tuple[str, int], torch.Tensor] = {}
+        self.mean: dict[tuple[str, int], torch.Tensor] = {}
+        self.carry: dict[tuple[str, int], float] = {}
+        self.replaced: dict[tuple[str, int], int] = {}
+
+    def bind(self, model: BaseAlgorithm) -> None:
+        """Start recording the hidden activations of every network of ``model`` (idempotent)."""
+        if self.recorder is not None:
+            return
+        networks = policy_networks(model.policy)
+        for network in networks:
+            if not network.hidden:
+                raise ValueError(f"continual backprop needs hidden layers; network {network.name!r} has none")
+            for layer, linear in enumerate(network.hidden):
+                key = (network.name, layer)
+                if key not in self.ages:
+                    units = linear.out_features
+                    self.ages[key] = np.zeros(units, dtype=np.int64)
+                    self.utility[key] = torch.zeros(units, device=linear.weight.device)
+                    self.mean[key] = torch.zeros(units, device=linear.weight.device)
+                    self.carry[key], self.replaced[key] = 0.0, 0
+        optimizer_state_keys(model.policy.optimizer)  # an unknown layout fails now, not at the first reset
+        self.recorder = ActivationRecorder(networks)
+
+    def on_rollout_end(self, model: BaseAlgorithm) -> None:
+        self.bind(model)
+
+    @torch.no_grad()
+    def after_optimizer_step(self, model: BaseAlgorithm, optimizer: torch.optim.Optimizer) -> None:
+        if self.recorder is None:
+            return
+        for network in active_networks(model):
+            # The utilities of every layer first, on the network the step produced; then the replacements.
+            due = {layer: self._test(network, layer) for layer in range(len(network.hidden))}
+            due = {layer: units for layer, units in due.items() if units is not None}
+            reset_layers(network, due, optimizer, model.policy.ortho_init)
+            for layer, units in due.items():
+                key = (network.name, layer)
+                self.ages[key][units.cpu().numpy()] = 0
+                self.utility[key][units] = 0.0
+                self.mean[key][units] = 0.0
+                self.replaced[key] += len(units)
+
+    def _test(self, network: Network, layer: int) -> torch.Tensor | None:
+        """Update layer ``layer``'s ages and utilities; the units to replace now, or None."""
+        key, eta = (network.name, layer), self.decay_rate
+        h = self.recorder.outputs.get(key) if self.recorder is not None else None
+        if h is None:
+            return None
+        h = h.reshape(-1, h.shape[-1])
+        ages = self.ages[key]
+        ages += 1
+        age = torch.as_tensor(ages, dtype=h.dtype, device=h.device)
+        if self.mean_corrected:
+            self.mean[key].mul_(eta).add_(h.mean(0), alpha=1 - eta)
+            h = h - self.mean[key] / (1 - eta**age)
+        contribution = h.abs().mean(0) * network.outgoing(layer).weight.abs().sum(0)
+        self.utility[key].mul_(eta).add_(contribution, alpha=1 - eta)
+        mature = ages > self.maturity
+        self.carry[key] += self.replacement_rate * int(mature.sum())
+        count = math.floor(self.carry[key])
+        if count < 1:
+            return None
+        self.carry[key] -= count
+        corrected = torch.where(
+            torch.as_tensor(mature, device=h.device), self.utility[key] / (1 - eta**age), math.inf
+        )
+        return torch.topk(corrected, count, largest=False).indices
+
+    def log(self, logger: Logger) -> None:
+        by_network: dict[str, list[tuple[str, int]]] = {}
+        for key in self.ages:
+            by_network.setdefault(key[0], []).append(key)
+        for name, keys in by_network.items():
+            for key in keys:
+                logger.record(f"cbp/{name}/layer{key[1]}/replaced", self.replaced[key])
+            logger.record(
+                f"cbp/{name}/mean_age", float(np.mean(np.concatenate([self.ages[k] for k in keys])))
+            )
+            logger.record(
+                f"cbp/{name}/mean_utility", float(torch.cat([self.utility[k] for k in keys]).mean())
+            )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "ages": {k: v.copy() for k, v in self.ages.items()},
+            "utility": {k: v.clone() for k, v in self.utility.items()},
+            "mean": {k: v.clone() for k, v in self.mean.items()},
+            "carry": dict(self.carry),
+            "replaced": dict(self.replaced),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.ages = {k: v.copy() for k, v in state["ages"].items()}
+        self.utility = {k: v.clone() for k, v in state["utility"].items()}
+        self.mean = {k: v.clone() for k, v in state["mean"].items()}
+        self.carry = dict(state["carry"])
+        self.replaced = dict(state["replaced"])
+
+
+def _network_parameters(model: BaseAlgorithm) -> list[nn.Parameter]:
+    return [p for network in active_networks(model) for p in network.parameters()]
+
+
+class ShrinkPerturb(PlasticityTool):
+    """Shrink & Perturb (Ash & Adams, NeurIPS 2020), each optimizer step or at each task switch.
+
+    ``mode="step"``: after every optimizer step θ ← λ·θ + σ·ε, ε ~ N(0, 1) (``shrink`` = λ, ``sigma`` = σ).
+    ``mode="switch"``: at every task switch θ ← α·θ + (1 − α)·θ_fresh, θ_fresh a new random initialisation
+    of the same policy (``alpha`` = α).
+    """
+
+    MODES = ("step", "switch")
+
+    def __init__(self, mode: str, shrink: float = 1.0, sigma: float = 0.0, alpha: float = 0.5) -> None:
+        if mode not in self.MODES:
+            raise ValueError(f"shrink_perturb.mode must be one of {', '.join(self.MODES)}, got {mode!r}")
+        if not 0.0 <= shrink <= 1.0 or not 0.0 <= alpha <= 1.0 or sigma < 0:
+            raise ValueError("shrink_perturb needs shrink and alpha in [0, 1] and sigma >= 0")
+        self.mode, self.shrink, self.sigma, self.alpha = mode, shrink, sigma, alpha
+
+    @torch.no_grad()
+    def after_optimizer_step(self, model: BaseAlgorithm, optimizer: torch.optim.Optimizer) -> None:
+        if self.mode != "step":
+            return
+        params = _network_parameters(model)
+        torch._foreach_mul_(params, self.shrink)
+        if self.sigma:
+            torch._foreach_add_(params, [torch.randn_like(p) for p in params], alpha=self.sigma)
+
+    @torch.no_grad()
+    def on_task_switch(self, model: BaseAlgorithm, optimizer: torch.optim.Optimizer, task: int) -> None:
+        if self.mode != "switch" or task == 0:
+            return
+        policy = model.policy
+        fresh = type(policy)(**policy._get_constructor_parameters()).to(policy.device)
+        current = dict(policy.named_parameters())
+        for name, value in fresh.named_parameters():
+            current[name].lerp_(value, 1.0 - self.alpha)
+
+
+class L2Init(PlasticityTool):
+    """L2-Init (Kumar et al., 2023), as a decoupled pull after every optimizer step:
+
+        θ ← θ − lr·λ·(θ − θ_0)
+
+    θ_0 the parameters at the start of training, lr the parameter group's current learning rate, λ = ``coef``
+    (the gradient of λ/2·‖θ − θ_0‖², applied outside the adaptive step as AdamW applies weight decay).
+    """
+
+    def __init__(self, coef: float) -> None:
+        if coef < 0:
+            raise ValueError(f"l2_init.coef must be >= 0, got {coef}")
+        self.coef = coef
+        self.initial: dict[str, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def after_optimizer_step(self, model: BaseAlgorithm, optimizer: torch.optim.Optimizer) -> None:
+        name_of = {id(p): name for name, p in model.policy.named_parameters()}
+        lr_of = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+        for parameter in _network_parameters(model):
+            initial = self.initial[name_of[id(parameter)]]
+            parameter.sub_(parameter - initial, alpha=lr_of[id(parameter)] * self.coef)
+
+    def on_rollout_end(self, model: BaseAlgorithm) -> None:
+        if not self.initial:  # θ_0: the parameters before the first update
+            self.initial = {name: p.detach().clone() for name, p in model.policy.named_parameters()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"initial": {name: value.clone() for name, value in self.initial.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.initial = {name: value.clone() for name, value in state["initial"].items()}
+
+
+class ReDo(PlasticityTool):
+    """ReDo (Sokar et al., ICML 2023): every ``every`` updates, reset the τ-dormant hidden units.
+
+    On the observations of the last rollout, unit i of a layer is τ-dormant when
+    s_i = E|h_i| / mean_j E|h_j| ≤ τ; each is reset as continual backprop replaces a unit (fresh incoming
+    weights, zero outgoing weights, zeroed optimizer state: :func:`reset_units`).
+    """
+
+    def __init__(self, tau: float = 0.025, every: int = 10, probe_size: int = 1024) -> None:
+        if tau < 0 or every <= 0:
+            raise ValueError(f"redo needs tau >= 0 and every > 0, got tau={tau}, every={every}")
+        self.tau, self.every, self.probe_size = tau, every, probe_size
+        self.rollouts = 0
+        self.reset: dict[str, int] = {}
+
+    @torch.no_grad()
+    def on_rollout_end(self, model: BaseAlgorithm) -> None:
+        self.rollouts += 1
+        if self.rollouts % self.every:
+            return
+        buffer = model.rollout_buffer
+        observations = buffer.observations.reshape(-1, *buffer.obs_shape)[: self.probe_size]
+        policy = model.policy
+        features = policy.extract_features(torch.as_tensor(observations, device=policy.device))
+        if isinstance(features, tuple):  # separate actor and critic extractors
+            features = features[0]
+        for network in active_networks(model):
+            h, dormant = features, {}
+            for layer, (linear, activation) in enumerate(
+                zip(network.hidden, network.activations, strict=True)
+            ):
+                h = activation(linear(h))
+                units = torch.nonzero(dormant_mask(h, self.tau)).flatten()
+                if len(units):
+                    dormant[layer] = units
+            reset_layers(network, dormant, policy.optimizer, policy.ortho_init)
+            count = sum(len(units) for units in dormant.values())
+            self.reset[network.name] = self.reset.get(network.name, 0) + count
+
+    def log(self, logger: Logger) -> None:
+        for name, count in self.reset.items():
+            logger.record(f"redo/{name}/reset", count)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rollouts": self.rollouts, "reset": dict(self.reset)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rollouts, self.reset = state["rollouts"], dict(state["reset"])
