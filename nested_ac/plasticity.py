@@ -218,20 +218,20 @@ class ContinualBackprop(PlasticityTool):
         h = h.reshape(-1, h.shape[-1])
         ages = self.ages[key]
         ages += 1
-        age = torch.as_tensor(ages, dtype=h.dtype, device=h.device)
         if self.mean_corrected:
-            self.mean[key].mul_(eta).add_(h.mean(0), alpha=1 - eta)
-            h = h - self.mean[key] / (1 - eta**age)
-        contribution = h.abs().mean(0) * network.outgoing(layer).weight.abs().sum(0)
-        self.utility[key].mul_(eta).add_(contribution, alpha=1 - eta)
+            self.mean[key].lerp_(h.mean(0), 1 - eta)
+            h = h - self.mean[key] / (1 - eta ** torch.as_tensor(ages, dtype=h.dtype, device=h.device))
+        contribution = h.abs().mean(0).mul_(network.outgoing(layer).weight.abs().sum(0))
+        self.utility[key].lerp_(contribution, 1 - eta)
         mature = ages > self.maturity
-        self.carry[key] += self.replacement_rate * int(mature.sum())
+        self.carry[key] += self.replacement_rate * int(np.count_nonzero(mature))
         count = math.floor(self.carry[key])
         if count < 1:
             return None
         self.carry[key] -= count
+        correction = 1 - eta ** torch.as_tensor(ages, dtype=h.dtype, device=h.device)
         corrected = torch.where(
-            torch.as_tensor(mature, device=h.device), self.utility[key] / (1 - eta**age), math.inf
+            torch.as_tensor(mature, device=h.device), self.utility[key] / correction, math.inf
         )
         return torch.topk(corrected, count, largest=False).indices
 
