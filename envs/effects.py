@@ -170,7 +170,9 @@ class ParameterDrift(TaskEffect):
     def __init__(self, name: str, low: float, high: float, log_uniform: bool = False) -> None:
         valid = 0 < low <= high if log_uniform else low <= high
         if not valid:
-            raise ConfigError(f"drift of {name!r} needs low <= high (> 0 if log-uniform), got [{low}, {high}]")
+            raise ConfigError(
+                f"drift of {name!r} needs low <= high (> 0 if log-uniform), got [{low}, {high}]"
+            )
         self.name, self.low, self.high, self.log_uniform = name, float(low), float(high), log_uniform
 
     def check(self, unwrapped: Any) -> None:

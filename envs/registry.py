@@ -49,7 +49,9 @@ def register_nonstationary(
     """
     env_id = f"{NAMESPACE}/{name}"
     gym.register(id=env_id, entry_point=entry_point, vector_entry_point=vector_entry_point, kwargs=kwargs)
-    NONSTATIONARY_ENVS[env_id] = NonStationaryEnvInfo(env_id, changes, default_every, default_kind, default_tasks)
+    NONSTATIONARY_ENVS[env_id] = NonStationaryEnvInfo(
+        env_id, changes, default_every, default_kind, default_tasks
+    )
     return env_id
 
 

@@ -159,4 +159,3 @@ def native_vector(env_id: str, n_envs: int, kwargs: dict[str, Any]) -> Gymnasium
         env.close()
         return None
     return GymnasiumVecEnv(env)
-

@@ -38,7 +38,7 @@ def inner_attr(env: Any, name: str) -> Any:
 
 
 class _TaskSwitching:
-    """What a single-env and a vector task wrapper share: ``set_task``, the task range and the effect hooks."""
+    """What single-env and vector task wrappers share: ``set_task``, the task range, the effect hooks."""
 
     env: Any
     effect: TaskEffect
@@ -150,7 +150,7 @@ class PermuteActions(TaskWrapper):
 
 
 class FlipActions(TaskWrapper):
-    """Per task, a random sign flip of each entry of a symmetric continuous action (cf. Abbas et al., 2023)."""
+    """Per task, a random sign flip of each entry of a symmetric continuous action (cf. Abbas et al.)."""
 
     def __init__(self, env: gym.Env, task_seed: int = 0) -> None:
         super().__init__(env, ActionSignFlip(env.action_space), task_seed)
