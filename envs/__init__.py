@@ -1,21 +1,85 @@
 """Non-stationary Gymnasium environments; importing this package registers them under ``nested_ac/``."""
 
+from envs.effects import TaskEffect
 from envs.registry import NONSTATIONARY_ENVS, register_nonstationary, resolve_env_id
-from envs.schedules import EveryNSteps
-from envs.wrappers import PermuteObservation, TaskWrapper
+from envs.schedules import Cyclic, EveryNSteps, Explicit, RandomDraw, Schedule
+from envs.vector import GymnasiumVecEnv, native_vector
+from envs.wrappers import (
+    DriftAttribute,
+    FlipActions,
+    OffsetObservation,
+    PermuteActions,
+    PermuteObservation,
+    ScaleReward,
+    TaskWrapper,
+    VectorTaskWrapper,
+)
 
 register_nonstationary(
     "PermutedCartPole-v0",
     "envs.classic:permuted_cartpole",
     changes="observation permuted and sign-flipped",
     default_every=200_000,
+    vector_entry_point="envs.classic:permuted_cartpole_vector",
+)
+register_nonstationary(
+    "DriftingCartPole-v0",
+    "envs.classic:drifting_cartpole",
+    changes="gravity in [4.9, 19.6] and pole half-length in [0.25, 1] m redrawn",
+    default_every=100_000,
+    vector_entry_point="envs.classic:drifting_cartpole_vector",
+)
+register_nonstationary(
+    "DriftingAcrobot-v0",
+    "envs.classic:drifting_acrobot",
+    changes="both link masses redrawn log-uniform in [0.5, 2] kg",
+    default_every=100_000,
+)
+register_nonstationary(
+    "DriftingPendulum-v0",
+    "envs.classic:drifting_pendulum",
+    changes="gravity in [5, 15] and mass log-uniform in [0.5, 2] redrawn",
+    default_every=100_000,
+)
+register_nonstationary(
+    "TwoTaskCartPole-v0",
+    "envs.classic:TwoTasks",
+    changes="two tasks: plain CartPole (0) and permuted observation (1), for forgetting",
+    default_every=50_000,
+    default_kind="cyclic",
+    default_tasks=(0, 1),
+)
+register_nonstationary(
+    "SlipperyAnt-v0",
+    "envs.mujoco:slippery_ant",
+    changes="Ant-v5 friction log-uniform in [0.02, 2] (Dohare et al., Nature 2024)",
+    default_every=2_000_000,
+)
+register_nonstationary(
+    "HeavyCheetah-v0",
+    "envs.mujoco:heavy_cheetah",
+    changes="HalfCheetah-v5 body masses scaled by a factor log-uniform in [0.5, 2]",
+    default_every=1_000_000,
 )
 
 __all__ = [
     "NONSTATIONARY_ENVS",
+    "Cyclic",
+    "DriftAttribute",
     "EveryNSteps",
+    "Explicit",
+    "FlipActions",
+    "GymnasiumVecEnv",
+    "OffsetObservation",
+    "PermuteActions",
     "PermuteObservation",
+    "RandomDraw",
+    "ScaleReward",
+    "Schedule",
+    "TaskEffect",
     "TaskWrapper",
+    "VectorTaskWrapper",
+    "native_vector",
     "register_nonstationary",
     "resolve_env_id",
 ]

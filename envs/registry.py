@@ -20,18 +20,38 @@ class NonStationaryEnvInfo:
     id: str
     changes: str
     default_every: int
+    default_kind: str = "every"
+    default_tasks: tuple[int, ...] | None = None
+
+    def describe_schedule(self) -> str:
+        if self.default_kind == "cyclic":
+            return f"cycle through tasks {list(self.default_tasks or ())}, {self.default_every:,} steps each"
+        return f"new task every {self.default_every:,} steps"
 
 
 NONSTATIONARY_ENVS: dict[str, NonStationaryEnvInfo] = {}
 
 
 def register_nonstationary(
-    name: str, entry_point: str | Callable[..., gym.Env], changes: str, default_every: int, **kwargs
+    name: str,
+    entry_point: str | Callable[..., gym.Env],
+    changes: str,
+    default_every: int,
+    vector_entry_point: str | None = None,
+    default_kind: str = "every",
+    default_tasks: tuple[int, ...] | None = None,
+    **kwargs,
 ) -> str:
-    """Register ``nested_ac/<name>`` with Gymnasium; its entry point must accept ``task_seed``."""
+    """Register ``nested_ac/<name>`` with Gymnasium; its entry points must accept ``task_seed``.
+
+    ``vector_entry_point`` (optional) builds ``num_envs`` copies as one numpy-vectorized env with same-step
+    autoreset: the trainer's fast path (``envs.vector``).
+    """
     env_id = f"{NAMESPACE}/{name}"
-    gym.register(id=env_id, entry_point=entry_point, kwargs=kwargs)
-    NONSTATIONARY_ENVS[env_id] = NonStationaryEnvInfo(env_id, changes, default_every)
+    gym.register(id=env_id, entry_point=entry_point, vector_entry_point=vector_entry_point, kwargs=kwargs)
+    NONSTATIONARY_ENVS[env_id] = NonStationaryEnvInfo(
+        env_id, changes, default_every, default_kind, default_tasks
+    )
     return env_id
 
 

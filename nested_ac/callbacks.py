@@ -16,21 +16,33 @@ class Schedule(Protocol):
 class TaskClock(BaseCallback):
     """Applies the schedule: switches every parallel copy to the scheduled task at the same global step.
 
-    The global step counts environment steps summed over the copies (SB3's ``num_timesteps``). Tells an
-    agent with ``notify_task_switch`` (``ContinualPPO``: its plasticity tools) after each switch. Logs
-    ``task/index`` every rollout and keeps ``switches``, the ``(step, task)`` list of every change.
+    The global step counts environment steps summed over the copies (SB3's ``num_timesteps``). With
+    ``at_episode_boundary`` each copy switches when its current episode ends instead (the first switch,
+    at the start, is immediate). Tells an agent with ``notify_task_switch`` (``ContinualPPO``: its
+    plasticity tools) at each scheduled switch. Logs ``task/index`` and the task's physical parameters
+    (``task/<name>``, e.g. ``task/friction``) every rollout, and ``task/switch`` (valued the new task) at
+    the exact step of each switch; keeps ``switches``, the ``(step, task)`` list of every change.
     """
 
-    def __init__(self, schedule: Schedule) -> None:
+    def __init__(self, schedule: Schedule, at_episode_boundary: bool = False) -> None:
         super().__init__()
         self.schedule = schedule
+        self.at_episode_boundary = at_episode_boundary
         self.task = -1
         self.switches: list[tuple[int, int]] = []
+        self.pending: set[int] = set()  # copies still on the previous task (episode-boundary mode)
 
-    def _switch_to(self, task: int) -> None:
-        self.training_env.env_method("set_task", task)
+    def _switch_to(self, task: int, now: bool) -> None:
+        if now:
+            self.training_env.env_method("set_task", task)
+            self.pending = set()
+        else:
+            self.pending = set(range(self.training_env.num_envs))
         self.task = task
         self.switches.append((self.num_timesteps, task))
+        # One point at the switch step, through the run's (checkpoint-deferred) outputs, not a dump.
+        for output in self.logger.output_formats:
+            output.write({"task/switch": task}, {"task/switch": None}, self.num_timesteps)
         notify = getattr(self.model, "notify_task_switch", None)
         if notify is not None:
             notify(task)
@@ -38,22 +50,31 @@ class TaskClock(BaseCallback):
     def _on_training_start(self) -> None:
         task = self.schedule.task_at(self.model.num_timesteps)
         if task != self.task:  # a resumed run is already on its task
-            self._switch_to(task)
+            self._switch_to(task, now=True)
 
     def _on_step(self) -> bool:
         task = self.schedule.task_at(self.num_timesteps)
         if task != self.task:
-            self._switch_to(task)
+            self._switch_to(task, now=not self.at_episode_boundary)
+        if self.pending:
+            ended = [i for i in sorted(self.pending) if self.locals["dones"][i]]
+            if ended:
+                self.training_env.env_method("set_task", self.task, indices=ended)
+                self.pending.difference_update(ended)
         return True
 
     def _on_rollout_end(self) -> None:
         self.logger.record("task/index", self.task)
+        if self.training_env.has_attr("task_parameters"):
+            for name, value in self.training_env.get_attr("task_parameters", indices=[0])[0].items():
+                self.logger.record(f"task/{name}", value)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"task": self.task, "switches": list(self.switches)}
+        return {"task": self.task, "switches": list(self.switches), "pending": sorted(self.pending)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.task, self.switches = state["task"], list(state["switches"])
+        self.pending = set(state.get("pending", []))
 
 
 class EpisodeStats(BaseCallback):

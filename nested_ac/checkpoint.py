@@ -41,6 +41,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
+from envs.vector import GymnasiumVecEnv
 from nested_ac.errors import ConfigError
 from nested_ac.events import DeferredOutput
 from nested_ac.interrupts import InterruptGuard
@@ -62,11 +63,16 @@ class Stateful(Protocol):
 def get_env_state(vec_env: VecEnv) -> bytes:
     """The full state of ``vec_env``'s environments (simulators, RNGs, wrappers, Monitor counters).
 
-    For SB3's ``DummyVecEnv`` the environment objects themselves are pickled with cloudpickle; another
+    The environment objects themselves are pickled with cloudpickle: for SB3's ``DummyVecEnv`` its copies,
+    for the fast path's ``GymnasiumVecEnv`` the one vector env and its episode counters. Another
     vectorised environment needs its own branch here (and in :func:`set_env_state`).
     """
+    if isinstance(vec_env, GymnasiumVecEnv):
+        return cloudpickle.dumps(vec_env.get_state())
     if not isinstance(vec_env, DummyVecEnv):
-        raise CheckpointError(f"cannot checkpoint the state of a {type(vec_env).__name__}; only DummyVecEnv")
+        raise CheckpointError(
+            f"cannot checkpoint the state of a {type(vec_env).__name__}; only DummyVecEnv and GymnasiumVecEnv"
+        )
     return cloudpickle.dumps(
         {
             "envs": vec_env.envs,
@@ -79,6 +85,9 @@ def get_env_state(vec_env: VecEnv) -> bytes:
 
 def set_env_state(vec_env: VecEnv, state: bytes) -> None:
     """Put back into ``vec_env`` what :func:`get_env_state` captured."""
+    if isinstance(vec_env, GymnasiumVecEnv):
+        vec_env.set_state(pickle.loads(state))
+        return
     if not isinstance(vec_env, DummyVecEnv):
         raise CheckpointError(f"cannot restore the state of a {type(vec_env).__name__}; only DummyVecEnv")
     restored = pickle.loads(state)

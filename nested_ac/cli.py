@@ -140,7 +140,7 @@ def _list(topic: str) -> int:
     footer = ""
     if topic == "envs":
         rows = [
-            (info.id, f"{info.changes}; new task every {info.default_every:,} steps")
+            (info.id, f"{info.changes}; {info.describe_schedule()}")
             for info in envs.NONSTATIONARY_ENVS.values()
         ]
         footer = (

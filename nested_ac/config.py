@@ -22,20 +22,33 @@ from nested_ac.errors import ConfigError, closest_first
 
 @dataclass
 class ScheduleConfig:
-    """When the environment's task changes. ``every`` = None takes the environment's own default."""
+    """When the environment's task changes; None takes the environment's own default.
 
-    kind: str = "every"
+    ``kind``: ``every`` (a new task every ``every`` steps), ``cyclic`` (through ``tasks``, ``every`` steps
+    each), ``random`` (a task drawn from ``tasks`` every ``every`` steps) or ``explicit`` (``switches``, a
+    list of ``[step, task]``). ``at_episode_boundary``: each copy switches at its next episode end instead
+    of at the scheduled step.
+    """
+
+    kind: str | None = None
     every: int | None = None
+    tasks: list[int] | None = None
+    switches: list[list[int]] = field(default_factory=list)
+    at_episode_boundary: bool = False
 
 
 @dataclass
 class EnvConfig:
-    """The (non-stationary) environment: a Gymnasium id (``module:EnvId`` works too) and its copies."""
+    """The (non-stationary) environment: a Gymnasium id (``module:EnvId`` works too) and its copies.
+
+    ``vectorized``: use the env's numpy-vectorized implementation where it has one (the fast path).
+    """
 
     id: str = "nested_ac/PermutedCartPole-v0"
     n_envs: int = 8
     kwargs: dict[str, Any] = field(default_factory=dict)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    vectorized: bool = True
 
 
 @dataclass

@@ -34,7 +34,7 @@ from nested_ac.faults import EnvFaultCheck, NumericalFault
 from nested_ac.interrupts import InterruptGuard, TrainingInterrupted
 from nested_ac.registry import AGENTS, OPTIMIZERS
 
-SCHEDULE_KINDS = ("every",)
+SCHEDULE_KINDS = ("every", "cyclic", "random", "explicit")
 CHECKPOINT_DIR = "checkpoints"
 
 
@@ -53,26 +53,107 @@ def validate(config: RunConfig) -> gym.envs.registration.EnvSpec:
     """Every name in ``config`` exists (agent, optimizer, env, schedule); returns the env's spec."""
     AGENTS.get(config.agent)
     OPTIMIZERS.get(config.optimizer.name)
-    if config.env.schedule.kind not in SCHEDULE_KINDS:
-        raise unknown_choice("schedule kind", config.env.schedule.kind, SCHEDULE_KINDS)
+    kind = config.env.schedule.kind
+    if kind is not None and kind not in SCHEDULE_KINDS:
+        raise unknown_choice("schedule kind", kind, SCHEDULE_KINDS)
     return envs.resolve_env_id(config.env.id)
 
 
-def make_schedule(config: RunConfig) -> envs.EveryNSteps:
-    """The configured schedule; ``every`` = None takes the env's default (stationary for foreign envs)."""
+def _task_list(tasks: list[int] | None, kind: str) -> tuple[int, ...]:
+    if tasks is None:
+        raise ConfigError(
+            f"schedule kind {kind!r} needs env.schedule.tasks, e.g. --set env.schedule.tasks=[0,1]"
+        )
+    if not tasks:
+        raise ConfigError(f"env.schedule.tasks is empty; schedule kind {kind!r} needs at least one task")
+    if min(tasks) < 0:
+        raise ConfigError(f"env.schedule.tasks must be non-negative integers, got {tasks}")
+    return tuple(tasks)
+
+
+def _switch_list(switches: list[list[int]], steps: int) -> tuple[tuple[int, int], ...]:
+    if not switches:
+        raise ConfigError("env.schedule.switches is empty; kind 'explicit' needs [[step, task], ...]")
+    pairs = []
+    for pair in switches:
+        if len(pair) != 2 or min(pair) < 0:
+            raise ConfigError(f"env.schedule.switches: each entry is [step, task] >= 0, got {pair}")
+        pairs.append((pair[0], pair[1]))
+    at = [step for step, _ in pairs]
+    if at != sorted(set(at)):
+        raise ConfigError(f"env.schedule.switches: steps must be strictly increasing, got {at}")
+    if at[-1] >= steps:
+        raise ConfigError(
+            f"env.schedule.switches: the switch at step {at[-1]:,} lies beyond the run's {steps:,} steps"
+        )
+    return tuple(pairs)
+
+
+def make_schedule(config: RunConfig) -> envs.Schedule:
+    """The configured schedule; fills the env's defaults into ``config.env.schedule`` (kind, every, tasks).
+
+    Defaults: the nested-ac env's own schedule (``nested-ac list envs``); stationary for other envs.
+    A ConfigError for an empty task set, a cyclic/random schedule without a positive ``every``, or an
+    explicit switch at or past ``steps`` (a schedule longer than the run).
+    """
     info = envs.NONSTATIONARY_ENVS.get(config.env.id)
-    every = config.env.schedule.every
-    if every is None:
-        every = info.default_every if info else 0
-    return envs.EveryNSteps(every)
+    schedule = config.env.schedule
+    if schedule.kind is None:
+        schedule.kind = info.default_kind if info else "every"
+    if schedule.every is None:
+        schedule.every = info.default_every if info else 0
+    if schedule.tasks is None and info is not None and info.default_tasks is not None:
+        schedule.tasks = list(info.default_tasks)
+    if schedule.kind == "explicit":
+        return envs.Explicit(_switch_list(schedule.switches, config.steps))
+    if schedule.kind == "every":
+        return envs.EveryNSteps(schedule.every)
+    tasks = _task_list(schedule.tasks, schedule.kind)
+    if schedule.every <= 0:
+        raise ConfigError(
+            f"schedule kind {schedule.kind!r} needs env.schedule.every > 0, got {schedule.every}"
+        )
+    if schedule.kind == "cyclic":
+        return envs.Cyclic(schedule.every, tasks)
+    return envs.RandomDraw(schedule.every, tasks, config.seed)
+
+
+def check_schedule_fits(config: RunConfig, schedule: envs.Schedule, env: VecEnv) -> None:
+    """A ConfigError if the env cannot follow ``schedule``: no ``set_task``, or a task past ``num_tasks``."""
+    tasks = schedule.tasks_before(config.steps)
+    if tasks == {0}:
+        return
+    if not env.has_attr("set_task"):
+        raise ConfigError(
+            f"env {config.env.id!r} has no set_task, so it cannot follow a schedule; make it non-stationary "
+            "with a wrapper (e.g. envs.PermuteObservation, envs.DriftAttribute) or a set_task method, or set "
+            "env.schedule.every=0 for a stationary run"
+        )
+    limit = env.get_attr("num_tasks")[0] if env.has_attr("num_tasks") else None
+    if limit is not None and max(tasks) >= limit:
+        raise ConfigError(
+            f"the schedule reaches task {max(tasks)}, but env {config.env.id!r} has {limit} tasks "
+            f"(0 … {limit - 1}); set env.schedule.tasks or env.schedule.every"
+        )
 
 
 def make_env(config: RunConfig) -> VecEnv:
-    """``n_envs`` copies of the env, seeded from the run seed; nested-ac envs get ``task_seed`` = seed."""
+    """``n_envs`` copies of the env, seeded from the run seed; nested-ac envs get ``task_seed`` = seed.
+
+    The fast path: where the env has a same-step numpy-vectorized implementation and ``env.vectorized``
+    is on, one vector env behind :class:`envs.GymnasiumVecEnv`; otherwise SB3's ``DummyVecEnv``. Per-copy
+    switching at episode boundaries needs separate copies, so it always takes the ``DummyVecEnv``.
+    """
     kwargs = dict(config.env.kwargs)
     if config.env.id in envs.NONSTATIONARY_ENVS:
         kwargs.setdefault("task_seed", config.seed)
     try:
+        if config.env.vectorized and not config.env.schedule.at_episode_boundary:
+            spec = envs.resolve_env_id(config.env.id)
+            vec_env = envs.native_vector(spec.id, config.env.n_envs, kwargs)
+            if vec_env is not None:
+                vec_env.seed(config.seed)
+                return vec_env
         return make_vec_env(config.env.id, n_envs=config.env.n_envs, seed=config.seed, env_kwargs=kwargs)
     except TypeError as error:
         raise ConfigError(f"env {config.env.id!r} rejected env.kwargs {config.env.kwargs}: {error}") from None
@@ -106,15 +187,10 @@ def train(config: RunConfig) -> RunResult:
     validate(config)
     config = copy.deepcopy(config)
     schedule = make_schedule(config)
-    config.env.schedule.every = schedule.every
     torch.set_num_threads(config.torch_threads)
     env = make_env(config)
     try:
-        if schedule.every > 0 and not env.has_attr("set_task"):
-            raise ConfigError(
-                f"env {config.env.id!r} has no set_task, so it cannot follow a schedule; wrap it in a "
-                "TaskWrapper (e.g. envs.PermuteObservation) or set env.schedule.every=0 for a stationary run"
-            )
+        check_schedule_fits(config, schedule, env)
         agent = build_agent(config, env)
         run_dir = create_run_dir(config.run_dir, config.name or config.default_name())
         config.name = run_dir.name
@@ -153,7 +229,7 @@ def resume(run_dir: str | Path) -> RunResult:
 
 def _learn(
     config: RunConfig,
-    schedule: envs.EveryNSteps,
+    schedule: envs.Schedule,
     agent: BaseAlgorithm,
     run_dir: Path,
     checkpoint: dict[str, Any] | None,
@@ -163,7 +239,11 @@ def _learn(
     logger = Logger(str(run_dir), [events])
     agent.set_logger(logger)
     episodes = EpisodeStats()
-    clock = TaskClock(schedule) if agent.get_env().has_attr("set_task") else None
+    clock = (
+        TaskClock(schedule, config.env.schedule.at_episode_boundary)
+        if agent.get_env().has_attr("set_task")
+        else None
+    )
     parts = {"episode_stats": episodes, **({"task_clock": clock} if clock is not None else {})}
     start = time.perf_counter()
     with InterruptGuard() as guard:

@@ -134,7 +134,10 @@ BAD_INPUTS = [
     (["--set", "novalue"], "--set expects key=value"),
     (["--set", "network.activation=sigmoidal"], "unknown activation 'sigmoidal'"),
     (["--env", "CartPole-v1", "--set", "env.schedule.every=100"], "has no set_task"),
-    (["--set", "env.schedule.kind=sometimes"], "unknown schedule kind 'sometimes'; valid choices: every"),
+    (
+        ["--set", "env.schedule.kind=sometimes"],
+        "unknown schedule kind 'sometimes'; valid choices: cyclic, every, explicit, random",
+    ),
     (["--set", "checkpoint.every=-1"], "checkpoint.every must be >= 0 (0 = only on an interrupt), got -1"),
     (["--set", "checkpoint.keep=0"], "checkpoint.keep must be a positive integer, got 0"),
     (["--bogus-flag"], "unrecognized arguments: --bogus-flag"),

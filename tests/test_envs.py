@@ -10,6 +10,7 @@ from stable_baselines3.common.env_util import make_vec_env
 import envs
 from agents import ContinualPPO
 from nested_ac.callbacks import TaskClock
+from nested_ac.errors import ConfigError
 
 
 def observations(env: gym.Env, task: int, seed: int = 0) -> np.ndarray:
@@ -25,7 +26,8 @@ def test_permutation_changes_only_with_the_task_and_is_seeded():
     seen = {}
     for task in (0, 1, 2, 0):
         obs = observations(env, task, seed=1)
-        wrapper = env.get_wrapper_attr("permutation"), env.get_wrapper_attr("signs")
+        effect = env.get_wrapper_attr("effect")
+        wrapper = effect.permutation, effect.signs
         np.testing.assert_allclose(obs, wrapper[1] * raw[wrapper[0]], rtol=1e-6)
         assert sorted(np.abs(obs)) == pytest.approx(sorted(np.abs(raw)))  # same entries, moved and flipped
         seen.setdefault(task, obs)
@@ -52,7 +54,7 @@ def test_observation_within_space_for_every_task():
 
 def test_negative_task_is_rejected():
     env = gym.make("nested_ac/PermutedCartPole-v0")
-    with pytest.raises(ValueError, match="non-negative"):
+    with pytest.raises(ConfigError, match="non-negative"):
         env.get_wrapper_attr("set_task")(-1)
 
 

@@ -16,7 +16,7 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.policies import ActorCriticPolicy
 
-import envs
+from envs.effects import ObservationPermutation
 from nested_ac import checkpoint
 from nested_ac.callbacks import Throughput
 from nested_ac.checkpoint import CheckpointStore
@@ -209,18 +209,19 @@ def test_nan_in_the_loss_stops_with_a_message_and_a_good_checkpoint(cli, tmp_pat
 
 
 def test_nan_observation_from_the_env_is_reported(cli, tmp_path, monkeypatch):
-    original, count = envs.PermuteObservation.observation, [0]
+    # The run takes the fast path: one call per step of both copies (plus one per finished episode).
+    original, count = ObservationPermutation.observation, [0]
 
     def observation(self, obs):
         count[0] += 1
         result = original(self, obs)
-        return result * np.nan if count[0] == 4000 else result
+        return result * np.nan if count[0] >= 2000 else result
 
-    monkeypatch.setattr(envs.PermuteObservation, "observation", observation)
+    monkeypatch.setattr(ObservationPermutation, "observation", observation)
     code, _, err = cli("train", "--no-progress", *cli_args(small_config(tmp_path, "run")))
     assert code == 3
     step = assert_fault_keeps_checkpoint(err, tmp_path / "run", "the observation of env copy")
-    assert 3000 < step <= 4000  # the 4000th observation: ~2 per 2 steps, plus resets
+    assert 3000 < step <= 4000  # the 2000th call: 2 steps per call, plus episode ends
 
 
 def test_non_finite_gradient_and_parameter_are_named(tmp_path):
