@@ -91,6 +91,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     config = bench_config(args.steps)
+    config.env.vectorized = False  # SB3's DummyVecEnv on both sides: the same env, only the framework differs
     make_env(config).close()  # warm imports and registrations before timing
     ratios = []
     with tempfile.TemporaryDirectory() as tmp:
