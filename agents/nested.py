@@ -227,9 +227,13 @@ class NestedPPO(ContinualPPO):
         nested = sum(terms[1:], terms[0]) if distill else terms[0]
         return loss + self.vf_coef * nested, values, approx_kl
 
-    def _clip_gradients(self) -> None:
-        for group in self.policy.optimizer.param_groups:
+    def _clip_gradients(self) -> torch.Tensor:
+        """Each level clipped on its own; returns the norm before clipping of level 1 (actor and V_1)."""
+        norms = [
             torch.nn.utils.clip_grad_norm_(group["params"], self.max_grad_norm)
+            for group in self.policy.optimizer.param_groups
+        ]
+        return norms[0]
 
     def _optimizer_step(self, loss: torch.Tensor) -> None:
         super()._optimizer_step(loss)

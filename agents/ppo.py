@@ -15,6 +15,7 @@ from stable_baselines3.common.utils import explained_variance
 from stable_baselines3.common.vec_env import VecEnv
 
 from nested_ac.config import RunConfig
+from nested_ac.diagnostics import Diagnostics
 from nested_ac.errors import ConfigError, unknown_choice
 from nested_ac.faults import GradientCheck, check_losses, check_update
 from nested_ac.hooks import PlasticityTool
@@ -56,6 +57,9 @@ def plasticity_tools_from_config(config: RunConfig) -> list[PlasticityTool]:
     """The plasticity tools ``config`` switches on: UPGD's utility logging with a UPGD optimizer, continual
     backprop, Shrink & Perturb, L2-Init, ReDo."""
     tools: list[PlasticityTool] = []
+    if config.diagnostics.every > 0:
+        d = config.diagnostics
+        tools.append(Diagnostics(d.every, d.probe_size, d.tau, d.delta))
     if config.optimizer.name.startswith("upgd") and config.optimizer.log_every > 0:
         tools.append(UtilityLogger(config.optimizer.log_every))
     try:
@@ -96,6 +100,7 @@ class ContinualPPO(PPO):
             "policy_kwargs", {"net_arch": {"pi": [64, 64], "vf": [64, 64]}, "activation_fn": torch.nn.ReLU}
         )
         self.plasticity_tools = list(plasticity_tools)
+        self._grad_norms: list[torch.Tensor] = []
         super().__init__(policy, env, **kwargs)
 
     def _setup_model(self) -> None:
@@ -136,6 +141,7 @@ class ContinualPPO(PPO):
         clip_range = self.clip_range(progress)
         clip_range_vf = None if self.clip_range_vf is None else self.clip_range_vf(progress)
         stats: dict[str, list[float]] = {name: [] for name in (*LOSS_TERMS, "clip_fraction")}
+        self._grad_norms.clear()
         continue_training = True
         for epoch in range(self.n_epochs):
             approx_kl_divs = []
@@ -166,6 +172,8 @@ class ContinualPPO(PPO):
             self.logger.record("train/std", torch.exp(self.policy.log_std).mean().item())
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
         self.logger.record("train/clip_range", clip_range)
+        if self._grad_norms:  # the gradient norm before clipping, mean over the update's steps
+            self.logger.record("train/grad_norm", torch.stack(self._grad_norms).mean().item())
         if clip_range_vf is not None:
             self.logger.record("train/clip_range_vf", clip_range_vf)
 
@@ -218,15 +226,16 @@ class ContinualPPO(PPO):
         """Back-propagate ``loss``, clip the gradient norm to ``max_grad_norm`` and step the optimizer."""
         self.policy.optimizer.zero_grad()
         loss.backward()
-        self._clip_gradients()
+        self._grad_norms.append(self._clip_gradients())
         self.policy.optimizer.step()
 
-    def _clip_gradients(self) -> None:
-        torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+    def _clip_gradients(self) -> torch.Tensor:
+        """Clip the gradient norm to ``max_grad_norm``; returns the norm before clipping (no sync)."""
+        return torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
 
     def _excluded_save_params(self) -> list[str]:
         # Tools hold references into the policy; their own state goes through state_dict().
-        return [*super()._excluded_save_params(), "plasticity_tools"]
+        return [*super()._excluded_save_params(), "plasticity_tools", "_grad_norms"]
 
     @classmethod
     def from_config(cls, config: RunConfig, env: VecEnv) -> ContinualPPO:

@@ -152,6 +152,16 @@ class ReDoConfig:
 
 
 @dataclass
+class DiagnosticsConfig:
+    """Plasticity diagnostics every ``every`` rollouts (0: off) on ``probe_size`` recent observations."""
+
+    every: int = 10
+    probe_size: int = 512
+    tau: float = 0.025
+    delta: float = 0.01
+
+
+@dataclass
 class CheckpointConfig:
     """Periodic checkpoints in ``<run>/checkpoints/``: every ``every`` steps (0: only on an interrupt)."""
 
@@ -173,6 +183,7 @@ class RunConfig:
     shrink_perturb: ShrinkPerturbConfig = field(default_factory=ShrinkPerturbConfig)
     l2_init: L2InitConfig = field(default_factory=L2InitConfig)
     redo: ReDoConfig = field(default_factory=ReDoConfig)
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     steps: int = 100_000
     seed: int = 0
@@ -216,6 +227,8 @@ class RunConfig:
             raise ConfigError(
                 f"checkpoint.every must be >= 0 (0 = only on an interrupt), got {self.checkpoint.every}"
             )
+        if self.diagnostics.every < 0 or self.diagnostics.probe_size <= 0:
+            raise ConfigError("diagnostics.every must be >= 0 (0 = off) and diagnostics.probe_size > 0")
         if self.optimizer.log_every < 0:
             raise ConfigError(f"optimizer.log_every must be >= 0 (0 = never), got {self.optimizer.log_every}")
         if any(width <= 0 for width in self.network.actor + self.network.critic):

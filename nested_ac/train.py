@@ -8,6 +8,7 @@ directory is never reused: the new one gets a suffix ``_1``, ``_2``...
 from __future__ import annotations
 
 import copy
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from stable_baselines3.common.vec_env import VecEnv
 import agents  # noqa: F401  (registers the agents)
 import envs
 import nested_ac.optimizers  # noqa: F401  (registers the optimizers)
-from nested_ac import checkpoint
+from nested_ac import checkpoint, continual
 from nested_ac.callbacks import EpisodeStats, TaskClock, Throughput
 from nested_ac.checkpoint import Checkpointer, CheckpointStore, restore
 from nested_ac.config import RunConfig, resolve_config
@@ -227,6 +228,34 @@ def resume(run_dir: str | Path) -> RunResult:
         env.close()
 
 
+def write_summary(
+    run_dir: Path,
+    episodes: list[tuple[int, float, int]],
+    switches: list[tuple[int, int]],
+    agent: BaseAlgorithm,
+    logger: Logger,
+) -> dict[str, Any]:
+    """Write the run's continual metrics to ``summary.json`` and TensorBoard (``continual/*``): R_k and P_k
+    at each phase's last step, the run-level numbers at the final step."""
+    total = agent.num_timesteps
+    phases = continual.phases_from_switches(switches or [(0, 0)], total)
+    steps = [step for step, _, _ in episodes]
+    summary = continual.summarize(steps, [episode_return for _, episode_return, _ in episodes], phases)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    for pending in (logger.name_to_value, logger.name_to_count, logger.name_to_excluded):
+        pending.clear()  # the last update's values, which SB3 never writes
+    for (_, end, _), R, P in zip(phases, summary["R"], summary["P"], strict=True):
+        for name, value in (("R", R), ("P", P)):
+            if value is not None:
+                logger.record(f"continual/{name}", value)
+        logger.dump(end)
+    for name in ("P_late", "slide", "late_early", "forgetting_mean"):
+        if summary[name] is not None:
+            logger.record(f"continual/{name}", summary[name])
+    logger.dump(total)
+    return summary
+
+
 def _learn(
     config: RunConfig,
     schedule: envs.Schedule,
@@ -267,6 +296,8 @@ def _learn(
                 progress_bar=config.progress_bar,
                 reset_num_timesteps=checkpoint is None,
             )
+            if checkpointer.stopped_at is None:  # a finished run: its continual metrics
+                write_summary(run_dir, episodes.episodes, clock.switches if clock else [], agent, logger)
             events.commit()
         except NumericalFault as fault:
             fault.last_checkpoint = checkpointer.store.latest() if checkpointer.store.paths() else None

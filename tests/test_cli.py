@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -28,6 +29,17 @@ EXPECTED_TAGS = {
     "train/approx_kl",
     "train/explained_variance",
     "train/learning_rate",
+    "train/grad_norm",
+    "plasticity/actor/dormant",
+    "plasticity/actor/srank",
+    "plasticity/critic/erank",
+    "plasticity/critic/weight_mean_abs",
+    "plasticity/actor/dist_from_init",
+    "plasticity/policy_entropy",
+    "continual/R",
+    "continual/P",
+    "continual/P_late",
+    "continual/slide",
 }
 
 
@@ -58,6 +70,11 @@ def test_train_smoke_writes_events_config_and_model(cli, tmp_path):
     tasks = [value for _, value in scalars["task/index"]]
     assert tasks == sorted(tasks) and tasks[0] == 0 and {1, 2, 3} <= set(tasks)  # a task per 1024 steps
     assert all(value > 0 for _, value in scalars["time/sps"])
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert [phase[2] for phase in summary["phases"]] == [0, 1, 2, 3] and len(summary["R"]) == 4
+    assert summary["R_ref"] == summary["R"][0] and summary["slide"] is not None
+    assert [step for step, _ in scalars["continual/R"]] == [1024, 2048, 3072, 4096]
 
     saved = resolve_config(run_dir / "config.yaml")
     assert saved.seed == 3 and saved.env.n_envs == 4 and saved.ppo.n_epochs == 2

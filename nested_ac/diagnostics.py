@@ -1,0 +1,82 @@
+"""Plasticity diagnostics during training, logged to TensorBoard every N updates."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.logger import Logger
+
+from nested_ac.hooks import PlasticityTool
+from nested_ac.metrics import (
+    distance_from_init,
+    dormant_ratio,
+    effective_rank,
+    mean_abs_weight,
+    policy_entropy,
+    singular_values,
+    srank,
+)
+from nested_ac.networks import policy_networks
+
+
+class Diagnostics(PlasticityTool):
+    """Every ``every`` rollouts, on a probe batch of that rollout's observations (no gradients), per
+    network (``actor``, ``critic`` or ``critic_<k>``):
+
+    ``plasticity/<network>/dormant`` (fraction of τ-dormant hidden units, ReDo's score),
+    ``…/srank`` (srank_δ of the last hidden layer's features), ``…/erank`` (their effective rank),
+    ``…/weight_mean_abs`` and ``…/dist_from_init`` (‖θ − θ_0‖, θ_0 the weights at the first rollout); and
+    ``plasticity/policy_entropy``. The gradient norm before clipping is ``train/grad_norm`` (every update).
+    """
+
+    def __init__(
+        self, every: int = 10, probe_size: int = 512, tau: float = 0.025, delta: float = 0.01
+    ) -> None:
+        self.every, self.probe_size, self.tau, self.delta = every, probe_size, tau, delta
+        self.rollouts = 0
+        self.initial: dict[str, list[torch.Tensor]] = {}
+        self.pending: dict[str, float] = {}
+
+    @torch.no_grad()
+    def on_rollout_end(self, model: BaseAlgorithm) -> None:
+        networks = policy_networks(model.policy)
+        if not self.initial:
+            self.initial = {n.name: [p.detach().clone() for p in n.parameters()] for n in networks}
+        self.rollouts += 1
+        if (self.rollouts - 1) % self.every:
+            return
+        buffer, policy = model.rollout_buffer, model.policy
+        observations = torch.as_tensor(
+            buffer.observations.reshape(-1, *buffer.obs_shape)[: self.probe_size], device=policy.device
+        )
+        features = policy.extract_features(observations)
+        features = features[0] if isinstance(features, tuple) else features
+        for network in networks:
+            h, activations = features, []
+            for linear, activation in zip(network.hidden, network.activations, strict=True):
+                h = activation(linear(h))
+                activations.append(h)
+            tag = f"plasticity/{network.name}"
+            if activations:
+                sigma = singular_values(activations[-1])
+                self.pending[f"{tag}/dormant"] = dormant_ratio(activations, self.tau)
+                self.pending[f"{tag}/srank"] = srank(activations[-1], self.delta, sigma)
+                self.pending[f"{tag}/erank"] = effective_rank(activations[-1], sigma)
+            self.pending[f"{tag}/weight_mean_abs"] = mean_abs_weight(network.parameters())
+            self.pending[f"{tag}/dist_from_init"] = distance_from_init(
+                network.parameters(), self.initial[network.name]
+            )
+        self.pending["plasticity/policy_entropy"] = policy_entropy(policy.get_distribution(observations))
+
+    def log(self, logger: Logger) -> None:
+        for tag, value in self.pending.items():
+            logger.record(tag, value)
+        self.pending = {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rollouts": self.rollouts, "initial": self.initial}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rollouts, self.initial = state["rollouts"], state["initial"]
