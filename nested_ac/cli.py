@@ -72,6 +72,13 @@ def _build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--address", help="Ray cluster address (default: start a local Ray instance)")
     sweep.add_argument("--sweep-dir", dest="sweep_dir", help="where the runs go (default runs/<name>)")
 
+    report = commands.add_parser(
+        "report", help="tables and plots of many runs", description="Report on runs or sweeps."
+    )
+    report.add_argument("paths", nargs="+", metavar="RUN_OR_SWEEP_DIR")
+    report.add_argument("--out", help="output directory (default: <first path>/report)")
+    report.add_argument("--reference", help="the group whose R_1 is R_ref (default: PPO with Adam)")
+
     listing = commands.add_parser("list", help="list the available choices")
     listing.add_argument("topic", choices=LIST_TOPICS)
     return parser
@@ -127,7 +134,19 @@ def _sweep(args: argparse.Namespace) -> int:
     failures = run_sweep(experiment, args.workers, args.backend, args.address)
     for line in failures:
         print(f"nested-ac: run failed: {line}", file=sys.stderr)
+    root = experiment.runs[0].run_dir.parent.parent
+    print(f"report written to {_report_paths([root], None, None)}")
     return 1 if failures else 0
+
+
+def _report_paths(paths: list, out: str | None, reference: str | None) -> str:
+    from nested_ac.report import write_report
+
+    report = write_report(paths, out, reference)
+    skipped = [line for line in report.read_text().splitlines() if line.startswith("- skipped: ")]
+    for line in skipped:
+        print(f"nested-ac: {line[2:]}", file=sys.stderr)
+    return str(report)
 
 
 def _list(topic: str) -> int:
@@ -165,6 +184,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "train":
             return _train(args)
+        if args.command == "report":
+            print(f"report written to {_report_paths(args.paths, args.out, args.reference)}")
+            return 0
         return _sweep(args) if args.command == "sweep" else _list(args.topic)
     except ConfigError as error:
         print(f"nested-ac: error: {error}", file=sys.stderr)
