@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -190,12 +191,14 @@ def _curve(group: Group, tag: str, grid: np.ndarray) -> np.ndarray:
 
 def _band(curves: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mean across seeds with a 95 % bootstrap band (1 000 resamples per point)."""
-    mean = np.nanmean(curves, axis=0)
-    if len(curves) < 2:
-        return mean, mean, mean
-    picks = np.random.default_rng(0).integers(0, len(curves), size=(1000, len(curves)))
-    resampled = np.nanmean(curves[picks], axis=1)
-    return mean, np.nanquantile(resampled, 0.025, axis=0), np.nanquantile(resampled, 0.975, axis=0)
+    with warnings.catch_warnings():  # grid points past a run's last step are NaN for every seed
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = np.nanmean(curves, axis=0)
+        if len(curves) < 2:
+            return mean, mean, mean
+        picks = np.random.default_rng(0).integers(0, len(curves), size=(1000, len(curves)))
+        resampled = np.nanmean(curves[picks], axis=1)
+        return mean, np.nanquantile(resampled, 0.025, axis=0), np.nanquantile(resampled, 0.975, axis=0)
 
 
 def plot(groups: list[Group], out: Path) -> list[str]:
