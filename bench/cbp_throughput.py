@@ -8,24 +8,12 @@ Both through ``nested-ac train`` at identical settings (permuted CartPole, 8 cop
 
 from __future__ import annotations
 
-import argparse
-import copy
-
-import torch
-from throughput import bench_config, compare_configs
+from throughput import compare_variant
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=50_000)
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    plain = bench_config(args.steps)
-    cbp = copy.deepcopy(plain)
-    cbp.cbp.enabled = True
-    compare_configs(plain, cbp, ("ppo", "ppo --cbp"), args.rounds, target=0.9)
+def enable_cbp(config) -> None:
+    config.cbp.enabled = True
 
 
 if __name__ == "__main__":
-    main()
+    compare_variant(__doc__, ("ppo", "ppo --cbp"), 0.9, enable_cbp)

@@ -9,27 +9,15 @@ hits both alike. Target: throughput ratio (with / without checkpoints) ≥ 0.98.
 
 from __future__ import annotations
 
-import argparse
-import copy
-
-import torch
-from throughput import bench_config, compare_configs
+from throughput import compare_variant
 
 from nested_ac.config import CheckpointConfig
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=200_000)
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    with_checkpoints = bench_config(args.steps)
-    without = copy.deepcopy(with_checkpoints)
-    without.checkpoint.every = 0
-    label = f"checkpoint every {CheckpointConfig().every:,} steps"
-    compare_configs(without, with_checkpoints, ("no checkpoints", label), args.rounds, target=0.98)
+def no_checkpoints(config) -> None:
+    config.checkpoint.every = 0
 
 
 if __name__ == "__main__":
-    main()
+    label = f"checkpoint every {CheckpointConfig().every:,} steps"
+    compare_variant(__doc__, ("no checkpoints", label), 0.98, lambda config: None, no_checkpoints, 200_000)

@@ -8,27 +8,15 @@ Both through ``nested-ac train`` at identical settings (permuted CartPole, 8 cop
 
 from __future__ import annotations
 
-import argparse
-import copy
-
-import torch
-from throughput import bench_config, compare_configs
+from throughput import compare_variant
 
 from nested_ac.config import DiagnosticsConfig
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=100_000)
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    with_diagnostics = bench_config(args.steps)
-    without = copy.deepcopy(with_diagnostics)
-    without.diagnostics.every = 0
-    label = f"diagnostics every {DiagnosticsConfig().every} rollouts"
-    compare_configs(without, with_diagnostics, ("no diagnostics", label), args.rounds, target=0.95)
+def no_diagnostics(config) -> None:
+    config.diagnostics.every = 0
 
 
 if __name__ == "__main__":
-    main()
+    label = f"diagnostics every {DiagnosticsConfig().every} rollouts"
+    compare_variant(__doc__, ("no diagnostics", label), 0.95, lambda config: None, no_diagnostics, 100_000)

@@ -10,24 +10,12 @@ every minibatch and the per-update diagnostics. Target: median ratio nested-ppo 
 
 from __future__ import annotations
 
-import argparse
-import copy
-
-import torch
-from throughput import bench_config, compare_configs
+from throughput import compare_variant
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=50_000)
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    ppo = bench_config(args.steps)
-    nested = copy.deepcopy(ppo)
-    nested.agent, nested.nested.levels = "nested-ppo", 2
-    compare_configs(ppo, nested, ("ppo", "nested-ppo (K=2)"), args.rounds, target=0.8)
+def two_critics(config) -> None:
+    config.agent, config.nested.levels = "nested-ppo", 2
 
 
 if __name__ == "__main__":
-    main()
+    compare_variant(__doc__, ("ppo", "nested-ppo (K=2)"), 0.8, two_critics)

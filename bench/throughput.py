@@ -15,6 +15,7 @@ import copy
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -23,7 +24,7 @@ from stable_baselines3.common.env_util import make_vec_env
 
 from agents.ppo import policy_kwargs_from_config
 from nested_ac.config import RunConfig
-from nested_ac.train import make_env, train
+from nested_ac.train import train
 
 
 def plain_sb3(config: RunConfig, out_dir: Path) -> float:
@@ -62,14 +63,23 @@ def bench_config(steps: int) -> RunConfig:
     return config
 
 
+def warm_up(*configs: RunConfig, out_dir: Path) -> None:
+    """A short untimed run of each config: the first training in a process is slower (lazy imports,
+    allocator and kernel warm-up), which would favour whichever side runs second."""
+    for config in configs:
+        short = copy.deepcopy(config)
+        short.steps = 4096
+        framework(short, out_dir)
+
+
 def compare_configs(
     baseline: RunConfig, variant: RunConfig, labels: tuple[str, str], rounds: int, target: float
 ) -> float:
     """Median ratio of steps per second, variant / baseline, both through ``nested-ac train``, interleaved
     for ``rounds`` rounds in this process; prints every round and PASS/FAIL against ``target``."""
-    make_env(baseline).close()  # warm imports and registrations before timing
     ratios = []
     with tempfile.TemporaryDirectory() as tmp:
+        warm_up(baseline, variant, out_dir=Path(tmp))
         for round_ in range(rounds):
             base = framework(copy.deepcopy(baseline), Path(tmp))
             ours = framework(copy.deepcopy(variant), Path(tmp))
@@ -84,6 +94,27 @@ def compare_configs(
     return ratio
 
 
+def compare_variant(
+    doc: str,
+    labels: tuple[str, str],
+    target: float,
+    variant: Callable[[RunConfig], None],
+    baseline: Callable[[RunConfig], None] = lambda config: None,
+    steps: int = 50_000,
+) -> None:
+    """The command line of a framework-vs-framework benchmark: ``--steps``, ``--rounds``; the baseline and
+    the variant are :func:`bench_config` changed in place by ``baseline`` and ``variant``."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=steps)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    base, ours = bench_config(args.steps), bench_config(args.steps)
+    baseline(base)
+    variant(ours)
+    compare_configs(base, ours, labels, args.rounds, target)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=100_000)
@@ -92,9 +123,12 @@ def main() -> None:
     torch.set_num_threads(1)
     config = bench_config(args.steps)
     config.env.vectorized = False  # SB3's DummyVecEnv on both sides: the same env, only the framework differs
-    make_env(config).close()  # warm imports and registrations before timing
     ratios = []
     with tempfile.TemporaryDirectory() as tmp:
+        short = copy.deepcopy(config)
+        short.steps = 4096
+        plain_sb3(short, Path(tmp))  # untimed, as warm_up: the first training in a process is slower
+        warm_up(config, out_dir=Path(tmp))
         for round_ in range(args.rounds):
             plain = plain_sb3(config, Path(tmp))
             ours = framework(config, Path(tmp))

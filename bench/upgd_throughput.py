@@ -9,24 +9,12 @@ at its default interval.
 
 from __future__ import annotations
 
-import argparse
-import copy
-
-import torch
-from throughput import bench_config, compare_configs
+from throughput import compare_variant
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=50_000)
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    adam = bench_config(args.steps)
-    upgd = copy.deepcopy(adam)
-    upgd.optimizer.name = "upgd"
-    compare_configs(adam, upgd, ("adam", "upgd"), args.rounds, target=0.9)
+def use_upgd(config) -> None:
+    config.optimizer.name = "upgd"
 
 
 if __name__ == "__main__":
-    main()
+    compare_variant(__doc__, ("adam", "upgd"), 0.9, use_upgd)

@@ -232,13 +232,15 @@ def write_summary(
     run_dir: Path,
     episodes: list[tuple[int, float, int]],
     switches: list[tuple[int, int]],
+    steps_budget: int,
     agent: BaseAlgorithm,
     logger: Logger,
 ) -> dict[str, Any]:
     """Write the run's continual metrics to ``summary.json`` and TensorBoard (``continual/*``): R_k and P_k
-    at each phase's last step, the run-level numbers at the final step."""
+    at each phase's last step, the run-level numbers at the final step. Phases end at ``steps``: the last
+    rollout may overshoot it, and a switch there starts no phase."""
     total = agent.num_timesteps
-    phases = continual.phases_from_switches(switches or [(0, 0)], total)
+    phases = continual.phases_from_switches(switches or [(0, 0)], steps_budget)
     steps = [step for step, _, _ in episodes]
     summary = continual.summarize(steps, [episode_return for _, episode_return, _ in episodes], phases)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
@@ -297,7 +299,8 @@ def _learn(
                 reset_num_timesteps=checkpoint is None,
             )
             if checkpointer.stopped_at is None:  # a finished run: its continual metrics
-                write_summary(run_dir, episodes.episodes, clock.switches if clock else [], agent, logger)
+                switches = clock.switches if clock else []
+                write_summary(run_dir, episodes.episodes, switches, config.steps, agent, logger)
             events.commit()
         except NumericalFault as fault:
             fault.last_checkpoint = checkpointer.store.latest() if checkpointer.store.paths() else None
