@@ -228,12 +228,12 @@ class NestedPPO(ContinualPPO):
         return loss + self.vf_coef * nested, values, approx_kl
 
     def _clip_gradients(self) -> torch.Tensor:
-        """Each level clipped on its own; returns the norm before clipping of level 1 (actor and V_1)."""
+        """Each level clipped on its own; returns the norm before clipping over every level's gradients."""
         norms = [
             torch.nn.utils.clip_grad_norm_(group["params"], self.max_grad_norm)
             for group in self.policy.optimizer.param_groups
         ]
-        return norms[0]
+        return torch.linalg.vector_norm(torch.stack(norms))
 
     def _optimizer_step(self, loss: torch.Tensor) -> None:
         super()._optimizer_step(loss)

@@ -17,7 +17,7 @@ from stable_baselines3.common.vec_env import VecEnv
 from nested_ac.config import RunConfig
 from nested_ac.diagnostics import Diagnostics
 from nested_ac.errors import ConfigError, unknown_choice
-from nested_ac.faults import GradientCheck, check_losses, check_update
+from nested_ac.faults import check_gradients, check_losses, check_update
 from nested_ac.hooks import PlasticityTool
 from nested_ac.optimizers import UtilityLogger
 from nested_ac.plasticity import ContinualBackprop, L2Init, ReDo, ShrinkPerturb
@@ -105,7 +105,6 @@ class ContinualPPO(PPO):
 
     def _setup_model(self) -> None:
         super()._setup_model()
-        self.policy.optimizer.register_step_pre_hook(GradientCheck(self))
         self.policy.optimizer.register_step_post_hook(self._after_optimizer_step)
 
     def _after_optimizer_step(self, optimizer: torch.optim.Optimizer, *_: Any) -> None:
@@ -226,7 +225,9 @@ class ContinualPPO(PPO):
         """Back-propagate ``loss``, clip the gradient norm to ``max_grad_norm`` and step the optimizer."""
         self.policy.optimizer.zero_grad()
         loss.backward()
-        self._grad_norms.append(self._clip_gradients())
+        total_norm = self._clip_gradients()
+        check_gradients(self, total_norm)
+        self._grad_norms.append(total_norm)
         self.policy.optimizer.step()
 
     def _clip_gradients(self) -> torch.Tensor:

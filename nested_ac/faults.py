@@ -4,8 +4,8 @@ The checks are cheap enough to be always on:
 
 - :func:`check_losses`, on every minibatch: its loss terms (already host floats, so free), before the
   backward pass;
-- :class:`GradientCheck`, an optimizer pre-step hook: one fused norm over all gradients per optimizer step;
-  a non-finite gradient stops the update *before* it reaches the parameters;
+- :func:`check_gradients`, before every optimizer step: the gradient norm that clipping computes; a
+  non-finite gradient stops the update *before* it reaches the parameters;
 - :func:`check_update`, after every update: one fused norm over all parameters;
 - :class:`EnvFaultCheck`, a callback: every environment step's observations and rewards.
 
@@ -42,22 +42,12 @@ def _first_non_finite(named: dict[str, torch.Tensor]) -> str:
     return next(name for name, tensor in named.items() if not torch.isfinite(tensor).all())
 
 
-class GradientCheck:
-    """Optimizer pre-step hook: raises :class:`NumericalFault` if any gradient is NaN or inf."""
-
-    def __init__(self, model: BaseAlgorithm) -> None:
-        self.model = model
-        self.names = {id(parameter): name for name, parameter in model.policy.named_parameters()}
-
-    def __call__(self, optimizer: torch.optim.Optimizer, *_: Any) -> None:
-        grads = {
-            self.names.get(id(p), "parameter"): p.grad
-            for group in optimizer.param_groups
-            for p in group["params"]
-            if p.grad is not None
-        }
-        if not _all_finite(list(grads.values())):
-            raise NumericalFault(f"the gradient of {_first_non_finite(grads)}", self.model.num_timesteps)
+def check_gradients(model: BaseAlgorithm, total_norm: torch.Tensor) -> None:
+    """Raise :class:`NumericalFault` naming the first non-finite gradient if ``total_norm`` — the norm
+    gradient clipping computes anyway, over every gradient — is NaN or inf (one scalar read per step)."""
+    if not torch.isfinite(total_norm):
+        grads = {name: p.grad for name, p in model.policy.named_parameters() if p.grad is not None}
+        raise NumericalFault(f"the gradient of {_first_non_finite(grads)}", model.num_timesteps)
 
 
 def check_losses(losses: dict[str, float], step: int) -> None:
@@ -89,6 +79,13 @@ class EnvFaultCheck(BaseCallback):
     """Stops the run with :class:`NumericalFault` when an env copy returns a NaN/inf observation or reward."""
 
     def _on_step(self) -> bool:
+        observations, rewards = self.locals["new_obs"], self.locals["rewards"]
+        if (
+            isinstance(observations, np.ndarray)
+            and np.isfinite(observations).all()
+            and np.isfinite(rewards).all()
+        ):
+            return True  # the common case, in two vectorised checks
         for what, key in (("observation", "new_obs"), ("reward", "rewards")):
             bad = _non_finite_copies(self.locals[key])
             if bad:
