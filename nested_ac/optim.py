@@ -4,29 +4,38 @@ Catastrophic Forgetting in Continual Learning", ICLR 2024), in an SGD form and a
 Both optimizers keep, per weight, a trace of its first-order utility — how much the loss would rise if
 the weight were set to zero — and scale every update by how *un*useful the weight is: useful weights are
 protected, useless ones are perturbed with noise and so stay plastic. With ``g`` the gradient, ``w`` the
-weight, ``t`` its step count and ``β_u`` the utility decay:
+weight, ``t`` the number of steps taken on that weight and ``β_u`` the utility decay:
 
     u_t = -g ⊙ w                                   first-order utility
     U_t = β_u · U_{t-1} + (1 - β_u) · u_t           utility trace, U_0 = 0
     Û_t = U_t / (1 - β_u^t)                         bias-corrected
-    η   = max of Û_t over every weight the optimizer holds (one scalar per step)
-    ū   = sigmoid(Û_t / η)                          scaled utility in (0, 1); ū = 0.5 wherever η ≤ 0 or
-                                                    is not finite (e.g. zero-initialised weights)
-    ξ   ~ N(0, σ²), fresh each step
+    η   = max of Û_t over every weight the optimizer holds, in every group (one scalar per step)
+    ū   = sigmoid(Û_t / η)                          scaled utility in (0, 1); ū = 0.5 for every weight
+                                                    wherever η ≤ 0 or is not finite (e.g. a zero init)
+    ξ   ~ N(0, σ²), fresh each step, shaped like w
 
 The step has no hidden factor 2 (the authors' reference code takes 2·lr: their PPO run with lr 3e-4
 corresponds to lr 6e-4 here), and η is the maximum of the bias-corrected trace.
+
+Implementation: a step works on lists of tensors with ``torch._foreach_*`` kernels, draws the noise of all
+parameters with one call into a reused flat buffer, and applies the guard with ``torch.where``: nothing is
+read back from an accelerator during a step (step counts are CPU tensors, as in ``torch.optim.Adam``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
-from collections import defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
+from torch import Tensor
 from torch.optim import Optimizer
+
+__all__ = ["UPGD", "AdaptiveUPGD"]
+
+ParamsT = Iterable[Tensor] | Iterable[dict[str, Any]]
 
 
 def _check_range(name: str, value: float, low: float, high: float | None = None) -> None:
@@ -37,200 +46,488 @@ def _check_range(name: str, value: float, low: float, high: float | None = None)
         raise ValueError(f"{name} must be in {interval}, got {value}")
 
 
-class _UtilityOptimizer(Optimizer):
-    """Shared machinery: utility traces, the global scale η, the gate ``1 - ū`` and the seeded noise.
+def _scalar(value: float, like: Tensor) -> float | Tensor:
+    """``value`` in the form the fastest ``torch._foreach_*`` kernel for tensors like ``like`` takes.
 
-    Per parameter ``p``, ``state[p]`` holds ``step`` (an int, steps taken on ``p``) and ``utility_trace``
-    (U, shaped like ``p``), plus what a subclass adds; ``per_parameter_state_keys`` names the tensors
-    shaped like the parameter, so plasticity tools can reset entries of them.
+    On the CPU a foreach op with a Python scalar wraps it into a fresh tensor for every list element; a 0-d
+    tensor of the same dtype is several times cheaper. CUDA's fused kernels take Python scalars directly.
+    """
+    return torch.full((), value, dtype=like.dtype) if like.device.type == "cpu" else value
+
+
+def _add_scalar_(tensors: list[Tensor], value: float) -> None:
+    """``tensors[i] += value`` in place (on the CPU through a broadcast 0-d tensor: no per-element wrap)."""
+    if tensors[0].device.type == "cpu":
+        torch._foreach_add_(tensors, [torch.full((), value, dtype=tensors[0].dtype)] * len(tensors))
+    else:
+        torch._foreach_add_(tensors, value)
+
+
+def _seed_from_state(state: Tensor) -> int:
+    """A deterministic 62-bit seed from a generator state saved on a device that is not available here."""
+    digest = hashlib.sha256(state.detach().cpu().contiguous().numpy().tobytes()).digest()
+    return int.from_bytes(digest[:8], "little") >> 2
+
+
+def _restore_generator(device: str | torch.device, state: Tensor) -> torch.Generator:
+    """A generator on ``device`` in ``state``; if that device is not here, a CPU one seeded from ``state``."""
+    try:
+        generator = torch.Generator(device=device)
+        generator.set_state(state.cpu())
+        return generator
+    except (RuntimeError, ValueError):
+        return torch.Generator().manual_seed(_seed_from_state(state))
+
+
+class _Bucket:
+    """Parameters of one group taking their ``step``-th step now, so they share every bias correction."""
+
+    __slots__ = ("group", "step", "params", "grads", "states", "traces")
+
+    def __init__(self, group: dict[str, Any], step: int) -> None:
+        self.group = group
+        self.step = step
+        self.params: list[Tensor] = []
+        self.grads: list[Tensor] = []
+        self.states: list[dict[str, Any]] = []
+        self.traces: list[Tensor] = []
+
+    @property
+    def utility_correction(self) -> float:
+        """``1 - β_u^t``."""
+        return 1.0 - self.group["beta_utility"] ** self.step
+
+    def state_list(self, key: str) -> list[Tensor]:
+        return [state[key] for state in self.states]
+
+
+class _UtilityOptimizer(Optimizer):
+    """Shared machinery of both UPGD forms: utility traces, the global scale η, the gate ``1 - ū``, the noise.
+
+    Per parameter ``p``, ``state[p]`` holds ``step`` (a 0-d float64 CPU tensor, the number of steps taken
+    on ``p``) and ``utility_trace`` (U, shaped like ``p``), plus what a subclass adds.
+    ``per_parameter_state_keys`` names the state tensors shaped like the parameter, so plasticity tools can
+    reset entries of them in place.
+
+    Noise: ``generator`` (a ``torch.Generator``, used as given and advanced by every step) or ``seed`` (an
+    int: a private generator seeded with it); with neither, a private generator is seeded from torch's
+    global generator, so ``torch.manual_seed`` makes a run reproducible. The generator's state is part of
+    ``state_dict()`` and survives ``copy.deepcopy`` and pickling.
     """
 
     per_parameter_state_keys: tuple[str, ...] = ("utility_trace",)
 
-    def __init__(self, params: Any, defaults: dict[str, Any], seed: int | None) -> None:
-        _check_range("lr", defaults["lr"], 0.0)
-        _check_range("weight_decay", defaults["weight_decay"], 0.0)
-        _check_range("sigma", defaults["sigma"], 0.0)
-        _check_range("beta_utility", defaults["beta_utility"], 0.0, 1.0)
+    def __init__(
+        self, params: ParamsT, defaults: dict[str, Any], generator: torch.Generator | None, seed: int | None
+    ) -> None:
+        self._check_hyperparameters(defaults)
+        if generator is not None and seed is not None:
+            raise ValueError("pass generator or seed, not both")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
         super().__init__(params, defaults)
-        if seed is None:  # follow the global torch seed, so a seeded run is reproducible
-            seed = int(torch.randint(0, 2**62, ()).item())
-        self.noise_generator = torch.Generator().manual_seed(seed)
+        self._owns_generator = generator is None
+        if generator is None:
+            if seed is None:  # follow torch's global generator, so a seeded run is reproducible
+                seed = int(torch.randint(0, 2**62, ()).item())
+            device = self.param_groups[0]["params"][0].device
+            generator = torch.Generator(device=device).manual_seed(int(seed))
+        self.noise_generator: torch.Generator = generator
+        # (id, shape) of the noisy parameters -> flat noise buffer, per-bucket segments, per-parameter views
+        self._noise_buffers: dict[tuple[Any, ...], tuple[Tensor, list[Tensor], list[list[Tensor]]]] = {}
 
-    # --- state -------------------------------------------------------------------------------------
+    @staticmethod
+    def _check_hyperparameters(values: dict[str, Any]) -> None:
+        """ValueError naming the first hyperparameter in ``values`` (defaults or a group) out of range."""
+        _check_range("lr", values["lr"], 0.0)
+        _check_range("weight_decay", values["weight_decay"], 0.0)
+        _check_range("sigma", values["sigma"], 0.0)
+        _check_range("beta_utility", values["beta_utility"], 0.0, 1.0)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Torch's ``add_param_group``, with the group's own hyperparameters checked like the defaults."""
+        super().add_param_group(param_group)
+        try:
+            self._check_hyperparameters(self.param_groups[-1])
+        except ValueError:
+            self.param_groups.pop()
+            raise
+
+    # --- state, copies, pickling -----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        """Torch's optimizer state dict plus the noise generator's ``noise_generator`` (state) and
+        ``noise_generator_device`` (device type)."""
         state = super().state_dict()
         state["noise_generator"] = self.noise_generator.get_state()
+        state["noise_generator_device"] = self.noise_generator.device.type
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a :meth:`state_dict`; the noise continues exactly where the saved optimizer's would have.
+
+        A generator state saved on another kind of device than this optimizer's generator moves our own
+        generator there if that device exists here; otherwise the generator is reseeded deterministically
+        from the saved state.
+        """
         state_dict = dict(state_dict)
         generator_state = state_dict.pop("noise_generator", None)
+        generator_device = state_dict.pop("noise_generator_device", "cpu")
         super().load_state_dict(state_dict)
-        if generator_state is not None:
-            self.noise_generator.set_state(generator_state)
+        for state in self.state.values():  # step counts live on the CPU (map_location may have moved them)
+            if "step" in state:
+                state["step"] = torch.as_tensor(state["step"], dtype=torch.float64).cpu()
+        self._noise_buffers = {}
+        if generator_state is None:
+            return
+        if generator_device == self.noise_generator.device.type:
+            self.noise_generator.set_state(generator_state.cpu())
+        elif self._owns_generator:  # e.g. saved on a GPU, loaded into a fresh optimizer built on the CPU
+            device = self.param_groups[0]["params"][0].device
+            target = device if device.type == generator_device else torch.device(generator_device)
+            self.noise_generator = _restore_generator(target, generator_state)
+        else:  # the caller's generator lives elsewhere: continue deterministically from the saved state
+            self.noise_generator.manual_seed(_seed_from_state(generator_state))
 
-    def _init_state(self, p: torch.Tensor) -> dict[str, Any]:
-        state = self.state[p]
-        if not state:
-            state["step"] = 0
-            for key in self.per_parameter_state_keys:
-                state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["noise_generator"] = (self.noise_generator.device.type, self.noise_generator.get_state())
         return state
 
-    # --- utilities ---------------------------------------------------------------------------------
-    def _traces(self) -> tuple[list[torch.Tensor], list[torch.Tensor], list[float]]:
-        """Every parameter with a utility trace, its trace and its bias correction ``1 - β_u^t``."""
-        params, traces, corrections = [], [], []
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        saved = state.pop("noise_generator", None)
+        super().__setstate__(state)
+        # A copy or an unpickled optimizer owns its generator (it is no longer the caller's object).
+        self._owns_generator = True
+        self.noise_generator = _restore_generator(*saved) if saved is not None else torch.Generator()
+        self._noise_buffers = {}
+
+    def _new_state(self, p: Tensor) -> dict[str, Any]:
+        state = self.state[p]
+        state["step"] = torch.zeros((), dtype=torch.float64)
+        for key in self.per_parameter_state_keys:
+            state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        return state
+
+    # --- scaled utilities ------------------------------------------------------------------------------
+    def _tracked(self) -> dict[float, tuple[list[Tensor], list[Tensor]]]:
+        """Every parameter with a utility trace, by bias correction ``1 - β_u^t``: ``(params, traces)``."""
+        tracked: dict[float, tuple[list[Tensor], list[Tensor]]] = {}
         for group in self.param_groups:
             for p in group["params"]:
                 state = self.state.get(p)
-                if state and state["step"] > 0:
+                step = int(state["step"].item()) if state else 0
+                if step > 0:
+                    params, traces = tracked.setdefault(1.0 - group["beta_utility"] ** step, ([], []))
                     params.append(p)
                     traces.append(state["utility_trace"])
-                    corrections.append(1.0 - group["beta_utility"] ** state["step"])
-        return params, traces, corrections
+        return tracked
 
-    def _global_scale(self) -> torch.Tensor:
-        """``1/η`` as a 0-d tensor, or 0 where η ≤ 0 or is not finite (then every ū = 0.5). No sync."""
-        _, traces, corrections = self._traces()
-        if not traces:
-            return torch.zeros(())
-        maxima = torch.stack(torch._foreach_max(traces))
-        eta = (maxima / torch.tensor(corrections, dtype=maxima.dtype, device=maxima.device)).max()
-        valid = torch.isfinite(eta) & (eta > 0)
-        return torch.where(valid, 1.0 / torch.where(valid, eta, 1.0), 0.0)
+    @staticmethod
+    def _divisors(traces_by_correction: dict[float, list[Tensor]]) -> dict[float, Tensor]:
+        """Per bias correction ``c = 1 - β_u^t``, the 0-d divisor ``d_c`` with ``U / d_c = -Û / η``.
 
-    def _gates(
-        self, traces: list[torch.Tensor], correction: float, scale: torch.Tensor
-    ) -> list[torch.Tensor]:
-        """``1 - ū = sigmoid(-Û/η)`` for traces that share one bias correction ``1 - β_u^t``."""
-        gates = torch._foreach_mul(traces, -scale / correction)
+        ``d_c = -c·η`` with η = max over every trace of ``U / c``; ``d_c = -inf`` where η ≤ 0 or is not
+        finite, so that ``U / d_c = 0`` and ū = 0.5 for every weight. ``c·η`` is computed as
+        ``max over c' of max(U_c')·c/c'``, which for a single c is just the largest trace entry. Nothing is
+        read back to the host.
+        """
+        corrections = list(traces_by_correction)
+        maxima = [torch.stack(torch._foreach_max(traces_by_correction[c])).max() for c in corrections]
+        if len(maxima) == 1:
+            scaled = {corrections[0]: maxima[0]}
+        else:
+            stacked = torch.stack(maxima)
+            others = torch.tensor(corrections, dtype=stacked.dtype, device=stacked.device)
+            scaled = {c: (stacked * (c / others)).max() for c in corrections}
+        return {c: torch.where(k > 0, -k, -math.inf) for c, k in scaled.items()}  # NaN > 0 is False
+
+    def _gates(self, traces: list[Tensor], divisor: Tensor) -> list[Tensor]:
+        """``1 - ū = sigmoid(-Û/η) = sigmoid(U / divisor)`` as new tensors (``divisor`` from ``_divisors``).
+
+        The one place where the scaled utility ū enters a step and :meth:`scaled_utilities`. A subclass may
+        override it, e.g. to fix ū (the tests force ū ≡ 0 this way to check the reductions to SGD/AdamW).
+        A weight whose own trace is ±inf or NaN (its gradient or value has already overflowed) gets NaN.
+        """
+        gates = torch._foreach_div(traces, divisor)
         torch._foreach_sigmoid_(gates)
         return gates
 
-    def _noise(self, params: list[torch.Tensor], sigma: float) -> list[torch.Tensor]:
-        """N(0, sigma²) noise shaped like each of ``params``, drawn in one call from the seeded generator."""
-        flat = torch.randn(sum(p.numel() for p in params), generator=self.noise_generator).mul_(sigma)
-        device, dtype = params[0].device, params[0].dtype
-        flat = flat.to(device=device, dtype=dtype)
-        return [
-            chunk.view_as(p) for chunk, p in zip(flat.split([p.numel() for p in params]), params, strict=True)
-        ]
-
     @torch.no_grad()
-    def scaled_utilities(self) -> dict[torch.Tensor, torch.Tensor]:
-        """ū for every parameter that has a utility trace, from the current state (for logging)."""
-        scale = self._global_scale()
-        params, traces, corrections = self._traces()
-        return {
-            p: torch.sigmoid(trace * (scale / correction))
-            for p, trace, correction in zip(params, traces, corrections, strict=True)
-        }
+    def scaled_utilities(self) -> dict[Tensor, Tensor]:
+        """The scaled utility ū = sigmoid(Û/η) of every weight, per parameter, from the current state.
+
+        Uses the same global η and guard as :meth:`step` (ū = 0.5 everywhere where η ≤ 0 or is not finite)
+        and changes nothing. Parameters that have not taken a step yet have no utility trace and are left
+        out. Meant for logging, e.g. per network the mean ū, the fraction of weights with ū > 0.5 (protected
+        more than perturbed) and a histogram.
+        """
+        tracked = self._tracked()
+        if not tracked:
+            return {}
+        divisors = self._divisors({c: traces for c, (_, traces) in tracked.items()})
+        utilities: dict[Tensor, Tensor] = {}
+        for correction, (params, traces) in tracked.items():
+            gates = self._gates(traces, divisors[correction])
+            torch._foreach_neg_(gates)
+            torch._foreach_add_(gates, 1.0)
+            utilities.update(zip(params, gates, strict=True))
+        return utilities
 
     # --- the step ----------------------------------------------------------------------------------
-    def _buckets(self) -> Iterable[tuple[dict[str, Any], int, list[torch.Tensor]]]:
-        """(group, step t, params) for the params with a gradient, grouped by their step count t."""
+    def _buckets(self) -> tuple[list[_Bucket], dict[float, list[Tensor]]]:
+        """Advance the step count of every parameter with a gradient and bucket them by (group, step).
+
+        Also returns every utility trace by bias correction ``1 - β_u^t`` — those of parameters without a
+        gradient now included: η spans every weight the optimizer holds.
+        """
+        traces_by_correction: dict[float, list[Tensor]] = {}
+        stepping: list[tuple[dict[str, Any], list[Tensor], list[dict[str, Any]]]] = []
         for group in self.param_groups:
-            by_step: dict[int, list[torch.Tensor]] = defaultdict(list)
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if p.grad.is_sparse:
+            group_params = group["params"]
+            params = [p for p in group_params if p.grad is not None]
+            if len(params) < len(group_params):
+                idle = self._tracked_without_gradient(group)
+                for correction, traces in idle.items():
+                    traces_by_correction.setdefault(correction, []).extend(traces)
+            if not params:
+                continue
+            states = [self.state[p] for p in params]
+            if not all(states):
+                states = [s if s else self._new_state(p) for p, s in zip(params, states, strict=True)]
+            stepping.append((group, params, states))
+        if not stepping:
+            return [], traces_by_correction
+        steps = [state["step"] for _, _, states in stepping for state in states]
+        torch._foreach_add_(steps, torch.ones((), dtype=torch.float64))
+        counts = iter([int(step.item()) for step in steps])
+        buckets: list[_Bucket] = []
+        for group, params, states in stepping:
+            by_step: dict[int, _Bucket] = {}
+            for p, state in zip(params, states, strict=True):
+                step = next(counts)
+                bucket = by_step.get(step)
+                if bucket is None:
+                    bucket = by_step[step] = _Bucket(group, step)
+                    buckets.append(bucket)
+                grad = p.grad
+                if grad.is_sparse:
                     raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
-                state = self._init_state(p)
-                state["step"] += 1
-                by_step[state["step"]].append(p)
-            for step, params in by_step.items():
-                yield group, step, params
+                bucket.params.append(p)
+                bucket.grads.append(grad)
+                bucket.states.append(state)
+                bucket.traces.append(state["utility_trace"])
+        for bucket in buckets:
+            traces_by_correction.setdefault(bucket.utility_correction, []).extend(bucket.traces)
+        return buckets, traces_by_correction
+
+    def _tracked_without_gradient(self, group: dict[str, Any]) -> dict[float, list[Tensor]]:
+        """Utility traces of ``group``'s parameters that have one but no gradient now, by bias correction."""
+        traces: dict[float, list[Tensor]] = {}
+        for p in group["params"]:
+            state = self.state.get(p)
+            if p.grad is None and state and int(state["step"].item()) > 0:
+                correction = 1.0 - group["beta_utility"] ** int(state["step"].item())
+                traces.setdefault(correction, []).append(state["utility_trace"])
+        return traces
+
+    def _generator_for(self, device: torch.device) -> torch.Generator:
+        """The noise generator; if it is ours and on another device, moved there (reseeded from itself)."""
+        generator = self.noise_generator
+        if generator.device != device and self._owns_generator:
+            seed = int(torch.randint(0, 2**62, (), generator=generator, device=generator.device).item())
+            generator = self.noise_generator = torch.Generator(device=device).manual_seed(seed)
+        return generator
+
+    def _noise(self, buckets: list[_Bucket]) -> list[list[Tensor] | None]:
+        """ξ ~ N(0, σ²) per bucket with σ > 0 (None for the others), all drawn by one call.
+
+        The noise goes into a flat buffer whose per-parameter views are kept between steps (making views
+        costs more than drawing into them); the buffer is overwritten by the next step's draw.
+        """
+        noisy = [bucket for bucket in buckets if bucket.group["sigma"] > 0]
+        if not noisy:
+            return [None] * len(buckets)
+        params = [p for bucket in noisy for p in bucket.params]
+        first = params[0]
+        generator = self._generator_for(first.device)
+        key = tuple((id(p), p.shape) for p in params)
+        entry = self._noise_buffers.get(key)
+        if entry is None or entry[0].device != first.device or entry[0].dtype != first.dtype:
+            entry = self._new_noise_buffer(noisy, generator)
+            if entry is None:
+                return self._noise_unbuffered(buckets, noisy, generator)
+            if len(self._noise_buffers) >= 8:
+                self._noise_buffers.clear()
+            self._noise_buffers[key] = entry
+        flat, segments, views = entry
+        if len(noisy) == 1:
+            flat.normal_(0.0, noisy[0].group["sigma"], generator=generator)
+        else:
+            flat.normal_(generator=generator)
+            for segment, bucket in zip(segments, noisy, strict=True):
+                segment.mul_(bucket.group["sigma"])
+        by_bucket = {id(bucket): bucket_views for bucket, bucket_views in zip(noisy, views, strict=True)}
+        return [by_bucket.get(id(bucket)) for bucket in buckets]
+
+    @staticmethod
+    def _new_noise_buffer(
+        noisy: list[_Bucket], generator: torch.Generator
+    ) -> tuple[Tensor, list[Tensor], list[list[Tensor]]] | None:
+        """A flat noise buffer with its per-bucket segments and per-parameter views; None if the
+        parameters differ in device or dtype or live elsewhere than the generator."""
+        first = noisy[0].params[0]
+        params = [p for bucket in noisy for p in bucket.params]
+        if first.device != generator.device or not first.is_floating_point():
+            return None
+        if any(p.device != first.device or p.dtype != first.dtype for p in params):
+            return None
+        sizes = [sum(p.numel() for p in bucket.params) for bucket in noisy]
+        flat = torch.empty(sum(sizes), device=first.device, dtype=first.dtype)
+        segments = list(flat.split(sizes))
+        views = []
+        for segment, bucket in zip(segments, noisy, strict=True):
+            chunks = segment.split([p.numel() for p in bucket.params])
+            views.append([chunk.view(p.shape) for chunk, p in zip(chunks, bucket.params, strict=True)])
+        return flat, segments, views
+
+    @staticmethod
+    def _noise_unbuffered(
+        buckets: list[_Bucket], noisy: list[_Bucket], generator: torch.Generator
+    ) -> list[list[Tensor] | None]:
+        """The noise of :meth:`_noise` for parameters of mixed devices/dtypes: drawn, then copied over."""
+        sizes = [[p.numel() for p in bucket.params] for bucket in noisy]
+        flat = torch.randn(sum(map(sum, sizes)), generator=generator, device=generator.device)
+        noise: dict[int, list[Tensor]] = {}
+        offset = 0
+        for bucket, bucket_sizes in zip(noisy, sizes, strict=True):
+            total = sum(bucket_sizes)
+            segment = flat[offset : offset + total].mul_(bucket.group["sigma"])
+            offset += total
+            noise[id(bucket)] = [
+                chunk.to(device=p.device, dtype=p.dtype).view(p.shape)
+                for chunk, p in zip(segment.split(bucket_sizes), bucket.params, strict=True)
+            ]
+        return [noise.get(id(bucket)) for bucket in buckets]
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        """One UPGD step for every parameter with a gradient; ``closure`` re-evaluates the loss if given."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        buckets = list(self._buckets())
-        for group, _, params in buckets:  # U ← β_u·U + (1 - β_u)·(-g ⊙ w)
-            traces = [self.state[p]["utility_trace"] for p in params]
-            torch._foreach_mul_(traces, group["beta_utility"])
-            torch._foreach_addcmul_(traces, [p.grad for p in params], params, value=group["beta_utility"] - 1)
-        scale = self._global_scale()
-        for group, step, params in buckets:
-            traces = [self.state[p]["utility_trace"] for p in params]
-            gates = self._gates(traces, 1.0 - group["beta_utility"] ** step, scale)
-            direction, factor = self._direction(group, step, params)
-            # The step is lr·factor·[direction + ξ/factor]: the noise is drawn already divided by factor.
-            noise = self._noise(params, group["sigma"] / factor)
-            if group["protect"]:  # (direction + ξ) ⊙ (1 - ū)
-                torch._foreach_add_(direction, noise)
-                torch._foreach_mul_(direction, gates)
-            else:  # direction + ξ ⊙ (1 - ū)
-                torch._foreach_mul_(noise, gates)
-                torch._foreach_add_(direction, noise)
-            if group["weight_decay"]:
-                torch._foreach_mul_(params, 1.0 - group["lr"] * group["weight_decay"])
-            torch._foreach_add_(params, direction, alpha=-group["lr"] * factor)
+        buckets, traces_by_correction = self._buckets()
+        if not buckets:
+            return loss
+        for bucket in buckets:  # U ← β_u·U + (1 - β_u)·(-g ⊙ w), with w before this step
+            beta = bucket.group["beta_utility"]
+            torch._foreach_mul_(bucket.traces, _scalar(beta, bucket.traces[0]))
+            torch._foreach_addcmul_(bucket.traces, bucket.grads, bucket.params, value=beta - 1.0)
+        divisors = self._divisors(traces_by_correction)
+        for bucket, noise in zip(buckets, self._noise(buckets), strict=True):
+            group = bucket.group
+            gates = None
+            if group["protect"] or noise is not None:  # 1 - ū
+                gates = self._gates(bucket.traces, divisors[bucket.utility_correction])
+            if group["weight_decay"]:  # decoupled: w ← (1 - lr·λ)·w
+                decay = 1.0 - group["lr"] * group["weight_decay"]
+                torch._foreach_mul_(bucket.params, _scalar(decay, bucket.params[0]))
+            self._update(bucket, gates, noise)
         return loss
 
-    def _direction(
-        self, group: dict[str, Any], step: int, params: list[torch.Tensor]
-    ) -> tuple[list[torch.Tensor], float]:
-        """``(d, c)`` with ``c·d`` the update direction before gating and noise (``d`` a new list)."""
+    def _update(self, bucket: _Bucket, gates: list[Tensor] | None, noise: list[Tensor] | None) -> None:
+        """``w ← w - lr·(...)`` for one bucket, after the weight decay; ``gates`` is ``1 - ū``.
+
+        ``gates`` is None only for the non-protecting variant without noise; ``noise`` (ξ, which this
+        method may overwrite) is None where σ = 0.
+        """
         raise NotImplementedError
 
 
 class UPGD(_UtilityOptimizer):
-    """UPGD, SGD form (Elsayed & Mahmood, ICLR 2024): perturb useless weights, protect useful ones.
+    """UPGD, SGD form (Elsayed & Mahmood, "Addressing Loss of Plasticity and Catastrophic Forgetting in
+    Continual Learning", ICLR 2024): perturb useless weights, protect useful ones.
 
-    With the utility machinery of this module (ū, ξ) and decoupled weight decay λ:
+    Per weight ``w`` with gradient ``g``, at its ``t``-th step, with decoupled weight decay λ:
 
+        U ← β_u·U + (1 - β_u)·(-g ⊙ w),   Û = U / (1 - β_u^t)
+        η = max of Û over every weight of every group,   ū = sigmoid(Û / η)   (ū = 0.5 if η ≤ 0 or ∞/NaN)
+        ξ ~ N(0, σ²)
         protect=True  (the paper's UPGD):  w ← (1 - lr·λ)·w - lr·(g + ξ) ⊙ (1 - ū)
         protect=False (noise gated only):  w ← (1 - lr·λ)·w - lr·(g + ξ ⊙ (1 - ū))
 
-    With σ = 0 and ū ≡ 0 it is SGD with decoupled weight decay. ``seed`` seeds the noise (None: drawn
-    from torch's global generator); the noise generator's state is part of ``state_dict()``.
+    With σ = 0 and ū ≡ 0 it is SGD with decoupled weight decay. No factor 2 on the step.
+
+    State per parameter ``p`` (``optimizer.state[p]``): ``step`` (0-d float64 CPU tensor, steps taken on
+    ``p``) and ``utility_trace`` (U, shaped like ``p``).
+
+    Noise: pass ``generator`` (a ``torch.Generator``, used and advanced as given; on the parameters'
+    device, else every draw is copied over) or ``seed``; with neither, the noise is seeded from torch's
+    global generator. Same seed, same noise. ``state_dict()`` saves the generator's state.
     """
 
     def __init__(
         self,
-        params: Any,
+        params: ParamsT,
         lr: float = 1e-2,
         weight_decay: float = 0.0,
         beta_utility: float = 0.999,
         sigma: float = 1e-3,
         protect: bool = True,
+        generator: torch.Generator | None = None,
         seed: int | None = None,
     ) -> None:
         defaults = dict(
-            lr=lr, weight_decay=weight_decay, beta_utility=beta_utility, sigma=sigma, protect=protect
+            lr=lr, weight_decay=weight_decay, beta_utility=beta_utility, sigma=sigma, protect=bool(protect)
         )
-        super().__init__(params, defaults, seed)
+        super().__init__(params, defaults, generator, seed)
 
-    def _direction(
-        self, group: dict[str, Any], step: int, params: list[torch.Tensor]
-    ) -> tuple[list[torch.Tensor], float]:
-        return torch._foreach_mul([p.grad for p in params], 1.0), 1.0
+    def _update(self, bucket: _Bucket, gates: list[Tensor] | None, noise: list[Tensor] | None) -> None:
+        lr, params, grads = bucket.group["lr"], bucket.params, bucket.grads
+        if bucket.group["protect"]:
+            assert gates is not None
+            if noise is not None:  # w -= lr·(g + ξ) ⊙ (1 - ū)
+                torch._foreach_add_(noise, grads)
+                torch._foreach_addcmul_(params, noise, gates, value=-lr)
+            else:
+                torch._foreach_addcmul_(params, grads, gates, value=-lr)
+        else:  # w -= lr·(g + ξ ⊙ (1 - ū))
+            torch._foreach_add_(params, grads, alpha=-lr)
+            if noise is not None:
+                assert gates is not None
+                torch._foreach_addcmul_(params, noise, gates, value=-lr)
 
 
 class AdaptiveUPGD(_UtilityOptimizer):
-    """UPGD, Adam form (Elsayed & Mahmood, ICLR 2024; the form used with PPO).
+    """UPGD, Adam form (Elsayed & Mahmood, "Addressing Loss of Plasticity and Catastrophic Forgetting in
+    Continual Learning", ICLR 2024; the form the authors use with PPO).
 
-    Adam's moments ``m ← β1·m + (1-β1)·g``, ``v ← β2·v + (1-β2)·g²``, ``m̂ = m/(1-β1^t)``,
-    ``v̂ = v/(1-β2^t)``; then, with ū, ξ as in this module and decoupled weight decay λ:
+    Per weight ``w`` with gradient ``g``, at its ``t``-th step, with decoupled weight decay λ:
 
+        U ← β_u·U + (1 - β_u)·(-g ⊙ w),   Û = U / (1 - β_u^t)
+        η = max of Û over every weight of every group,   ū = sigmoid(Û / η)   (ū = 0.5 if η ≤ 0 or ∞/NaN)
+        m ← β1·m + (1-β1)·g,   v ← β2·v + (1-β2)·g²,   m̂ = m/(1-β1^t),   v̂ = v/(1-β2^t)
+        ξ ~ N(0, σ²)
         protect=True:   w ← (1 - lr·λ)·w - lr·[m̂ ⊙ (1 - ū) / (√v̂ + ε) + ξ ⊙ (1 - ū)]
         protect=False:  w ← (1 - lr·λ)·w - lr·[m̂ / (√v̂ + ε) + ξ ⊙ (1 - ū)]
 
-    The noise is not divided by √v̂. With σ = 0 and ū ≡ 0 it is AdamW. State per parameter: ``step``,
-    ``utility_trace``, ``exp_avg`` (m), ``exp_avg_sq`` (v).
+    The noise is not divided by √v̂. With σ = 0 and ū ≡ 0 it is AdamW (Adam when λ = 0). No factor 2 on
+    the step: the authors' PPO setting (their lr 3e-4, doubled in their code) is lr = 6e-4 here.
+
+    State per parameter ``p`` (``optimizer.state[p]``): ``step`` (0-d float64 CPU tensor, steps taken on
+    ``p``), ``utility_trace`` (U), ``exp_avg`` (m) and ``exp_avg_sq`` (v), the last three shaped like ``p``.
+
+    Noise: pass ``generator`` (a ``torch.Generator``, used and advanced as given; on the parameters'
+    device, else every draw is copied over) or ``seed``; with neither, the noise is seeded from torch's
+    global generator. Same seed, same noise. ``state_dict()`` saves the generator's state.
     """
 
     per_parameter_state_keys = ("utility_trace", "exp_avg", "exp_avg_sq")
 
     def __init__(
         self,
-        params: Any,
+        params: ParamsT,
         lr: float = 3e-4,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-5,
@@ -238,11 +535,9 @@ class AdaptiveUPGD(_UtilityOptimizer):
         beta_utility: float = 0.999,
         sigma: float = 1e-3,
         protect: bool = True,
+        generator: torch.Generator | None = None,
         seed: int | None = None,
     ) -> None:
-        for index, beta in enumerate(betas):
-            _check_range(f"betas[{index}]", beta, 0.0, 1.0)
-        _check_range("eps", eps, 0.0)
         defaults = dict(
             lr=lr,
             betas=tuple(betas),
@@ -250,22 +545,42 @@ class AdaptiveUPGD(_UtilityOptimizer):
             weight_decay=weight_decay,
             beta_utility=beta_utility,
             sigma=sigma,
-            protect=protect,
+            protect=bool(protect),
         )
-        super().__init__(params, defaults, seed)
+        super().__init__(params, defaults, generator, seed)
 
-    def _direction(
-        self, group: dict[str, Any], step: int, params: list[torch.Tensor]
-    ) -> tuple[list[torch.Tensor], float]:
-        # m̂/(√v̂ + ε) = [√(1-β2^t)/(1-β1^t)] · m/(√v + ε·√(1-β2^t)): both corrections in one factor.
-        beta1, beta2 = group["betas"]
-        grads = [p.grad for p in params]
-        exp_avg = [self.state[p]["exp_avg"] for p in params]
-        exp_avg_sq = [self.state[p]["exp_avg_sq"] for p in params]
+    @staticmethod
+    def _check_hyperparameters(values: dict[str, Any]) -> None:
+        _UtilityOptimizer._check_hyperparameters(values)
+        betas = values["betas"]
+        if len(betas) != 2:
+            raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+        for index, beta in enumerate(betas):
+            _check_range(f"betas[{index}]", beta, 0.0, 1.0)
+        _check_range("eps", values["eps"], 0.0)
+
+    def _update(self, bucket: _Bucket, gates: list[Tensor] | None, noise: list[Tensor] | None) -> None:
+        group, step, params, grads = bucket.group, bucket.step, bucket.params, bucket.grads
+        (beta1, beta2), lr = group["betas"], group["lr"]
+        exp_avg, exp_avg_sq = bucket.state_list("exp_avg"), bucket.state_list("exp_avg_sq")
         torch._foreach_lerp_(exp_avg, grads, 1.0 - beta1)
-        torch._foreach_mul_(exp_avg_sq, beta2)
+        torch._foreach_mul_(exp_avg_sq, _scalar(beta2, exp_avg_sq[0]))
         torch._foreach_addcmul_(exp_avg_sq, grads, grads, value=1.0 - beta2)
+        # m̂/(√v̂ + ε) = f · m/(√v + ε·√(1-β2^t)) with f = √(1-β2^t)/(1-β1^t): both corrections in scalars.
         root_correction2 = math.sqrt(1.0 - beta2**step)
+        factor = root_correction2 / (1.0 - beta1**step)
         denominator = torch._foreach_sqrt(exp_avg_sq)
-        torch._foreach_add_(denominator, group["eps"] * root_correction2)
-        return torch._foreach_div(exp_avg, denominator), root_correction2 / (1.0 - beta1**step)
+        _add_scalar_(denominator, group["eps"] * root_correction2)
+        if group["protect"]:
+            assert gates is not None
+            if noise is not None:  # w -= lr·(f·m/d + ξ) ⊙ (1 - ū)
+                torch._foreach_addcdiv_(noise, exp_avg, denominator, value=factor)
+                torch._foreach_addcmul_(params, noise, gates, value=-lr)
+            else:  # w -= lr·f·(m ⊙ (1 - ū))/d
+                torch._foreach_mul_(gates, exp_avg)
+                torch._foreach_addcdiv_(params, gates, denominator, value=-lr * factor)
+        else:  # w -= lr·(f·m/d + ξ ⊙ (1 - ū))
+            torch._foreach_addcdiv_(params, exp_avg, denominator, value=-lr * factor)
+            if noise is not None:
+                assert gates is not None
+                torch._foreach_addcmul_(params, noise, gates, value=-lr)
