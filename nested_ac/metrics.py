@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 
@@ -41,13 +41,15 @@ def srank(features: torch.Tensor, delta: float = 0.01, sigma: torch.Tensor | Non
         srank_δ = min{k : Σ_{i≤k} σ_i / Σ_i σ_i ≥ 1 − δ}
 
     over the singular values of the feature matrix (pass ``sigma`` to reuse them); 0 for all-zero features.
+    At most the number of singular values, also when rounding keeps the cumulative share below 1 − δ.
     """
     sigma = singular_values(features) if sigma is None else sigma
     total = sigma.sum()
     if total <= 0:
         return 0
     cumulative = torch.cumsum(sigma, 0) / total
-    return int(torch.searchsorted(cumulative, torch.tensor(1.0 - delta, dtype=cumulative.dtype)).item()) + 1
+    first = int(torch.searchsorted(cumulative, torch.tensor(1.0 - delta, dtype=cumulative.dtype)).item())
+    return min(first + 1, len(sigma))
 
 
 @torch.no_grad()
@@ -64,20 +66,20 @@ def effective_rank(features: torch.Tensor, sigma: torch.Tensor | None = None) ->
 
 
 @torch.no_grad()
-def mean_abs_weight(params: Sequence[torch.Tensor]) -> float:
+def mean_abs_weight(params: Iterable[torch.Tensor]) -> float:
     """Mean |w| over every entry of ``params`` (weight growth, e.g. Lyle et al. 2023)."""
     return float(torch.cat([p.detach().abs().flatten() for p in params]).mean())
 
 
 @torch.no_grad()
-def distance_from_init(params: Sequence[torch.Tensor], initial: Sequence[torch.Tensor]) -> float:
+def distance_from_init(params: Iterable[torch.Tensor], initial: Iterable[torch.Tensor]) -> float:
     """L2 distance ‖θ − θ_0‖ of all of ``params`` from their ``initial`` values, concatenated."""
     squares = [(p.detach() - q).pow(2).sum() for p, q in zip(params, initial, strict=True)]
     return float(torch.stack(squares).sum().sqrt())
 
 
 @torch.no_grad()
-def global_grad_norm(params: Sequence[torch.Tensor]) -> float:
+def global_grad_norm(params: Iterable[torch.Tensor]) -> float:
     """L2 norm of every gradient of ``params`` together (parameters without a gradient are skipped)."""
     grads = [p.grad.detach().flatten() for p in params if p.grad is not None]
     return float(torch.cat(grads).norm()) if grads else 0.0

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from nested_ac.config import RunConfig, resolve_config
-from nested_ac.continual import bootstrap_ci, slide
+from nested_ac.continual import bootstrap_ci, p_late, plasticity_ratios, slide
 from nested_ac.errors import ConfigError
 
 RETURN_TAG = "episode/return"
@@ -147,18 +147,22 @@ def references(groups: list[Group], reference: str | None) -> tuple[dict[tuple[s
     return refs, notes
 
 
+def _returns(run: Run) -> np.ndarray:
+    return np.array([math.nan if r is None else r for r in run.summary["R"]], dtype=float)
+
+
 def _p_late(run: Run, R_ref: float | None) -> float:
-    R = np.array([math.nan if r is None else r for r in run.summary["R"]], dtype=float)
+    """The run's P_late against ``R_ref`` (its own R_1 when None); NaN where it is undefined."""
+    R = _returns(run)
     ref = R_ref if R_ref is not None else (R[0] if len(R) else math.nan)
-    if not len(R) or not ref > 0:
+    try:
+        return p_late(plasticity_ratios(R, ref, run.summary.get("R_min")))
+    except ValueError:  # fewer than 2 phases, or a reference at or below the floor
         return math.nan
-    late = R[-math.ceil(len(R) / 2) :] / ref
-    late = late[~np.isnan(late)]
-    return float(late.mean()) if len(late) else math.nan
 
 
 def _slide(run: Run) -> float:
-    R = np.array([math.nan if r is None else r for r in run.summary["R"]], dtype=float)
+    R = _returns(run)
     return slide(R) if len(R) >= 4 else math.nan
 
 

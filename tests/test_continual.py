@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -11,6 +12,7 @@ from nested_ac.continual import (
     bootstrap_ci,
     forgetting,
     late_early,
+    p_late,
     phase_returns,
     phases_from_switches,
     plasticity_ratios,
@@ -39,6 +41,15 @@ def test_phase_returns_use_the_last_tenth_of_each_phase():
     assert math.isnan(phase_returns([50], [1.0], [(0, 100, 0)])[0])  # no episode ended in (90, 100]
 
 
+def test_an_episode_ending_on_the_switch_step_belongs_to_the_phase_that_ends_there():
+    phases = [(0, 100, 0), (100, 200, 1), (200, 300, 0)]
+    steps, returns = [100, 200, 210], [7.0, 5.0, 3.0]
+    R = phase_returns(steps, returns, phases)
+    np.testing.assert_allclose(R, [7.0, 5.0, math.nan])  # step 200 is phase 2's tail, not phase 3's head
+    np.testing.assert_allclose(forgetting(steps, returns, phases, R), [math.nan, math.nan, 7.0 - 3.0])
+    assert math.isnan(forgetting([100], [7.0], phases, R)[2])  # no episode in phase 3's head (200, 210]
+
+
 def test_ratios_slide_late_early_forgetting():
     R = phase_returns(STEPS, RETURNS, PHASES)
     np.testing.assert_allclose(plasticity_ratios(R, 100.0), np.array(TAILS) / 100)
@@ -52,6 +63,17 @@ def test_ratios_slide_late_early_forgetting():
     np.testing.assert_allclose(forgetting(STEPS, RETURNS, PHASES, R), expected)
 
 
+def test_p_late_uses_the_last_half_rounded_up():
+    assert p_late(np.array([1.0, 0.5])) == 0.5
+    assert p_late(np.array([1.0, 0.9, 0.8, 0.7, 0.6])) == pytest.approx(0.7)  # last ceil(5/2) = 3
+    assert p_late(np.array([1.0, 0.8, math.nan, 0.4])) == pytest.approx(0.4)  # NaN left out
+
+
+def test_ratios_of_non_positive_early_returns_are_nan():
+    assert math.isnan(slide(np.array([-10.0, -50.0, -40.0, -20.0])))
+    assert math.isnan(late_early(np.array([0.0, 5.0])))
+
+
 def test_summary_is_json_ready():
     summary = summarize(STEPS, RETURNS, PHASES)
     assert summary["R_ref"] == 100.0 and summary["P"][0] == 1.0
@@ -59,7 +81,9 @@ def test_summary_is_json_ready():
     assert summary["slide"] == pytest.approx(35 / 75)
     assert summary["forgetting"][0] is None and summary["forgetting_mean"] == pytest.approx(42.0)
     short = summarize([95], [5.0], [(0, 100, 0)])
-    assert short["slide"] is None and short["late_early"] is None
+    assert short["slide"] is None and short["late_early"] is None and short["P_late"] is None
+    json.dumps(summary, allow_nan=False)
+    assert summarize([50, 95], [0.0, 2.0], [(0, 50, 0), (50, 100, 1)])["P"] == [None, None]  # R_1 = 0
 
 
 def test_bad_inputs():
@@ -67,6 +91,14 @@ def test_bad_inputs():
         slide(np.array([1.0, 2.0, 3.0]))
     with pytest.raises(ValueError, match="must exceed the floor"):
         plasticity_ratios(np.array([1.0]), 0.0)
+    with pytest.raises(ValueError, match="must exceed the floor -5"):
+        plasticity_ratios(np.array([1.0]), -6.0, R_min=-5.0)
+    with pytest.raises(ValueError, match="at least 2 phases"):
+        p_late(np.array([1.0]))
+    with pytest.raises(ValueError, match="at least 2 phases"):
+        late_early(np.array([1.0]))
+    with pytest.raises(ValueError, match="confidence"):
+        bootstrap_ci([1.0, 2.0], confidence=1.0)
 
 
 def test_bootstrap_ci():
@@ -78,3 +110,4 @@ def test_bootstrap_ci():
     assert narrow_high - narrow_low < wide_high - wide_low
     assert bootstrap_ci([7.0]) == (7.0, 7.0, 7.0)
     assert bootstrap_ci([1.0, math.nan, 3.0])[0] == 2.0
+    assert all(math.isnan(x) for x in bootstrap_ci([math.nan]))

@@ -15,6 +15,7 @@ from nested_ac.metrics import (
     global_grad_norm,
     mean_abs_weight,
     policy_entropy,
+    singular_values,
     srank,
 )
 
@@ -59,14 +60,22 @@ def test_two_scales():
     assert srank(features, delta=0.3) == 1 and srank(features, delta=0.2) == 2
 
 
+def test_srank_never_exceeds_the_number_of_singular_values():
+    generator = torch.Generator().manual_seed(0)
+    for units in range(2, 30):
+        features = torch.randn(64, units, generator=generator)
+        sigma = singular_values(features)
+        assert srank(features, delta=0.0) == srank(features, 0.0, sigma) <= units  # rounding: share < 1
+
+
 def test_all_zero_features_have_rank_zero():
     assert srank(torch.zeros(4, 3)) == 0 and effective_rank(torch.zeros(4, 3)) == 0.0
 
 
 def test_weights_distance_and_gradient_norm():
     a, b = torch.tensor([1.0, -3.0]), torch.tensor([[2.0]])
-    assert mean_abs_weight([a, b]) == pytest.approx(2.0)
-    assert distance_from_init([a + 3.0, b + 4.0], [a, b]) == pytest.approx(math.sqrt(9 + 9 + 16))
+    assert mean_abs_weight(iter([a, b])) == pytest.approx(2.0)
+    assert distance_from_init((x for x in [a + 3.0, b + 4.0]), [a, b]) == pytest.approx(math.sqrt(9 + 9 + 16))
     p, q = torch.zeros(2, requires_grad=True), torch.zeros(1, requires_grad=True)
     p.grad = torch.tensor([3.0, 0.0])
     assert global_grad_norm([p, q]) == 3.0
