@@ -9,7 +9,7 @@ from typing import NoReturn
 
 from nested_ac.errors import ConfigError
 
-LIST_TOPICS = ("envs", "agents", "optimizers", "presets")
+LIST_TOPICS = ("envs", "agents", "optimizers", "presets", "experiments")
 NUMERICAL_FAULT_EXIT = 3
 
 # Command-line flag → dotted config key; each flag is validated by the config's own type checks.
@@ -66,7 +66,11 @@ def _build_parser() -> argparse.ArgumentParser:
     sweep = commands.add_parser(
         "sweep", help="run every (variant, seed) of an experiment", description="Run an experiment file."
     )
-    sweep.add_argument("experiment", help="experiment YAML file (see nested_ac/sweep.py for the format)")
+    sweep.add_argument(
+        "experiment",
+        help="experiment YAML file (format: nested_ac/sweep.py) or the name of a shipped one "
+        "(nested-ac list experiments)",
+    )
     sweep.add_argument("--workers", type=int, help="parallel runs (default: the number of cores)")
     sweep.add_argument("--backend", default="local", help="local (process pool, default) or ray")
     sweep.add_argument("--address", help="Ray cluster address (default: start a local Ray instance)")
@@ -153,7 +157,8 @@ def _list(topic: str) -> int:
     import agents  # noqa: F401
     import envs
     import nested_ac.optimizers  # noqa: F401
-    from nested_ac.presets import preset_description, preset_names
+    from nested_ac.experiments import EXPERIMENTS
+    from nested_ac.presets import PRESETS
     from nested_ac.registry import AGENTS, OPTIMIZERS
 
     footer = ""
@@ -166,8 +171,14 @@ def _list(topic: str) -> int:
             "Any other Gymnasium id (or module:EnvId) trains too; it is stationary unless it has set_task."
         )
     elif topic == "presets":
-        rows = [(name, preset_description(name)) for name in preset_names()]
+        rows = [(name, PRESETS.description(name)) for name in PRESETS.names()]
         footer = "Use one with: nested-ac train --preset NAME (flags, --config and --set override it)."
+    elif topic == "experiments":
+        rows = [(name, EXPERIMENTS.description(name)) for name in EXPERIMENTS.names()]
+        footer = (
+            "Run one with: nested-ac sweep NAME; the files are in "
+            f"{EXPERIMENTS.directory} (copy one to change it)."
+        )
     else:
         registry = AGENTS if topic == "agents" else OPTIMIZERS
         rows = [(entry.name, entry.description) for entry in registry]

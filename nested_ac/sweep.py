@@ -1,9 +1,9 @@
 """Sweeps: every (variant, seed) of an experiment file as its own run, in parallel, resumable.
 
-An experiment file is YAML::
+An experiment file is YAML (a shipped one starts with a comment line, its ``nested-ac list experiments``
+description)::
 
     name: collapse                      # the sweep directory's default name
-    description: one line for `nested-ac list experiments`
     steps: 1_000_000                    # per run
     seeds: [0, 1, 2, 3, 4]
     base:                               # any RunConfig keys, shared by every variant
@@ -14,8 +14,10 @@ An experiment file is YAML::
       - name: nested
         agent: nested-ppo
       - name: upgd
-        optimizer: upgd
-        set: {ppo.learning_rate: 6e-4}  # dotted overrides of this variant only
+        preset: upgd-ppo                # a shipped preset (nested-ac list presets) as the variant's start
+        set: {ppo.n_epochs: 10}         # dotted overrides of this variant only
+
+A variant's config is: defaults ← its ``preset`` ← ``base`` ← its ``agent`` / ``optimizer`` ← its ``set``.
 
 Run ``(variant, seed)`` lives in ``SWEEP_DIR/<variant>/seed<seed>/``. A finished run (``model.zip``) is
 skipped, an interrupted one with a checkpoint is resumed, so running the same sweep again finishes it.
@@ -33,12 +35,14 @@ from typing import Any
 
 from nested_ac.config import RunConfig, load_yaml, resolve_config
 from nested_ac.errors import ConfigError, unknown_choice
+from nested_ac.experiments import EXPERIMENTS
+from nested_ac.presets import load_preset
 from nested_ac.train import resume, train, validate
 
 BACKENDS = ("local", "ray")
 
-EXPERIMENT_KEYS = ("name", "description", "steps", "seeds", "base", "variants")
-VARIANT_KEYS = ("name", "agent", "optimizer", "set")
+EXPERIMENT_KEYS = ("name", "steps", "seeds", "base", "variants")
+VARIANT_KEYS = ("name", "preset", "agent", "optimizer", "set")
 
 
 @dataclass(frozen=True)
@@ -56,7 +60,6 @@ class Experiment:
     """A validated experiment file: every (variant, seed) run it asks for."""
 
     name: str
-    description: str
     runs: list[RunSpec] = field(default_factory=list)
 
 
@@ -70,9 +73,22 @@ def _flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def load_experiment(path: str | Path, sweep_dir: str | Path | None = None) -> Experiment:
-    """Parse and validate an experiment file; every run's config is resolved, so bad keys fail here."""
-    path = Path(path)
+def experiment_path(experiment: str | Path) -> Path:
+    """``experiment`` as a file: an existing path, else the shipped experiment of that name."""
+    path = Path(experiment)
+    if path.is_file():
+        return path
+    if path.suffix or len(path.parts) > 1:
+        raise ConfigError(
+            f"no experiment file {str(experiment)!r}; shipped experiments: {', '.join(EXPERIMENTS.names())}"
+        )
+    return EXPERIMENTS.path(str(experiment))
+
+
+def load_experiment(experiment: str | Path, sweep_dir: str | Path | None = None) -> Experiment:
+    """Parse and validate an experiment file (a path or a shipped name); every run's config is resolved,
+    so bad keys fail here."""
+    path = experiment_path(experiment)
     data = load_yaml(path)
     unknown = sorted(set(data) - set(EXPERIMENT_KEYS))
     if unknown:
@@ -92,7 +108,7 @@ def load_experiment(path: str | Path, sweep_dir: str | Path | None = None) -> Ex
         raise ConfigError(f"{path}: 'base' must be a mapping of config keys")
     name = str(data.get("name") or path.stem)
     root = Path(sweep_dir) if sweep_dir is not None else Path("runs") / name
-    experiment = Experiment(name, str(data.get("description", "")))
+    experiment = Experiment(name)
     seen: set[str] = set()
     for index, variant in enumerate(variants):
         if not isinstance(variant, dict) or not variant.get("name"):
@@ -113,10 +129,11 @@ def load_experiment(path: str | Path, sweep_dir: str | Path | None = None) -> Ex
             if key in variant:
                 overrides["agent" if key == "agent" else "optimizer.name"] = variant[key]
         overrides.update(variant.get("set") or {})
+        preset = load_preset(str(variant["preset"])) if "preset" in variant else None
         for seed in seeds:
             overrides.update(seed=seed, run_dir=str(root / label), name=f"seed{seed}", progress_bar=False)
             try:
-                config = resolve_config(overrides=overrides)
+                config = resolve_config(overrides=overrides, preset=preset)
                 validate(config)
             except ConfigError as error:
                 raise ConfigError(f"{path}: variant {label!r}: {error}") from None

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from nested_ac.experiments import EXPERIMENTS
 from nested_ac.sweep import load_experiment, run_status
 
 TINY = """
@@ -56,6 +57,7 @@ def test_experiment_expands_variants_times_seeds(tmp_path):
         (("    set: {nested.levels: 2}", "    set: {nested.levls: 2}"), "unknown config key 'nested.levls'"),
         (("    agent: nested-ppo", "    agnt: nested-ppo"), "variant 'nested' has unknown keys ['agnt']"),
         (("name: tiny", "nme: tiny"), "unknown experiment keys ['nme']"),
+        (("  - name: nested\n", "  - name: nested\n    preset: upgd\n"), "unknown preset 'upgd'"),
     ],
 )
 def test_bad_experiment_files_name_the_problem(tmp_path, cli, change, message):
@@ -108,3 +110,65 @@ def test_unknown_backend(tmp_path, cli):
         "sweep", str(write(tmp_path, TINY)), "--sweep-dir", str(tmp_path / "s"), "--backend", "k8s"
     )
     assert code == 2 and "unknown backend 'k8s'; valid choices: local, ray" in err
+
+
+def test_a_variant_starts_from_its_preset_then_base_and_set_override_it(tmp_path):
+    text = TINY.replace(
+        "  - name: adam\n", "  - name: adam\n    preset: upgd-ppo\n    set: {ppo.learning_rate: 1.0e-3}\n"
+    )
+    text = text.replace("ppo: {n_steps: 64,", "ppo: {n_steps: 64, learning_rate: 5.0e-4,")
+    adam, _, nested, _ = (run.config for run in load_experiment(write(tmp_path, text), tmp_path / "s").runs)
+    assert adam.optimizer.name == "upgd" and adam.optimizer.weight_decay == 1.0e-3  # from the preset
+    assert adam.ppo.learning_rate == 1.0e-3 and nested.ppo.learning_rate == 5.0e-4  # set > base > preset
+    assert nested.optimizer.name == "adam"
+
+
+def test_shipped_experiments_are_listed_and_run_by_name(tmp_path, cli, monkeypatch):
+    code, out, _ = cli("list", "experiments")
+    assert code == 0
+    for name in ("collapse", "slippery-ant"):
+        assert name in EXPERIMENTS.names() and f"{name}  " in out
+    monkeypatch.chdir(tmp_path)
+    experiment = load_experiment("collapse")
+    assert experiment.runs[0].run_dir == Path("runs/collapse/ppo-adam/seed0")
+    code, _, err = cli("sweep", "colapse")
+    assert code == 2 and "unknown experiment 'colapse'; valid choices: collapse" in err
+    code, _, err = cli("sweep", "missing.yaml")
+    assert code == 2 and "no experiment file 'missing.yaml'; shipped experiments: collapse" in err
+
+
+# What each variant of a shipped experiment may change relative to its first variant (PPO with Adam):
+# its own intervention and nothing else.
+INTERVENTION_KEYS = {
+    "ppo-upgd": ("optimizer.", "ppo.learning_rate"),  # UPGD's settings; its lr is the shared lr x 2
+    "ppo-cbp": ("cbp.",),
+    "nested-ppo": ("agent",),
+    "nonstationary-adam": ("optimizer.betas",),
+}
+
+
+def _flat(mapping: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in mapping.items():
+        if isinstance(value, dict) and key != "kwargs":
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+@pytest.mark.parametrize("name", ["collapse", "slippery-ant"])
+def test_shipped_experiment_variants_differ_only_in_their_intervention(name, tmp_path):
+    experiment = load_experiment(name, tmp_path)
+    assert {run.seed for run in experiment.runs} == {0, 1, 2, 3, 4}
+    by_variant = {run.variant: run.config for run in experiment.runs if run.seed == 0}
+    assert list(by_variant) == ["ppo-adam", *INTERVENTION_KEYS]
+    baseline = _flat(by_variant["ppo-adam"].to_dict())
+    assert baseline["agent"] == "ppo" and baseline["optimizer.name"] == "adam"
+    for variant, allowed in INTERVENTION_KEYS.items():
+        config = _flat(by_variant[variant].to_dict())
+        changed = {key for key in config if config[key] != baseline[key] and key not in ("run_dir",)}
+        assert changed, f"{variant} is the baseline"
+        assert all(key.startswith(allowed) for key in changed), f"{variant} also changes {changed}"
+    upgd = by_variant["ppo-upgd"]
+    assert upgd.ppo.learning_rate == 2 * by_variant["ppo-adam"].ppo.learning_rate
