@@ -1,5 +1,7 @@
 """Non-stationary Gymnasium environments; importing this package registers them under ``nested_ac/``."""
 
+import math
+
 from envs.effects import TaskEffect
 from envs.registry import NONSTATIONARY_ENVS, register_nonstationary, resolve_env_id
 from envs.schedules import Cyclic, EveryNSteps, Explicit, RandomDraw, Schedule
@@ -34,12 +36,14 @@ register_nonstationary(
     "envs.classic:drifting_acrobot",
     changes="both link masses redrawn log-uniform in [0.5, 2] kg",
     default_every=100_000,
+    return_floor=-500.0,  # -1 per step, episodes truncated at 500 steps
 )
 register_nonstationary(
     "DriftingPendulum-v0",
     "envs.classic:drifting_pendulum",
     changes="gravity in [5, 15] and mass log-uniform in [0.5, 2] redrawn",
     default_every=100_000,
+    return_floor=-200 * (math.pi**2 + 0.1 * 8**2 + 0.001 * 2**2),  # 200 steps at the worst cost each
 )
 register_nonstationary(
     "TwoTaskCartPole-v0",

@@ -22,6 +22,7 @@ class NonStationaryEnvInfo:
     default_every: int
     default_kind: str = "every"
     default_tasks: tuple[int, ...] | None = None
+    return_floor: float | None = None
 
     def describe_schedule(self) -> str:
         if self.default_kind == "cyclic":
@@ -40,17 +41,20 @@ def register_nonstationary(
     vector_entry_point: str | None = None,
     default_kind: str = "every",
     default_tasks: tuple[int, ...] | None = None,
+    return_floor: float | None = None,
     **kwargs,
 ) -> str:
     """Register ``nested_ac/<name>`` with Gymnasium; its entry points must accept ``task_seed``.
 
     ``vector_entry_point`` (optional) builds ``num_envs`` copies as one numpy-vectorized env with same-step
-    autoreset: the trainer's fast path (``envs.vector``).
+    autoreset: the trainer's fast path (``envs.vector``). ``return_floor``: the lowest episode return the
+    env can give, for envs whose returns can be negative; the plasticity ratio P_k then measures the return
+    above it, (R_k − floor) / (R_ref − floor).
     """
     env_id = f"{NAMESPACE}/{name}"
     gym.register(id=env_id, entry_point=entry_point, vector_entry_point=vector_entry_point, kwargs=kwargs)
     NONSTATIONARY_ENVS[env_id] = NonStationaryEnvInfo(
-        env_id, changes, default_every, default_kind, default_tasks
+        env_id, changes, default_every, default_kind, default_tasks, return_floor
     )
     return env_id
 

@@ -235,14 +235,18 @@ def write_summary(
     steps_budget: int,
     agent: BaseAlgorithm,
     logger: Logger,
+    R_min: float | None = None,
 ) -> dict[str, Any]:
     """Write the run's continual metrics to ``summary.json`` and TensorBoard (``continual/*``): R_k and P_k
     at each phase's last step, the run-level numbers at the final step. Phases end at ``steps``: the last
-    rollout may overshoot it, and a switch there starts no phase."""
+    rollout may overshoot it, and a switch there starts no phase. ``R_min``: the env's return floor if
+    any (P_k then measures the return above it)."""
     total = agent.num_timesteps
     phases = continual.phases_from_switches(switches or [(0, 0)], steps_budget)
     steps = [step for step, _, _ in episodes]
-    summary = continual.summarize(steps, [episode_return for _, episode_return, _ in episodes], phases)
+    summary = continual.summarize(
+        steps, [episode_return for _, episode_return, _ in episodes], phases, R_min=R_min
+    )
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     for pending in (logger.name_to_value, logger.name_to_count, logger.name_to_excluded):
         pending.clear()  # the last update's values, which SB3 never writes
@@ -300,7 +304,9 @@ def _learn(
             )
             if checkpointer.stopped_at is None:  # a finished run: its continual metrics
                 switches = clock.switches if clock else []
-                write_summary(run_dir, episodes.episodes, switches, config.steps, agent, logger)
+                info = envs.NONSTATIONARY_ENVS.get(config.env.id)
+                floor = info.return_floor if info else None
+                write_summary(run_dir, episodes.episodes, switches, config.steps, agent, logger, floor)
             events.commit()
         except NumericalFault as fault:
             fault.last_checkpoint = checkpointer.store.latest() if checkpointer.store.paths() else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -189,3 +190,16 @@ def test_bad_config_file(cli, tmp_path, text, message):
 def test_missing_config_file(cli, tmp_path):
     code, _, err = cli("train", "--config", str(tmp_path / "nope.yaml"))
     assert code == 2 and "cannot read config file" in err
+
+
+def test_negative_return_env_measures_plasticity_above_its_floor(cli, tmp_path):
+    args = ("--env", "nested_ac/DriftingPendulum-v0", "--steps", "4096", "--n-envs", "2")
+    schedule = ("--set", "env.schedule.every=2048")  # 200-step episodes end in both phases' last 10 %
+    code, _, err = cli("train", *args, *schedule, "--run-dir", str(tmp_path), "--name", "pend", *FAST)
+    assert code == 0, err
+    summary = json.loads((tmp_path / "pend" / "summary.json").read_text())
+    floor = summary["R_min"]
+    assert floor == pytest.approx(-200 * (math.pi**2 + 0.1 * 8**2 + 0.001 * 2**2))
+    R, P = summary["R"], summary["P"]
+    assert floor < R[0] < 0 and floor < R[1] < 0  # P would be undefined against a floor of 0
+    assert P == pytest.approx([(r - floor) / (R[0] - floor) for r in R])
