@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from nested_ac.config import RunConfig, resolve_config
+from nested_ac.config import OptimizerConfig, RunConfig, resolve_config
 from nested_ac.continual import bootstrap_ci, p_late, plasticity_ratios, slide
 from nested_ac.errors import ConfigError
 
@@ -120,10 +120,11 @@ def group_runs(runs: list[Run]) -> list[Group]:
 
 
 def _is_baseline(config: RunConfig) -> bool:
+    """PPO with Adam at its default settings, no plasticity tool: the default reference group."""
     tools_off = not (config.cbp.enabled or config.redo.enabled or config.l2_init.coef)
     return (
         config.agent == "ppo"
-        and config.optimizer.name == "adam"
+        and config.optimizer == OptimizerConfig()
         and tools_off
         and config.shrink_perturb.mode == "off"
     )

@@ -74,3 +74,20 @@ def test_no_runs_is_one_clear_line(cli, tmp_path):
 def test_unknown_reference_group(cli, runs, tmp_path):
     code, _, err = cli("report", str(runs), "--out", str(tmp_path / "r"), "--reference", "adm")
     assert code == 2 and "no group called 'adm'; groups: adam, cbp" in err
+
+
+def test_reference_is_default_adam_ppo_not_a_tuned_adam(tmp_path):
+    from nested_ac.report import Group, Run, references
+
+    def group(label: str, R_1: float, **overrides) -> Group:
+        config = resolve_config(overrides=overrides)
+        return Group(label, [Run(tmp_path, config, {"R": [R_1, R_1 / 2]}, {})])
+
+    groups = [
+        group("nonstationary-adam", 100.0, **{"optimizer.betas": [0.99, 0.99]}),
+        group("ppo-upgd", 200.0, **{"optimizer.name": "upgd"}),
+        group("ppo-adam", 300.0),
+    ]
+    refs, notes = references(groups, None)
+    assert list(refs.values()) == [300.0] and notes == []
+    assert list(references(groups, "ppo-upgd")[0].values()) == [200.0]
