@@ -172,3 +172,15 @@ def test_shipped_experiment_variants_differ_only_in_their_intervention(name, tmp
         assert all(key.startswith(allowed) for key in changed), f"{variant} also changes {changed}"
     upgd = by_variant["ppo-upgd"]
     assert upgd.ppo.learning_rate == 2 * by_variant["ppo-adam"].ppo.learning_rate
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted((REPO / "examples").glob("*.yaml")) + sorted((REPO / "bench" / "collapse_search").glob("*.yaml")),
+    ids=lambda path: path.name,
+)
+def test_experiment_files_in_the_repository_are_valid(path, tmp_path):
+    assert load_experiment(path, tmp_path).runs
