@@ -130,12 +130,16 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from nested_ac.sweep import load_experiment, run_sweep
+    from nested_ac.sweep import SweepInterrupted, load_experiment, run_sweep
 
     if args.workers is not None and args.workers <= 0:
         raise ConfigError(f"--workers must be a positive integer, got {args.workers}")
     experiment = load_experiment(args.experiment, args.sweep_dir)
-    failures = run_sweep(experiment, args.workers, args.backend, args.address)
+    try:
+        failures = run_sweep(experiment, args.workers, args.backend, args.address)
+    except SweepInterrupted as interrupt:
+        print(f"nested-ac: {interrupt}", file=sys.stderr)
+        return interrupt.exit_code
     for line in failures:
         print(f"nested-ac: run failed: {line}", file=sys.stderr)
     root = experiment.runs[0].run_dir.parent.parent

@@ -26,7 +26,10 @@ skipped, an interrupted one with a checkpoint is resumed, so running the same sw
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import multiprocessing
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -36,6 +39,7 @@ from typing import Any
 from nested_ac.config import RunConfig, load_yaml, resolve_config
 from nested_ac.errors import ConfigError, unknown_choice
 from nested_ac.experiments import EXPERIMENTS
+from nested_ac.interrupts import InterruptGuard, TrainingInterrupted
 from nested_ac.presets import load_preset
 from nested_ac.train import resume, train, validate
 
@@ -53,6 +57,10 @@ class RunSpec:
     seed: int
     run_dir: Path
     config: RunConfig
+
+
+OnDone = Callable[[RunSpec, BaseException | None], None]
+"""Called as each run ends: its spec and its exception (None: finished)."""
 
 
 @dataclass
@@ -157,21 +165,63 @@ def run_one(spec: RunSpec) -> str:
     return str(train(spec.config).run_dir)
 
 
-def run_local(specs: Iterable[RunSpec], workers: int, on_done: Callable[[RunSpec, str | None], None]) -> None:
-    """Each run in its own process of a pool of ``workers`` (one torch thread each)."""
-    specs = list(specs)
-    with concurrent.futures.ProcessPoolExecutor(max_workers=workers) as pool:
-        futures = {pool.submit(run_one, spec): spec for spec in specs}
-        for future in concurrent.futures.as_completed(futures):
-            error = future.exception()
-            on_done(futures[future], None if error is None else f"{type(error).__name__}: {error}")
+class SweepInterrupted(Exception):
+    """A signal stopped the sweep: no further run started, running ones wrote a checkpoint and stopped."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(
+            f"sweep interrupted by {signal.Signals(signum).name}; run the same command again to finish it "
+            "(finished runs are skipped, interrupted ones resume from their checkpoint)"
+        )
+        self.exit_code = 128 + signum
+
+
+def _leave_terminal_process_group() -> None:
+    """Pool-worker initializer: a Ctrl-C reaches only the sweep process, which passes it on exactly once;
+    between runs a worker ignores SIGINT/SIGTERM (during a run, training's own guard handles them)."""
+    os.setpgrp()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
+
+
+def _pass_on_to_workers(signum: int) -> None:
+    for worker in multiprocessing.active_children():
+        with contextlib.suppress(ProcessLookupError):  # a worker that has just exited
+            os.kill(worker.pid, signum)
+
+
+def run_local(specs: Iterable[RunSpec], workers: int, on_done: OnDone) -> None:
+    """Each run in its own process of a pool of ``workers`` (one torch thread each).
+
+    The pool is handed a run only when a worker is free, so after SIGINT/SIGTERM no further run starts:
+    the signal is passed on to the workers, each running run finishes its update, writes a checkpoint and
+    stops, and :class:`SweepInterrupted` is raised."""
+    pending = list(specs)
+    running: dict[concurrent.futures.Future[str], RunSpec] = {}
+    guard = InterruptGuard(
+        "stopping the sweep: no new runs; running ones finish their update and write a checkpoint",
+        _pass_on_to_workers,
+    )
+    pool = concurrent.futures.ProcessPoolExecutor(workers, initializer=_leave_terminal_process_group)
+    with guard, pool:
+        while pending or running:
+            while pending and len(running) < workers and guard.signum is None:
+                spec = pending.pop(0)
+                running[pool.submit(run_one, spec)] = spec
+            if not running:
+                break
+            finished, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+            for future in finished:
+                on_done(running.pop(future), future.exception())
+    if guard.signum is not None:
+        raise SweepInterrupted(guard.signum)
 
 
 def run_ray(
     specs: Iterable[RunSpec],
     workers: int,
     address: str | None,
-    on_done: Callable[[RunSpec, str | None], None],
+    on_done: OnDone,
 ) -> None:
     """Each run as a Ray task needing one CPU: on the cluster at ``address``, or a local Ray instance
     on the loopback interface with ``workers`` CPUs when ``address`` is None."""
@@ -193,7 +243,7 @@ def run_ray(
                 ray.get(ready)
                 on_done(spec, None)
             except Exception as error:  # noqa: BLE001  (a failed run is reported, the sweep goes on)
-                on_done(spec, f"{type(error).__name__}: {error}")
+                on_done(spec, error)
     finally:
         ray.shutdown()
 
@@ -215,12 +265,15 @@ def run_sweep(
     with Progress(transient=False, disable=not sys.stdout.isatty()) as progress:
         task = progress.add_task("runs", total=len(todo))
 
-        def on_done(spec: RunSpec, error: str | None) -> None:
-            progress.advance(task)
-            status = "ok" if error is None else f"FAILED: {error}"
+        def on_done(spec: RunSpec, error: BaseException | None) -> None:
+            if isinstance(error, TrainingInterrupted):
+                status = f"stopped at step {error.step:,}, checkpoint written"
+            else:
+                progress.advance(task)
+                status = "ok" if error is None else f"FAILED: {type(error).__name__}: {error}"
+                if error is not None:
+                    failures.append(f"{spec.run_dir}: {type(error).__name__}: {error}")
             progress.console.print(f"{spec.variant} seed {spec.seed}: {status}")
-            if error is not None:
-                failures.append(f"{spec.run_dir}: {error}")
 
         workers = workers or os.cpu_count() or 1
         if todo and backend == "ray":

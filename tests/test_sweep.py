@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -94,6 +99,49 @@ def test_sweep_resumes_an_interrupted_run(tmp_path, cli):
     assert code == 0, err
     assert "3 already finished" not in out and run_status(spec) == "done"
     assert sorted(p.name for p in spec.run_dir.parent.iterdir()) == ["seed0", "seed1"]
+
+
+@pytest.mark.parametrize(
+    "signum, to_group",
+    [(signal.SIGTERM, False), (signal.SIGINT, True)],
+    ids=["SIGTERM-to-the-sweep-process", "Ctrl-C-to-the-terminal-group"],
+)
+def test_a_signal_stops_the_whole_sweep_and_leaves_its_runs_resumable(tmp_path, signum, to_group):
+    long = TINY.replace("steps: 512", "steps: 200_000").replace("seeds: [0, 1]", "seeds: [0, 1, 2]")
+    path = write(tmp_path, long.replace("checkpoint: {every: 0}", "checkpoint: {every: 1024}"))
+    command = [sys.executable, "-m", "nested_ac.cli", "sweep", str(path), "--sweep-dir", str(tmp_path / "s")]
+    process = subprocess.Popen(
+        [*command, "--workers", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, like a shell job: a group signal spares pytest
+    )
+    runs = load_experiment(path, tmp_path / "s").runs
+    deadline = time.monotonic() + 120
+    while not all(run_status(spec) == "resume" for spec in runs[:2]) and process.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    (os.killpg if to_group else os.kill)(process.pid, signum)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 128 + signum, err
+    assert "sweep interrupted" in err and "run the same command again" in err
+    assert out.count("checkpoint written") == 2 and "FAILED" not in out
+    assert [run_status(spec) for spec in runs[:2]] == ["resume", "resume"]
+    assert not any(spec.run_dir.exists() for spec in runs[2:])  # no run started after the signal
+    assert not processes_mentioning(str(tmp_path / "s"))  # no worker left behind
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Pids of live processes whose command line contains ``text`` (pool workers share their parent's)."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if text in cmdline.read_bytes().decode(errors="replace"):
+                pids.append(int(cmdline.parent.name))
+        except OSError:  # the process ended while we looked
+            continue
+    return pids
 
 
 def test_ray_backend_on_a_local_instance(tmp_path, cli):
