@@ -1,7 +1,8 @@
 """The training entry point: builds the environment and the agent from a RunConfig and trains it.
 
-A run writes ``<run_dir>/<name>/``: ``config.yaml`` (the resolved configuration), TensorBoard event
-files, ``checkpoints/`` and ``model.zip``; :func:`resume` continues an unfinished one. An existing run
+A run writes ``<run_dir>/<name>/``: ``config.yaml`` (the resolved configuration), ``versions.json`` (the
+library versions it ran with: the same seed gives the same run only under the same versions), TensorBoard
+event files, ``checkpoints/`` and ``model.zip``; :func:`resume` continues an unfinished one. An existing run
 directory is never reused: the new one gets a suffix ``_1``, ``_2``...
 """
 
@@ -9,8 +10,11 @@ from __future__ import annotations
 
 import copy
 import json
+import platform
 import time
+import warnings
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -178,6 +182,29 @@ def build_agent(config: RunConfig, env: VecEnv) -> BaseAlgorithm:
     return AGENTS.get(config.agent).from_config(config, env)
 
 
+VERSIONS_FILE = "versions.json"
+LIBRARIES = ("nested-ac", "torch", "numpy", "gymnasium", "stable-baselines3")
+
+
+def library_versions() -> dict[str, str]:
+    """Python's and the numerical libraries' versions: what a run's numbers depend on besides its config."""
+    return {"python": platform.python_version(), **{name: metadata.version(name) for name in LIBRARIES}}
+
+
+def _warn_if_versions_changed(run_dir: Path) -> None:
+    path = run_dir / VERSIONS_FILE
+    if not path.is_file():
+        return
+    saved, now = json.loads(path.read_text()), library_versions()
+    changed = [f"{name} {saved[name]} -> {now.get(name)}" for name in saved if saved[name] != now.get(name)]
+    if changed:
+        warnings.warn(
+            f"resuming {run_dir} under other library versions than it started with ({', '.join(changed)}): "
+            "the rest of the run may differ from an uninterrupted one",
+            stacklevel=3,
+        )
+
+
 def train(config: RunConfig) -> RunResult:
     """Train one agent as ``config`` says; bad input raises ConfigError before anything is written.
 
@@ -196,6 +223,7 @@ def train(config: RunConfig) -> RunResult:
         run_dir = create_run_dir(config.run_dir, config.name or config.default_name())
         config.name = run_dir.name
         config.save(run_dir / "config.yaml")
+        (run_dir / VERSIONS_FILE).write_text(json.dumps(library_versions(), indent=1))
         return _learn(config, schedule, agent, run_dir, checkpoint=None)
     finally:
         env.close()
@@ -213,6 +241,7 @@ def resume(run_dir: str | Path) -> RunResult:
     if (run_dir / "model.zip").exists():
         raise ConfigError(f"run {run_dir} is complete (model.zip exists); nothing to resume")
     config = resolve_config(run_dir / "config.yaml")
+    _warn_if_versions_changed(run_dir)
     store = CheckpointStore(run_dir / CHECKPOINT_DIR, config.checkpoint.keep)
     path = store.latest()
     state = store.load(path)

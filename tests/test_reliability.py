@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -22,6 +25,7 @@ from nested_ac.callbacks import Throughput
 from nested_ac.checkpoint import CheckpointStore
 from nested_ac.config import RunConfig, resolve_config
 from nested_ac.faults import NumericalFault, check_gradients, check_update
+from nested_ac.interrupts import TrainingInterrupted
 from nested_ac.train import resume, train
 from tests.conftest import read_scalars
 
@@ -144,6 +148,24 @@ def test_sigterm_exits_143_restores_handlers_and_resumes_exactly(cli, tmp_path, 
     code, _, err = cli("train", "--resume", str(tmp_path / "run"))
     assert code == 0, err
     assert_same_final_run(tmp_path / "run", uninterrupted)
+
+
+def test_a_run_records_its_library_versions_and_resume_warns_if_they_changed(tmp_path, monkeypatch):
+    interrupt_at(monkeypatch, 1000, signal.SIGTERM)
+    with pytest.raises(TrainingInterrupted):
+        train(small_config(tmp_path, "run", steps=2048))
+    monkeypatch.undo()
+    path = tmp_path / "run" / "versions.json"
+    saved = json.loads(path.read_text())
+    assert set(saved) == {"python", "nested-ac", "torch", "numpy", "gymnasium", "stable-baselines3"}
+    assert (saved["torch"], saved["numpy"], saved["gymnasium"]) == (
+        torch.__version__,
+        np.__version__,
+        gym.__version__,
+    )
+    path.write_text(json.dumps({**saved, "gymnasium": "0.0.1"}))
+    with pytest.warns(UserWarning, match=rf"gymnasium 0\.0\.1 -> {re.escape(gym.__version__)}"):
+        resume(tmp_path / "run")
 
 
 def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
