@@ -39,7 +39,7 @@ from typing import Any
 from nested_ac.config import RunConfig, load_yaml, resolve_config
 from nested_ac.errors import ConfigError, unknown_choice
 from nested_ac.experiments import EXPERIMENTS
-from nested_ac.interrupts import InterruptGuard, TrainingInterrupted
+from nested_ac.interrupts import SIGNALS, InterruptGuard, TrainingInterrupted
 from nested_ac.presets import load_preset
 from nested_ac.train import resume, train, validate
 
@@ -180,7 +180,7 @@ def _leave_terminal_process_group() -> None:
     """Pool-worker initializer: a Ctrl-C reaches only the sweep process, which passes it on exactly once;
     between runs a worker ignores SIGINT/SIGTERM (during a run, training's own guard handles them)."""
     os.setpgrp()
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
 
 
@@ -270,9 +270,11 @@ def run_sweep(
                 status = f"stopped at step {error.step:,}, checkpoint written"
             else:
                 progress.advance(task)
-                status = "ok" if error is None else f"FAILED: {type(error).__name__}: {error}"
+                status = "ok"
                 if error is not None:
-                    failures.append(f"{spec.run_dir}: {type(error).__name__}: {error}")
+                    reason = f"{type(error).__name__}: {error}"
+                    status = f"FAILED: {reason}"
+                    failures.append(f"{spec.run_dir}: {reason}")
             progress.console.print(f"{spec.variant} seed {spec.seed}: {status}")
 
         workers = workers or os.cpu_count() or 1
