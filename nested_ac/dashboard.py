@@ -7,7 +7,7 @@ and ``add_image``, ``tensorboard.plugins.hparams.summary_v2``) into the event fi
   ``continual`` (episode return with a min–max band and the task switches, R_k / P_k per task, the
   run-level metrics), ``plasticity`` (dormant fraction, srank, weight size per network, policy entropy,
   gradient norm) and ``interventions`` (UPGD utility, units replaced by CBP / reset by ReDo, the nested
-  critics' gaps and churn); a chart appears only where the run logs its tags.
+  critics' gaps and churn; empty for a run without any); a chart appears only where the run logs its tags.
 - **HParams** (:func:`hparams`): every run is one session: its hyperparameters that differ from the
   defaults (with ``agent``, ``optimizer.name`` and ``seed``; in a sweep, every key that any variant
   changes), in the session group of its variant; when it finishes, its metrics (:data:`METRICS`) are
@@ -66,7 +66,9 @@ def _multiline(*patterns: str) -> list[Any]:
 def layout(agent: BaseAlgorithm, switching: bool) -> Layout:
     """The custom-scalars layout of a run of ``agent`` (``switching``: its env changes task), in torch's
     ``add_custom_scalars`` format: category → chart title → ``["Multiline", tag regexes]`` or
-    ``["Margin", [value, lower, upper]]``. Only charts whose tags the run writes; no empty category."""
+    ``["Margin", [value, lower, upper]]``. Only charts whose tags the run writes, but every category even
+    if empty: TensorBoard merges the layouts of the runs it shows into the first run's (by name), and
+    charts of a category that run lacks would be dropped from the merge."""
     tools = getattr(agent, "plasticity_tools", [])
 
     def uses(kind: type) -> bool:
@@ -108,8 +110,7 @@ def layout(agent: BaseAlgorithm, switching: bool) -> Layout:
     if getattr(agent.policy, "levels", 1) > 1:
         interventions["nested critics: gap to the next critic"] = _multiline(r"nested/critic_\d+/gap")
         interventions["nested critics: churn on a fixed probe"] = _multiline(r"nested/critic_\d+/churn")
-    categories = {"continual": continual, "plasticity": plasticity, "interventions": interventions}
-    return {title: charts for title, charts in categories.items() if charts}
+    return {"continual": continual, "plasticity": plasticity, "interventions": interventions}
 
 
 def _flat(config: RunConfig) -> dict[str, Any]:
