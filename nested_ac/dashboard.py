@@ -25,8 +25,7 @@ import copy
 import json
 import math
 import re
-import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -149,11 +148,6 @@ def changed_keys(config: RunConfig) -> list[str]:
     return sorted(changed - set(NOT_HYPERPARAMETERS))
 
 
-def shared_keys(configs: Iterable[RunConfig]) -> tuple[str, ...]:
-    """The keys any of ``configs`` changes: a sweep records them for every run, so the table has no holes."""
-    return tuple(sorted({key for config in configs for key in changed_keys(config)}))
-
-
 def _value(value: Any) -> bool | float | str:
     if isinstance(value, bool | float | str):
         return value
@@ -249,7 +243,7 @@ def write_experiment(sweep_dir: Path, configs: Sequence[RunConfig], keys: Sequen
     columns = [hp.HParam(key, _domain([v[key] for v in values if key in v])) for key in keys]
     metrics = [hp.Metric(tag, display_name=title) for tag, title in METRICS.items()]
     with SummaryWriter(str(sweep_dir)) as writer:
-        writer.file_writer.add_summary(hp.hparams_config_pb(columns, metrics, time_created_secs=time.time()))
+        writer.file_writer.add_summary(hp.hparams_config_pb(columns, metrics))
 
 
 def add_report_images(sweep_dir: Path, report: Path) -> list[str]:

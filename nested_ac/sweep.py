@@ -122,6 +122,7 @@ def load_experiment(experiment: str | Path, sweep_dir: str | Path | None = None)
     root = Path(sweep_dir) if sweep_dir is not None else Path("runs") / name
     experiment = Experiment(name)
     seen: set[str] = set()
+    hparams: set[str] = set()  # every key any run changes: each run's HParams session records them all
     for index, variant in enumerate(variants):
         if not isinstance(variant, dict) or not variant.get("name"):
             raise ConfigError(f"{path}: variant #{index + 1} needs a 'name'")
@@ -147,10 +148,11 @@ def load_experiment(experiment: str | Path, sweep_dir: str | Path | None = None)
             try:
                 config = resolve_config(overrides=overrides, preset=preset)
                 validate(config)
+                hparams.update(dashboard.changed_keys(config))
             except ConfigError as error:
                 raise ConfigError(f"{path}: variant {label!r}: {error}") from None
             experiment.runs.append(RunSpec(label, seed, root / label / f"seed{seed}", config))
-    keys = dashboard.shared_keys(spec.config for spec in experiment.runs)
+    keys = tuple(sorted(hparams))
     experiment.runs = [dataclasses.replace(spec, hparams=keys) for spec in experiment.runs]
     return experiment
 
