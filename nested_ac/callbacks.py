@@ -6,7 +6,7 @@ import time
 from typing import Any, Protocol
 
 import numpy as np
-from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.callbacks import BaseCallback, ProgressBarCallback
 
 
 class Schedule(Protocol):
@@ -81,7 +81,8 @@ class EpisodeStats(BaseCallback):
     """Logs the mean return and length of the episodes that ended during each rollout, unsmoothed.
 
     SB3's ``rollout/ep_rew_mean`` averages the last 100 episodes, which blurs a task switch; this logs
-    ``episode/return``, ``episode/length`` and ``episode/count`` per rollout and keeps every episode's
+    ``episode/return`` (and its band, ``episode/return_min`` and ``…_max``), ``episode/length`` and
+    ``episode/count`` per rollout and keeps every episode's
     ``(end step, return, length)`` in ``episodes``.
     """
 
@@ -105,6 +106,8 @@ class EpisodeStats(BaseCallback):
         if finished:
             _, returns, lengths = zip(*finished, strict=True)
             self.logger.record("episode/return", float(np.mean(returns)))
+            self.logger.record("episode/return_min", float(np.min(returns)))
+            self.logger.record("episode/return_max", float(np.max(returns)))
             self.logger.record("episode/length", float(np.mean(lengths)))
         self.logger.record("episode/count", len(finished))
 
@@ -134,3 +137,13 @@ class Throughput(BaseCallback):
         if now > self._last_time:
             self.logger.record("time/sps", (self.num_timesteps - self._last_steps) / (now - self._last_time))
         self._last_time, self._last_steps = now, self.num_timesteps
+
+
+class ProgressBar(ProgressBarCallback):
+    """SB3's progress bar, stopped at its total: PPO trains whole rollouts, so the last one may run past the
+    step budget (e.g. 301,056 of 300,000), which the bar does not count; the run's result tells the steps
+    actually trained."""
+
+    def _on_step(self) -> bool:
+        self.pbar.update(min(self.training_env.num_envs, self.pbar.total - self.pbar.n))
+        return True

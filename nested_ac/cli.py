@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import NoReturn
 
 from nested_ac.errors import ConfigError
@@ -124,7 +125,13 @@ def _train(args: argparse.Namespace) -> int:
         if returns
         else ""
     )
-    print(f"trained {result.config.steps:,} steps in {result.seconds:.0f} s{recent}")
+    config = result.config
+    past = (
+        f" ({config.steps:,} asked; PPO trains whole rollouts of {config.ppo.n_steps * config.env.n_envs:,})"
+        if result.steps != config.steps
+        else ""
+    )
+    print(f"trained {result.steps:,} steps{past} in {result.seconds:.0f} s{recent}")
     print(f"run written to {result.run_dir}  (view: tensorboard --logdir {result.run_dir.parent})")
     return 0
 
@@ -142,8 +149,12 @@ def _sweep(args: argparse.Namespace) -> int:
         return interrupt.exit_code
     for line in failures:
         print(f"nested-ac: run failed: {line}", file=sys.stderr)
+    from nested_ac.dashboard import add_report_images
+
     root = experiment.runs[0].run_dir.parent.parent
-    print(f"report written to {_report_paths([root], None, None)}")
+    report = _report_paths([root], None, None)
+    add_report_images(root, Path(report))
+    print(f"report written to {report}  (view: tensorboard --logdir {root})")
     return 1 if failures else 0
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import dataclasses
 import multiprocessing
 import os
 import signal
@@ -36,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nested_ac import dashboard
 from nested_ac.config import RunConfig, load_yaml, resolve_config
 from nested_ac.errors import ConfigError, unknown_choice
 from nested_ac.experiments import EXPERIMENTS
@@ -51,12 +53,14 @@ VARIANT_KEYS = ("name", "preset", "agent", "optimizer", "set")
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One run of a sweep: its variant, seed, directory and fully resolved configuration."""
+    """One run of a sweep: its variant, seed, directory and fully resolved configuration; ``hparams``: the
+    config keys any variant changes, which its HParams session records."""
 
     variant: str
     seed: int
     run_dir: Path
     config: RunConfig
+    hparams: tuple[str, ...] = ()
 
 
 OnDone = Callable[[RunSpec, BaseException | None], None]
@@ -118,6 +122,7 @@ def load_experiment(experiment: str | Path, sweep_dir: str | Path | None = None)
     root = Path(sweep_dir) if sweep_dir is not None else Path("runs") / name
     experiment = Experiment(name)
     seen: set[str] = set()
+    hparams: set[str] = set()  # every key any run changes: each run's HParams session records them all
     for index, variant in enumerate(variants):
         if not isinstance(variant, dict) or not variant.get("name"):
             raise ConfigError(f"{path}: variant #{index + 1} needs a 'name'")
@@ -143,9 +148,12 @@ def load_experiment(experiment: str | Path, sweep_dir: str | Path | None = None)
             try:
                 config = resolve_config(overrides=overrides, preset=preset)
                 validate(config)
+                hparams.update(dashboard.changed_keys(config))
             except ConfigError as error:
                 raise ConfigError(f"{path}: variant {label!r}: {error}") from None
             experiment.runs.append(RunSpec(label, seed, root / label / f"seed{seed}", config))
+    keys = tuple(sorted(hparams))
+    experiment.runs = [dataclasses.replace(spec, hparams=keys) for spec in experiment.runs]
     return experiment
 
 
@@ -162,7 +170,7 @@ def run_one(spec: RunSpec) -> str:
     """Train (or resume) one run in this process; returns its directory."""
     if run_status(spec) == "resume":
         return str(resume(spec.run_dir).run_dir)
-    return str(train(spec.config).run_dir)
+    return str(train(spec.config, spec.hparams).run_dir)
 
 
 class SweepInterrupted(Exception):
@@ -262,6 +270,8 @@ def run_sweep(
     failures: list[str] = []
     total = len(experiment.runs)
     print(f"sweep {experiment.name}: {total} runs, {skipped} already finished, {len(todo)} to run")
+    first, configs = experiment.runs[0], [spec.config for spec in experiment.runs]
+    dashboard.write_experiment(first.run_dir.parent.parent, configs, first.hparams)
     with Progress(transient=False, disable=not sys.stdout.isatty()) as progress:
         task = progress.add_task("runs", total=len(todo))
 

@@ -13,6 +13,7 @@ import json
 import platform
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -29,8 +30,8 @@ from stable_baselines3.common.vec_env import VecEnv
 import agents  # noqa: F401  (registers the agents)
 import envs
 import nested_ac.optimizers  # noqa: F401  (registers the optimizers)
-from nested_ac import checkpoint, continual
-from nested_ac.callbacks import EpisodeStats, TaskClock, Throughput
+from nested_ac import checkpoint, continual, dashboard
+from nested_ac.callbacks import EpisodeStats, ProgressBar, TaskClock, Throughput
 from nested_ac.checkpoint import Checkpointer, CheckpointStore, restore
 from nested_ac.config import RunConfig, resolve_config
 from nested_ac.errors import ConfigError, unknown_choice
@@ -45,13 +46,15 @@ CHECKPOINT_DIR = "checkpoints"
 
 @dataclass
 class RunResult:
-    """Where a finished run lives and what it saw."""
+    """Where a finished run lives and what it saw; ``steps``: the steps it trained, at least
+    ``config.steps`` (PPO trains whole rollouts, so the last one may run past it)."""
 
     config: RunConfig
     run_dir: Path
     episodes: list[tuple[int, float, int]]
     switches: list[tuple[int, int]]
     seconds: float
+    steps: int
 
 
 def validate(config: RunConfig) -> gym.envs.registration.EnvSpec:
@@ -205,10 +208,11 @@ def _warn_if_versions_changed(run_dir: Path) -> None:
         )
 
 
-def train(config: RunConfig) -> RunResult:
+def train(config: RunConfig, hparam_keys: Sequence[str] = ()) -> RunResult:
     """Train one agent as ``config`` says; bad input raises ConfigError before anything is written.
 
     ``config`` is not modified: the resolved copy (defaults filled in, final name) is ``result.config``.
+    ``hparam_keys``: config keys its HParams session records even at their defaults (a sweep's shared ones).
     Raises :class:`~nested_ac.interrupts.TrainingInterrupted` after a SIGINT/SIGTERM (a checkpoint is
     written) and :class:`~nested_ac.faults.NumericalFault` on a NaN/inf (the last checkpoint is kept).
     """
@@ -224,7 +228,7 @@ def train(config: RunConfig) -> RunResult:
         config.name = run_dir.name
         config.save(run_dir / "config.yaml")
         (run_dir / VERSIONS_FILE).write_text(json.dumps(library_versions(), indent=1))
-        return _learn(config, schedule, agent, run_dir, checkpoint=None)
+        return _learn(config, schedule, agent, run_dir, checkpoint=None, hparam_keys=hparam_keys)
     finally:
         env.close()
 
@@ -284,9 +288,8 @@ def write_summary(
             if value is not None:
                 logger.record(f"continual/{name}", value)
         logger.dump(end)
-    for name in ("P_late", "slide", "late_early", "forgetting_mean"):
-        if summary[name] is not None:
-            logger.record(f"continual/{name}", summary[name])
+    for tag, value in dashboard.final_metrics(summary).items():
+        logger.record(tag, value)
     logger.dump(total)
     return summary
 
@@ -297,9 +300,11 @@ def _learn(
     agent: BaseAlgorithm,
     run_dir: Path,
     checkpoint: dict[str, Any] | None,
+    hparam_keys: Sequence[str] = (),
 ) -> RunResult:
     """Train ``agent`` to ``config.steps`` in ``run_dir``, first restoring ``checkpoint`` if given."""
-    events = DeferredOutput(TensorBoardOutputFormat(str(run_dir)), defer=config.checkpoint.every > 0)
+    tensorboard = TensorBoardOutputFormat(str(run_dir))
+    events = DeferredOutput(tensorboard, defer=config.checkpoint.every > 0)
     logger = Logger(str(run_dir), [events])
     agent.set_logger(logger)
     episodes = EpisodeStats()
@@ -308,6 +313,7 @@ def _learn(
         if agent.get_env().has_attr("set_task")
         else None
     )
+    dashboard.start_run(tensorboard.writer, run_dir, config, agent, clock is not None, hparam_keys)
     parts = {"episode_stats": episodes, **({"task_clock": clock} if clock is not None else {})}
     start = time.perf_counter()
     with InterruptGuard() as guard:
@@ -322,13 +328,14 @@ def _learn(
         callbacks = [checkpointer, episodes, Throughput(), EnvFaultCheck()]
         if clock is not None:
             callbacks.append(clock)
+        if config.progress_bar:
+            callbacks.append(ProgressBar())
         try:
             if checkpoint is not None:
                 restore(agent, checkpoint, parts, logger)
             agent.learn(
                 total_timesteps=config.steps - agent.num_timesteps,
                 callback=CallbackList(callbacks),
-                progress_bar=config.progress_bar,
                 reset_num_timesteps=checkpoint is None,
             )
             if checkpointer.stopped_at is None:  # a finished run: its continual metrics
@@ -346,4 +353,5 @@ def _learn(
         raise TrainingInterrupted(guard.signum, checkpointer.stopped_at, str(run_dir))
     agent.save(run_dir / "model.zip")
     switches = clock.switches if clock is not None else []
-    return RunResult(config, run_dir, episodes.episodes, switches, time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    return RunResult(config, run_dir, episodes.episodes, switches, seconds, agent.num_timesteps)
