@@ -71,7 +71,6 @@ class NestedActorCriticPolicy(ActorCriticPolicy):
 
     def _build(self, lr_schedule: Schedule) -> None:
         super()._build(lr_schedule)
-        base = list(self.parameters())
         inner_widths = [
             layer.out_features for layer in self.mlp_extractor.value_net if isinstance(layer, nn.Linear)
         ]
