@@ -19,7 +19,12 @@ corresponds to lr 6e-4 here), and η is the maximum of the bias-corrected trace.
 
 Implementation: a step works on lists of tensors with ``torch._foreach_*`` kernels, draws the noise of all
 parameters with one call into a reused flat buffer, and applies the guard with ``torch.where``: nothing is
-read back from an accelerator during a step (step counts are CPU tensors, as in ``torch.optim.Adam``).
+read back from an accelerator during a step (step counts are CPU tensors, as in ``torch.optim.Adam``, or,
+with ``per_element_steps``, tensors shaped like the parameters).
+
+Also :class:`ElementwiseAdam`: Adam(W) with one step count per weight, for continual backprop (Dohare et
+al., "Loss of plasticity in deep continual learning", Nature 2024), whose replaced weights restart their
+optimizer state — step count and bias correction included — as a fresh optimizer would.
 """
 
 from __future__ import annotations

@@ -13,7 +13,13 @@ L2 (weight decay) and "non-stationary Adam" (β1 = β2) are optimizer settings: 
 and ``optimizer.betas`` (presets ``cbp-paper`` and ``nonstationary-adam``).
 
 Every tool acts on the networks :func:`nested_ac.networks.policy_networks` lists — the actor and every
-critic. While a nested agent's outer critics are frozen (``model.outer_frozen()``), tools leave them alone.
+critic — and on nothing else (a Gaussian policy's ``log_std`` is left alone). While a nested agent's outer
+critics are frozen (``model.outer_frozen()``), tools leave them alone (:func:`active_networks`).
+
+The unit resets (continual backprop, ReDo) zero the optimizer state of exactly the reset entries; runs
+with either use an optimizer with one step count per weight
+(:func:`nested_ac.optimizers.optimizer_from_config`), so that zeroing also restarts each reset weight's
+bias correction.
 """
 
 from __future__ import annotations
