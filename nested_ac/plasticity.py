@@ -60,9 +60,10 @@ def optimizer_state_keys(optimizer: torch.optim.Optimizer) -> tuple[str, ...]:
     )
 
 
-def active_networks(model: BaseAlgorithm) -> list[Network]:
-    """The networks tools may change now: all of them, less a nested agent's frozen outer critics."""
-    networks = policy_networks(model.policy)
+def active_networks(model: BaseAlgorithm, networks: list[Network] | None = None) -> list[Network]:
+    """The networks tools may change now: all of them (``networks``, if already listed), less a nested
+    agent's frozen outer critics."""
+    networks = policy_networks(model.policy) if networks is None else networks
     outer_frozen = getattr(model, "outer_frozen", None)
     if outer_frozen is not None and outer_frozen():
         networks = [n for n in networks if n.name in ("actor", "critic", "critic_1")]
@@ -196,6 +197,7 @@ class ContinualBackprop(PlasticityTool):
         self.decay_rate = decay_rate
         self.mean_corrected = mean_corrected
         self.recorder: ActivationRecorder | None = None
+        self.networks: list[Network] = []  # the model's networks, listed once by bind()
         # Per (network, layer): ages (host), utility U, running mean f, replacement carry, replaced count.
         self.ages: dict[tuple[str, int], np.ndarray] = {}
         self.utility: dict[tuple[str, int], torch.Tensor] = {}
@@ -220,6 +222,7 @@ class ContinualBackprop(PlasticityTool):
                     self.mean[key] = torch.zeros(units, device=linear.weight.device)
                     self.carry[key], self.replaced[key] = 0.0, 0
         optimizer_state_keys(model.policy.optimizer)  # an unknown layout fails now, not at the first reset
+        self.networks = networks
         self.recorder = ActivationRecorder(networks)
 
     def on_rollout_end(self, model: BaseAlgorithm) -> None:
@@ -229,7 +232,7 @@ class ContinualBackprop(PlasticityTool):
     def after_optimizer_step(self, model: BaseAlgorithm, optimizer: torch.optim.Optimizer) -> None:
         if self.recorder is None:
             return
-        for network in active_networks(model):
+        for network in active_networks(model, self.networks):
             # The utilities of every layer first, on the network the step produced; then the replacements.
             due = {layer: self._test(network, layer) for layer in range(len(network.hidden))}
             due = {layer: units for layer, units in due.items() if units is not None}
