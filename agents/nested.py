@@ -48,7 +48,8 @@ class NestedActorCriticPolicy(ActorCriticPolicy):
 
     The base policy is built and initialised exactly as for PPO; the outer critics (``levels - 1`` MLPs of
     ``outer_net_arch`` widths, default V_1's, with PPO's orthogonal initialisation) are created afterwards
-    inside ``torch.random.fork_rng``, so the random stream that follows is PPO's. The optimizer holds one
+    inside ``torch.random.fork_rng``, so the random stream that follows is PPO's, and PPO's optimizer gets a
+    param group for each (not rebuilt: UPGD's noise keeps PPO's seed). The optimizer holds one
     param group per level: group 0 is every base parameter in PPO's order, group k-1 is V_k's with
     ``lr_scale`` = ρ_lr^(k-1), the factor :meth:`NestedPPO._update_learning_rate` applies to the schedule.
     :meth:`critics` lists V_1 … V_K as (MLP, head) pairs of ``nn.Sequential`` Linear→activation layers and a
@@ -70,7 +71,6 @@ class NestedActorCriticPolicy(ActorCriticPolicy):
 
     def _build(self, lr_schedule: Schedule) -> None:
         super()._build(lr_schedule)
-        base = list(self.parameters())
         inner_widths = [
             layer.out_features for layer in self.mlp_extractor.value_net if isinstance(layer, nn.Linear)
         ]
@@ -89,14 +89,15 @@ class NestedActorCriticPolicy(ActorCriticPolicy):
                     head.apply(partial(self.init_weights, gain=1))
                 self.outer_mlps.append(mlp)
                 self.outer_heads.append(head)
+        # PPO's optimizer (built by the base policy) gains a group per outer critic; building a second one
+        # would draw from the global RNG again (UPGD seeds its noise from it) and end K = 1 ≡ PPO.
         lr = lr_schedule(1)
-        groups = [{"params": base, "lr": lr, "lr_scale": 1.0}]
+        self.optimizer.param_groups[0]["lr_scale"] = 1.0
         for level, (mlp, head) in enumerate(self.critics()[1:], start=1):
             scale = self.lr_ratio**level
-            groups.append(
+            self.optimizer.add_param_group(
                 {"params": [*mlp.parameters(), *head.parameters()], "lr": lr * scale, "lr_scale": scale}
             )
-        self.optimizer = self.optimizer_class(groups, lr=lr, **self.optimizer_kwargs)
 
     def critics(self) -> list[Critic]:
         """The value networks V_1 (inner, PPO's critic) … V_K (outermost) as (MLP, head) pairs."""

@@ -19,9 +19,8 @@ from nested_ac.diagnostics import Diagnostics
 from nested_ac.errors import ConfigError, unknown_choice
 from nested_ac.faults import check_gradients, check_losses, check_update
 from nested_ac.hooks import PlasticityTool
-from nested_ac.optimizers import UtilityLogger
+from nested_ac.optimizers import UtilityLogger, optimizer_from_config
 from nested_ac.plasticity import ContinualBackprop, L2Init, ReDo, ShrinkPerturb
-from nested_ac.registry import OPTIMIZERS
 
 # PPO's loss terms, as logged under train/ and checked for NaN on every minibatch.
 LOSS_TERMS = ("policy_gradient_loss", "value_loss", "entropy_loss")
@@ -40,7 +39,7 @@ def policy_kwargs_from_config(config: RunConfig) -> dict[str, Any]:
     network = config.network
     if network.activation not in ACTIVATIONS:
         raise unknown_choice("activation", network.activation, ACTIVATIONS)
-    optimizer_class, optimizer_kwargs = OPTIMIZERS.get(config.optimizer.name)(config.optimizer)
+    optimizer_class, optimizer_kwargs = optimizer_from_config(config)
     try:  # the optimizer's own range checks, before anything is built or written
         optimizer_class([torch.zeros(1, requires_grad=True)], lr=config.ppo.learning_rate, **optimizer_kwargs)
     except ValueError as error:

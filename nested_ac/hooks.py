@@ -4,7 +4,8 @@ An agent that supports tools (``agents.ContinualPPO`` and its subclasses) calls,
 ``plasticity_tools`` list:
 
 - ``after_optimizer_step(model, optimizer)`` after every optimizer step inside the update;
-- ``on_task_switch(model, optimizer, task)`` when the task clock switches the environment's task;
+- ``on_task_switch(model, optimizer, task)`` when the task clock sets the environment's task: once at the
+  start of training (the first task) and at every schedule switch after;
 - ``on_rollout_end(model)`` after each rollout is collected;
 - ``log(logger)`` after each update, to record scalars on SB3's logger;
 - ``state_dict()`` / ``load_state_dict(state)`` to save and restore the tool's own state.
@@ -28,7 +29,8 @@ class PlasticityTool:
         """Called after every optimizer step."""
 
     def on_task_switch(self, model: BaseAlgorithm, optimizer: torch.optim.Optimizer, task: int) -> None:
-        """Called when every environment copy has just been switched to ``task``."""
+        """Called when every environment copy has just been set to ``task`` (at the start, then at every
+        switch; a resumed run is not notified again of the task it was on)."""
 
     def on_rollout_end(self, model: BaseAlgorithm) -> None:
         """Called after each rollout is collected, before the update."""

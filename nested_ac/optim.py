@@ -19,7 +19,12 @@ corresponds to lr 6e-4 here), and η is the maximum of the bias-corrected trace.
 
 Implementation: a step works on lists of tensors with ``torch._foreach_*`` kernels, draws the noise of all
 parameters with one call into a reused flat buffer, and applies the guard with ``torch.where``: nothing is
-read back from an accelerator during a step (step counts are CPU tensors, as in ``torch.optim.Adam``).
+read back from an accelerator during a step (step counts are CPU tensors, as in ``torch.optim.Adam``, or,
+with ``per_element_steps``, tensors shaped like the parameters).
+
+Also :class:`ElementwiseAdam`: Adam(W) with one step count per weight, for continual backprop (Dohare et
+al., "Loss of plasticity in deep continual learning", Nature 2024), whose replaced weights restart their
+optimizer state — step count and bias correction included — as a fresh optimizer would.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-__all__ = ["UPGD", "AdaptiveUPGD"]
+__all__ = ["UPGD", "AdaptiveUPGD", "ElementwiseAdam"]
 
 ParamsT = Iterable[Tensor] | Iterable[dict[str, Any]]
 
@@ -63,6 +68,50 @@ def _add_scalar_(tensors: list[Tensor], value: float) -> None:
         torch._foreach_add_(tensors, value)
 
 
+def _one_minus_power(beta: float, steps: list[Tensor]) -> list[Tensor]:
+    """``1 - β^t`` for every element ``t`` of the step-count tensors ``steps``, as new tensors."""
+    corrections = torch._foreach_pow(beta, steps)
+    torch._foreach_neg_(corrections)
+    _add_scalar_(corrections, 1.0)
+    return corrections
+
+
+def _update_moments(
+    exp_avg: list[Tensor], exp_avg_sq: list[Tensor], grads: list[Tensor], beta1: float, beta2: float
+) -> None:
+    """Adam's moments in place: ``m ← β1·m + (1-β1)·g``, ``v ← β2·v + (1-β2)·g²``."""
+    torch._foreach_lerp_(exp_avg, grads, 1.0 - beta1)
+    torch._foreach_mul_(exp_avg_sq, _scalar(beta2, exp_avg_sq[0]))
+    torch._foreach_addcmul_(exp_avg_sq, grads, grads, value=1.0 - beta2)
+
+
+def _elementwise_corrected_moments(
+    exp_avg: list[Tensor], exp_avg_sq: list[Tensor], steps: list[Tensor], group: dict[str, Any]
+) -> tuple[list[Tensor], list[Tensor]]:
+    """``m̂ = m/(1-β1^t)`` and ``√v̂ + ε = √v/√(1-β2^t) + ε`` with a step count ``t`` per element (new
+    tensors): Adam's bias correction for weights that started (or restarted) at different steps."""
+    beta1, beta2 = group["betas"]
+    corrected = torch._foreach_div(exp_avg, _one_minus_power(beta1, steps))
+    root_correction2 = _one_minus_power(beta2, steps)
+    torch._foreach_sqrt_(root_correction2)
+    denominator = torch._foreach_sqrt(exp_avg_sq)
+    torch._foreach_div_(denominator, root_correction2)
+    _add_scalar_(denominator, group["eps"])
+    return corrected, denominator
+
+
+def _check_adam_hyperparameters(values: dict[str, Any]) -> None:
+    """ValueError naming the first Adam setting of ``values`` (lr, betas, eps, weight_decay) out of range."""
+    _check_range("lr", values["lr"], 0.0)
+    _check_range("weight_decay", values["weight_decay"], 0.0)
+    betas = values["betas"]
+    if len(betas) != 2:
+        raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+    for index, beta in enumerate(betas):
+        _check_range(f"betas[{index}]", beta, 0.0, 1.0)
+    _check_range("eps", values["eps"], 0.0)
+
+
 def _seed_from_state(state: Tensor) -> int:
     """A deterministic 62-bit seed from a generator state saved on a device that is not available here."""
     digest = hashlib.sha256(state.detach().cpu().contiguous().numpy().tobytes()).digest()
@@ -80,22 +129,25 @@ def _restore_generator(device: str | torch.device, state: Tensor) -> torch.Gener
 
 
 class _Bucket:
-    """Parameters of one group taking their ``step``-th step now, so they share every bias correction."""
+    """Parameters of one group that share every bias correction: those taking their ``step``-th step now,
+    or, with per-element step counts (``step`` None), every parameter of the group with a gradient."""
 
-    __slots__ = ("group", "step", "params", "grads", "states", "traces")
+    __slots__ = ("group", "step", "params", "grads", "states", "traces", "utilities")
 
-    def __init__(self, group: dict[str, Any], step: int) -> None:
+    def __init__(self, group: dict[str, Any], step: int | None) -> None:
         self.group = group
         self.step = step
         self.params: list[Tensor] = []
         self.grads: list[Tensor] = []
         self.states: list[dict[str, Any]] = []
         self.traces: list[Tensor] = []
+        # What the gate scales by η: the traces U (one correction per bucket) or Û (per-element corrections).
+        self.utilities: list[Tensor] = []
 
     @property
-    def utility_correction(self) -> float:
-        """``1 - β_u^t``."""
-        return 1.0 - self.group["beta_utility"] ** self.step
+    def utility_key(self) -> float:
+        """The bias correction ``1 - β_u^t`` still to apply to :attr:`utilities` (1.0: already applied)."""
+        return 1.0 if self.step is None else 1.0 - self.group["beta_utility"] ** self.step
 
     def state_list(self, key: str) -> list[Tensor]:
         return [state[key] for state in self.states]
@@ -109,17 +161,24 @@ class _UtilityOptimizer(Optimizer):
     ``per_parameter_state_keys`` names the state tensors shaped like the parameter, so plasticity tools can
     reset entries of them in place.
 
+    ``per_element_steps=True`` keeps one step count per weight instead (``step`` shaped like ``p``, in
+    ``p``'s dtype: exact up to 2^24 steps in float32) and bias-corrects every weight by its own count, so a
+    tool that zeroes a weight's state entries — ``step`` among them — restarts that weight exactly as a fresh
+    optimizer would (continual backprop, Dohare et al., Nature 2024). It costs a few elementwise operations
+    per step; the two modes agree while no entry is reset.
+
     Noise: ``generator`` (a ``torch.Generator``, used as given and advanced by every step) or ``seed`` (an
     int: a private generator seeded with it); with neither, a private generator is seeded from torch's
     global generator, so ``torch.manual_seed`` makes a run reproducible. The generator's state is part of
     ``state_dict()`` and survives ``copy.deepcopy`` and pickling.
     """
 
-    per_parameter_state_keys: tuple[str, ...] = ("utility_trace",)
+    state_tensor_keys: tuple[str, ...] = ("utility_trace",)
 
     def __init__(
         self, params: ParamsT, defaults: dict[str, Any], generator: torch.Generator | None, seed: int | None
     ) -> None:
+        defaults["per_element_steps"] = bool(defaults["per_element_steps"])
         self._check_hyperparameters(defaults)
         if generator is not None and seed is not None:
             raise ValueError("pass generator or seed, not both")
@@ -135,6 +194,15 @@ class _UtilityOptimizer(Optimizer):
         self.noise_generator: torch.Generator = generator
         # (id, shape) of the noisy parameters -> flat noise buffer, per-bucket segments, per-parameter views
         self._noise_buffers: dict[tuple[Any, ...], tuple[Tensor, list[Tensor], list[list[Tensor]]]] = {}
+
+    @property
+    def per_element_steps(self) -> bool:
+        return self.defaults["per_element_steps"]
+
+    @property
+    def per_parameter_state_keys(self) -> tuple[str, ...]:
+        """The state tensors shaped like each parameter (``step`` among them with per-element steps)."""
+        return ("step", *self.state_tensor_keys) if self.per_element_steps else self.state_tensor_keys
 
     @staticmethod
     def _check_hyperparameters(values: dict[str, Any]) -> None:
@@ -173,9 +241,12 @@ class _UtilityOptimizer(Optimizer):
         generator_state = state_dict.pop("noise_generator", None)
         generator_device = state_dict.pop("noise_generator_device", "cpu")
         super().load_state_dict(state_dict)
-        for state in self.state.values():  # step counts live on the CPU (map_location may have moved them)
+        for p, state in self.state.items():  # shared step counts live on the CPU, per-element ones with p
             if "step" in state:
-                state["step"] = torch.as_tensor(state["step"], dtype=torch.float64).cpu()
+                if self.per_element_steps:
+                    state["step"] = state["step"].to(device=p.device, dtype=p.dtype)
+                else:
+                    state["step"] = torch.as_tensor(state["step"], dtype=torch.float64).cpu()
         self._noise_buffers = {}
         if generator_state is None:
             return
@@ -204,24 +275,42 @@ class _UtilityOptimizer(Optimizer):
 
     def _new_state(self, p: Tensor) -> dict[str, Any]:
         state = self.state[p]
-        state["step"] = torch.zeros((), dtype=torch.float64)
+        if not self.per_element_steps:
+            state["step"] = torch.zeros((), dtype=torch.float64)
         for key in self.per_parameter_state_keys:
             state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
         return state
 
     # --- scaled utilities ------------------------------------------------------------------------------
-    def _tracked(self) -> dict[float, tuple[list[Tensor], list[Tensor]]]:
-        """Every parameter with a utility trace, by bias correction ``1 - β_u^t``: ``(params, traces)``."""
+    def _tracked(self, only_without_gradient: bool = False) -> dict[float, tuple[list[Tensor], list[Tensor]]]:
+        """Every parameter with a utility trace (or only those without a gradient now), by the bias
+        correction still to apply (``1 - β_u^t``; 1.0 for per-element steps, whose Û it gives):
+        ``(params, traces or Û)``."""
         tracked: dict[float, tuple[list[Tensor], list[Tensor]]] = {}
         for group in self.param_groups:
             for p in group["params"]:
                 state = self.state.get(p)
-                step = int(state["step"].item()) if state else 0
-                if step > 0:
+                if not state or (only_without_gradient and p.grad is not None):
+                    continue
+                if self.per_element_steps:
+                    params, utilities = tracked.setdefault(1.0, ([], []))
+                    params.append(p)
+                    utilities += self._corrected_utilities([state["utility_trace"]], [state["step"]], group)
+                elif (step := int(state["step"].item())) > 0:
                     params, traces = tracked.setdefault(1.0 - group["beta_utility"] ** step, ([], []))
                     params.append(p)
                     traces.append(state["utility_trace"])
         return tracked
+
+    @staticmethod
+    def _corrected_utilities(
+        traces: list[Tensor], steps: list[Tensor], group: dict[str, Any]
+    ) -> list[Tensor]:
+        """Û = U / (1 - β_u^t) with a step count t per element (new tensors); 0 where t = 0 (a restarted
+        entry that has not stepped yet, whose U is 0)."""
+        corrections = _one_minus_power(group["beta_utility"], steps)
+        torch._foreach_clamp_min_(corrections, torch.finfo(corrections[0].dtype).tiny)
+        return torch._foreach_div(traces, corrections)
 
     @staticmethod
     def _divisors(traces_by_correction: dict[float, list[Tensor]]) -> dict[float, Tensor]:
@@ -276,34 +365,39 @@ class _UtilityOptimizer(Optimizer):
 
     # --- the step ----------------------------------------------------------------------------------
     def _buckets(self) -> tuple[list[_Bucket], dict[float, list[Tensor]]]:
-        """Advance the step count of every parameter with a gradient and bucket them by (group, step).
+        """Advance the step count of every parameter with a gradient and bucket them by (group, step), or by
+        group with per-element step counts.
 
-        Also returns every utility trace by bias correction ``1 - β_u^t`` — those of parameters without a
-        gradient now included: η spans every weight the optimizer holds.
+        Also returns, by the bias correction still to apply, the utility traces (per-element steps: Û) of
+        the parameters that have one but no gradient now: η spans every weight the optimizer holds.
         """
-        traces_by_correction: dict[float, list[Tensor]] = {}
         stepping: list[tuple[dict[str, Any], list[Tensor], list[dict[str, Any]]]] = []
+        idle = False
         for group in self.param_groups:
             group_params = group["params"]
             params = [p for p in group_params if p.grad is not None]
-            if len(params) < len(group_params):
-                idle = self._tracked_without_gradient(group)
-                for correction, traces in idle.items():
-                    traces_by_correction.setdefault(correction, []).extend(traces)
+            idle = idle or len(params) < len(group_params)
             if not params:
                 continue
             states = [self.state[p] for p in params]
             if not all(states):
                 states = [s if s else self._new_state(p) for p, s in zip(params, states, strict=True)]
             stepping.append((group, params, states))
+        idle_utilities = (
+            {key: utilities for key, (_, utilities) in self._tracked(True).items()} if idle else {}
+        )
         if not stepping:
-            return [], traces_by_correction
+            return [], idle_utilities
         steps = [state["step"] for _, _, states in stepping for state in states]
-        torch._foreach_add_(steps, torch.ones((), dtype=torch.float64))
-        counts = iter([int(step.item()) for step in steps])
+        if self.per_element_steps:
+            _add_scalar_(steps, 1.0)
+            counts = iter([None] * len(steps))
+        else:
+            torch._foreach_add_(steps, torch.ones((), dtype=torch.float64))
+            counts = iter([int(step.item()) for step in steps])
         buckets: list[_Bucket] = []
         for group, params, states in stepping:
-            by_step: dict[int, _Bucket] = {}
+            by_step: dict[int | None, _Bucket] = {}
             for p, state in zip(params, states, strict=True):
                 step = next(counts)
                 bucket = by_step.get(step)
@@ -317,19 +411,7 @@ class _UtilityOptimizer(Optimizer):
                 bucket.grads.append(grad)
                 bucket.states.append(state)
                 bucket.traces.append(state["utility_trace"])
-        for bucket in buckets:
-            traces_by_correction.setdefault(bucket.utility_correction, []).extend(bucket.traces)
-        return buckets, traces_by_correction
-
-    def _tracked_without_gradient(self, group: dict[str, Any]) -> dict[float, list[Tensor]]:
-        """Utility traces of ``group``'s parameters that have one but no gradient now, by bias correction."""
-        traces: dict[float, list[Tensor]] = {}
-        for p in group["params"]:
-            state = self.state.get(p)
-            if p.grad is None and state and int(state["step"].item()) > 0:
-                correction = 1.0 - group["beta_utility"] ** int(state["step"].item())
-                traces.setdefault(correction, []).append(state["utility_trace"])
-        return traces
+        return buckets, idle_utilities
 
     def _generator_for(self, device: torch.device) -> torch.Generator:
         """The noise generator; if it is ours and on another device, moved there (reseeded from itself)."""
@@ -417,19 +499,24 @@ class _UtilityOptimizer(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        buckets, traces_by_correction = self._buckets()
+        buckets, utilities_by_key = self._buckets()
         if not buckets:
             return loss
         for bucket in buckets:  # U ← β_u·U + (1 - β_u)·(-g ⊙ w), with w before this step
             beta = bucket.group["beta_utility"]
             torch._foreach_mul_(bucket.traces, _scalar(beta, bucket.traces[0]))
             torch._foreach_addcmul_(bucket.traces, bucket.grads, bucket.params, value=beta - 1.0)
-        divisors = self._divisors(traces_by_correction)
+            bucket.utilities = bucket.traces
+            if bucket.step is None:  # per-element step counts: Û = U / (1 - β_u^t) now
+                steps = bucket.state_list("step")
+                bucket.utilities = self._corrected_utilities(bucket.traces, steps, bucket.group)
+            utilities_by_key.setdefault(bucket.utility_key, []).extend(bucket.utilities)
+        divisors = self._divisors(utilities_by_key)
         for bucket, noise in zip(buckets, self._noise(buckets), strict=True):
             group = bucket.group
             gates = None
             if group["protect"] or noise is not None:  # 1 - ū
-                gates = self._gates(bucket.traces, divisors[bucket.utility_correction])
+                gates = self._gates(bucket.utilities, divisors[bucket.utility_key])
             if group["weight_decay"]:  # decoupled: w ← (1 - lr·λ)·w
                 decay = 1.0 - group["lr"] * group["weight_decay"]
                 torch._foreach_mul_(bucket.params, _scalar(decay, bucket.params[0]))
@@ -460,7 +547,8 @@ class UPGD(_UtilityOptimizer):
     With σ = 0 and ū ≡ 0 it is SGD with decoupled weight decay. No factor 2 on the step.
 
     State per parameter ``p`` (``optimizer.state[p]``): ``step`` (0-d float64 CPU tensor, steps taken on
-    ``p``) and ``utility_trace`` (U, shaped like ``p``).
+    ``p``; shaped like ``p`` with ``per_element_steps``, see :class:`_UtilityOptimizer`) and
+    ``utility_trace`` (U, shaped like ``p``).
 
     Noise: pass ``generator`` (a ``torch.Generator``, used and advanced as given; on the parameters'
     device, else every draw is copied over) or ``seed``; with neither, the noise is seeded from torch's
@@ -477,9 +565,15 @@ class UPGD(_UtilityOptimizer):
         protect: bool = True,
         generator: torch.Generator | None = None,
         seed: int | None = None,
+        per_element_steps: bool = False,
     ) -> None:
         defaults = dict(
-            lr=lr, weight_decay=weight_decay, beta_utility=beta_utility, sigma=sigma, protect=bool(protect)
+            lr=lr,
+            weight_decay=weight_decay,
+            beta_utility=beta_utility,
+            sigma=sigma,
+            protect=bool(protect),
+            per_element_steps=per_element_steps,
         )
         super().__init__(params, defaults, generator, seed)
 
@@ -516,14 +610,15 @@ class AdaptiveUPGD(_UtilityOptimizer):
     the step: the authors' PPO setting (their lr 3e-4, doubled in their code) is lr = 6e-4 here.
 
     State per parameter ``p`` (``optimizer.state[p]``): ``step`` (0-d float64 CPU tensor, steps taken on
-    ``p``), ``utility_trace`` (U), ``exp_avg`` (m) and ``exp_avg_sq`` (v), the last three shaped like ``p``.
+    ``p``; shaped like ``p`` with ``per_element_steps``, which bias-corrects U, m and v of every weight by
+    its own count t), ``utility_trace`` (U), ``exp_avg`` (m) and ``exp_avg_sq`` (v), shaped like ``p``.
 
     Noise: pass ``generator`` (a ``torch.Generator``, used and advanced as given; on the parameters'
     device, else every draw is copied over) or ``seed``; with neither, the noise is seeded from torch's
     global generator. Same seed, same noise. ``state_dict()`` saves the generator's state.
     """
 
-    per_parameter_state_keys = ("utility_trace", "exp_avg", "exp_avg_sq")
+    state_tensor_keys = ("utility_trace", "exp_avg", "exp_avg_sq")
 
     def __init__(
         self,
@@ -537,6 +632,7 @@ class AdaptiveUPGD(_UtilityOptimizer):
         protect: bool = True,
         generator: torch.Generator | None = None,
         seed: int | None = None,
+        per_element_steps: bool = False,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -546,31 +642,30 @@ class AdaptiveUPGD(_UtilityOptimizer):
             beta_utility=beta_utility,
             sigma=sigma,
             protect=bool(protect),
+            per_element_steps=per_element_steps,
         )
         super().__init__(params, defaults, generator, seed)
 
     @staticmethod
     def _check_hyperparameters(values: dict[str, Any]) -> None:
         _UtilityOptimizer._check_hyperparameters(values)
-        betas = values["betas"]
-        if len(betas) != 2:
-            raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
-        for index, beta in enumerate(betas):
-            _check_range(f"betas[{index}]", beta, 0.0, 1.0)
-        _check_range("eps", values["eps"], 0.0)
+        _check_adam_hyperparameters(values)
 
     def _update(self, bucket: _Bucket, gates: list[Tensor] | None, noise: list[Tensor] | None) -> None:
         group, step, params, grads = bucket.group, bucket.step, bucket.params, bucket.grads
         (beta1, beta2), lr = group["betas"], group["lr"]
         exp_avg, exp_avg_sq = bucket.state_list("exp_avg"), bucket.state_list("exp_avg_sq")
-        torch._foreach_lerp_(exp_avg, grads, 1.0 - beta1)
-        torch._foreach_mul_(exp_avg_sq, _scalar(beta2, exp_avg_sq[0]))
-        torch._foreach_addcmul_(exp_avg_sq, grads, grads, value=1.0 - beta2)
-        # m̂/(√v̂ + ε) = f · m/(√v + ε·√(1-β2^t)) with f = √(1-β2^t)/(1-β1^t): both corrections in scalars.
-        root_correction2 = math.sqrt(1.0 - beta2**step)
-        factor = root_correction2 / (1.0 - beta1**step)
-        denominator = torch._foreach_sqrt(exp_avg_sq)
-        _add_scalar_(denominator, group["eps"] * root_correction2)
+        _update_moments(exp_avg, exp_avg_sq, grads, beta1, beta2)
+        if step is None:  # per-element step counts: m̂/(√v̂ + ε) with both corrections per element
+            exp_avg, denominator = _elementwise_corrected_moments(
+                exp_avg, exp_avg_sq, bucket.state_list("step"), group
+            )
+            factor = 1.0
+        else:  # m̂/(√v̂ + ε) = f · m/(√v + ε·√(1-β2^t)) with f = √(1-β2^t)/(1-β1^t): corrections in scalars
+            root_correction2 = math.sqrt(1.0 - beta2**step)
+            factor = root_correction2 / (1.0 - beta1**step)
+            denominator = torch._foreach_sqrt(exp_avg_sq)
+            _add_scalar_(denominator, group["eps"] * root_correction2)
         if group["protect"]:
             assert gates is not None
             if noise is not None:  # w -= lr·(f·m/d + ξ) ⊙ (1 - ū)
@@ -584,3 +679,82 @@ class AdaptiveUPGD(_UtilityOptimizer):
             if noise is not None:
                 assert gates is not None
                 torch._foreach_addcmul_(params, noise, gates, value=-lr)
+
+
+class ElementwiseAdam(Optimizer):
+    """Adam (Kingma & Ba, ICLR 2015) with decoupled weight decay (AdamW, Loshchilov & Hutter, ICLR 2019)
+    and one step count per weight, the optimizer continual backprop needs (Dohare et al., "Loss of
+    plasticity in deep continual learning", Nature 2024).
+
+    Per weight ``w`` with gradient ``g`` and its own step count ``t``:
+
+        t ← t + 1,   m ← β1·m + (1-β1)·g,   v ← β2·v + (1-β2)·g²
+        m̂ = m/(1-β1^t),   v̂ = v/(1-β2^t),   w ← (1 - lr·λ)·w - lr·m̂/(√v̂ + ε)
+
+    torch's Adam keeps one ``t`` per tensor, so a weight whose state a plasticity tool zeroes at a late
+    step keeps that step's bias correction: its first update is ≈ lr·(1-β1)/√(1-β2) instead of a fresh
+    Adam's ≈ lr. Here ``step`` is a state tensor shaped like the weight, listed in
+    ``per_parameter_state_keys`` with the moments, so zeroing a weight's entries restarts it exactly. While
+    no entry is reset it equals ``torch.optim.AdamW`` (``torch.optim.Adam`` when λ = 0) up to rounding.
+    Step counts are kept in the parameter's dtype (exact up to 2^24 steps in float32).
+    """
+
+    per_parameter_state_keys = ("step", "exp_avg", "exp_avg_sq")
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+    ) -> None:
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
+        _check_adam_hyperparameters(defaults)
+        super().__init__(params, defaults)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Torch's ``add_param_group``, with the group's own hyperparameters checked like the defaults."""
+        super().add_param_group(param_group)
+        try:
+            _check_adam_hyperparameters(self.param_groups[-1])
+        except ValueError:
+            self.param_groups.pop()
+            raise
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Torch's ``load_state_dict``; the step counts follow their parameter's device and dtype."""
+        super().load_state_dict(state_dict)
+        for p, state in self.state.items():
+            state["step"] = state["step"].to(device=p.device, dtype=p.dtype)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        """One step for every parameter with a gradient; ``closure`` re-evaluates the loss if given."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            states = [self.state[p] for p in params]
+            for p, state in zip(params, states, strict=True):
+                if not state:
+                    for key in self.per_parameter_state_keys:
+                        state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            grads = [p.grad for p in params]
+            if any(grad.is_sparse for grad in grads):
+                raise RuntimeError("ElementwiseAdam does not support sparse gradients")
+            steps = [state["step"] for state in states]
+            exp_avg = [state["exp_avg"] for state in states]
+            exp_avg_sq = [state["exp_avg_sq"] for state in states]
+            _add_scalar_(steps, 1.0)
+            _update_moments(exp_avg, exp_avg_sq, grads, *group["betas"])
+            corrected, denominator = _elementwise_corrected_moments(exp_avg, exp_avg_sq, steps, group)
+            if group["weight_decay"]:  # decoupled: w ← (1 - lr·λ)·w
+                decay = 1.0 - group["lr"] * group["weight_decay"]
+                torch._foreach_mul_(params, _scalar(decay, params[0]))
+            torch._foreach_addcdiv_(params, corrected, denominator, value=-group["lr"])
+        return loss

@@ -1,4 +1,5 @@
-"""The ``--optimizer`` choices: each maps an :class:`OptimizerConfig` to an SB3 optimizer class and kwargs.
+"""The ``--optimizer`` choices: each maps an :class:`OptimizerConfig` to an SB3 optimizer class and kwargs;
+:func:`optimizer_from_config` picks the run's optimizer (per-element step counts with unit resets).
 
 Also :class:`UtilityLogger`, the plasticity tool that logs UPGD's scaled utilities per network.
 """
@@ -11,10 +12,10 @@ import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.logger import Logger
 
-from nested_ac.config import OptimizerConfig
+from nested_ac.config import OptimizerConfig, RunConfig
 from nested_ac.hooks import PlasticityTool
 from nested_ac.networks import policy_networks
-from nested_ac.optim import UPGD, AdaptiveUPGD
+from nested_ac.optim import UPGD, AdaptiveUPGD, ElementwiseAdam
 from nested_ac.registry import OPTIMIZERS
 
 OptimizerSpec = tuple[type[torch.optim.Optimizer], dict[str, Any]]
@@ -42,6 +43,26 @@ def upgd(config: OptimizerConfig) -> OptimizerSpec:
 
 def upgd_sgd(config: OptimizerConfig) -> OptimizerSpec:
     return UPGD, _utility_kwargs(config)
+
+
+def with_element_steps(spec: OptimizerSpec) -> OptimizerSpec:
+    """``spec`` with one step count per weight: Adam(W) becomes :class:`ElementwiseAdam`, UPGD gets
+    ``per_element_steps``; any other optimizer is returned as it is."""
+    optimizer_class, kwargs = spec
+    if optimizer_class in (torch.optim.Adam, torch.optim.AdamW):
+        adam_kwargs = {key: kwargs[key] for key in ("betas", "eps", "weight_decay") if key in kwargs}
+        return ElementwiseAdam, adam_kwargs
+    if issubclass(optimizer_class, (UPGD, AdaptiveUPGD)):
+        return optimizer_class, {**kwargs, "per_element_steps": True}
+    return spec
+
+
+def optimizer_from_config(config: RunConfig) -> OptimizerSpec:
+    """The run's optimizer class and kwargs: ``--optimizer``'s, with one step count per weight
+    (:func:`with_element_steps`) when continual backprop or ReDo resets units — so a reset weight restarts
+    Adam's bias correction as a fresh optimizer would (Dohare et al., Nature 2024)."""
+    spec = OPTIMIZERS.get(config.optimizer.name)(config.optimizer)
+    return with_element_steps(spec) if config.cbp.enabled or config.redo.enabled else spec
 
 
 OPTIMIZERS.register(

@@ -13,7 +13,13 @@ L2 (weight decay) and "non-stationary Adam" (β1 = β2) are optimizer settings: 
 and ``optimizer.betas`` (presets ``cbp-paper`` and ``nonstationary-adam``).
 
 Every tool acts on the networks :func:`nested_ac.networks.policy_networks` lists — the actor and every
-critic. While a nested agent's outer critics are frozen (``model.outer_frozen()``), tools leave them alone.
+critic — and on nothing else (a Gaussian policy's ``log_std`` is left alone). While a nested agent's outer
+critics are frozen (``model.outer_frozen()``), tools leave them alone (:func:`active_networks`).
+
+The unit resets (continual backprop, ReDo) zero the optimizer state of exactly the reset entries; runs
+with either use an optimizer with one step count per weight
+(:func:`nested_ac.optimizers.optimizer_from_config`), so that zeroing also restarts each reset weight's
+bias correction.
 """
 
 from __future__ import annotations
@@ -31,8 +37,8 @@ from nested_ac.hooks import PlasticityTool
 from nested_ac.metrics import dormant_mask
 from nested_ac.networks import Network, policy_networks
 
-# Per-parameter state tensors (shaped like the parameter) of torch's optimizers; an optimizer class with a
-# ``per_parameter_state_keys`` attribute (nested_ac.optim's UPGD optimizers) names its own.
+# Per-parameter state tensors (shaped like the parameter) of torch's optimizers; an optimizer with a
+# ``per_parameter_state_keys`` attribute (nested_ac.optim's optimizers) names its own.
 TORCH_OPTIMIZER_STATE_KEYS: dict[type[torch.optim.Optimizer], tuple[str, ...]] = {
     torch.optim.Adam: ("exp_avg", "exp_avg_sq"),
     torch.optim.AdamW: ("exp_avg", "exp_avg_sq"),
@@ -42,7 +48,7 @@ TORCH_OPTIMIZER_STATE_KEYS: dict[type[torch.optim.Optimizer], tuple[str, ...]] =
 
 def optimizer_state_keys(optimizer: torch.optim.Optimizer) -> tuple[str, ...]:
     """The names of ``optimizer``'s per-parameter state tensors; a ValueError for an unknown layout."""
-    keys = getattr(type(optimizer), "per_parameter_state_keys", None)
+    keys = getattr(optimizer, "per_parameter_state_keys", None)
     if keys is not None:
         return tuple(keys)
     if type(optimizer) in TORCH_OPTIMIZER_STATE_KEYS:
@@ -50,13 +56,14 @@ def optimizer_state_keys(optimizer: torch.optim.Optimizer) -> tuple[str, ...]:
     known = ", ".join(cls.__name__ for cls in TORCH_OPTIMIZER_STATE_KEYS)
     raise ValueError(
         f"unknown optimizer state layout of {type(optimizer).__name__}: supported are {known} and optimizers "
-        "with a per_parameter_state_keys attribute (UPGD, AdaptiveUPGD)"
+        "with a per_parameter_state_keys attribute (ElementwiseAdam, UPGD, AdaptiveUPGD)"
     )
 
 
-def active_networks(model: BaseAlgorithm) -> list[Network]:
-    """The networks tools may change now: all of them, less a nested agent's frozen outer critics."""
-    networks = policy_networks(model.policy)
+def active_networks(model: BaseAlgorithm, networks: list[Network] | None = None) -> list[Network]:
+    """The networks tools may change now: all of them (``networks``, if already listed), less a nested
+    agent's frozen outer critics."""
+    networks = policy_networks(model.policy) if networks is None else networks
     outer_frozen = getattr(model, "outer_frozen", None)
     if outer_frozen is not None and outer_frozen():
         networks = [n for n in networks if n.name in ("actor", "critic", "critic_1")]
@@ -67,13 +74,17 @@ def active_networks(model: BaseAlgorithm) -> list[Network]:
 def reset_units(
     network: Network, layer: int, units: torch.Tensor, optimizer: torch.optim.Optimizer, ortho_init: bool
 ) -> None:
-    """Replace hidden ``units`` of ``layer`` by fresh ones without changing the network's output.
+    """Replace hidden ``units`` of ``layer`` by fresh ones whose outgoing weights are 0.
 
     Incoming weights are redrawn from the layer's own initialisation — SB3's orthogonal init with gain √2
     for hidden layers when ``ortho_init`` (a fresh orthogonal matrix of the layer's shape, of which the
     rows of ``units`` are taken), PyTorch's default ``nn.Linear`` init otherwise — their bias set to 0,
     their outgoing weights (the next layer's columns) set to 0, and the optimizer's state of exactly those
-    entries zeroed.
+    entries zeroed: with an optimizer that keeps a step count per weight (``ElementwiseAdam``, UPGD with
+    ``per_element_steps``) that restarts them exactly as a fresh optimizer would.
+
+    The next layer loses the units' contribution W_out[:, i]·h_i: the output changes unless it is moved
+    elsewhere first (continual backprop moves its average into the next bias, :func:`transfer_to_bias`).
     """
     incoming, outgoing = network.hidden[layer], network.outgoing(layer)
     fresh = nn.Linear(incoming.in_features, incoming.out_features).to(incoming.weight.device)
@@ -94,14 +105,30 @@ def reset_units(
                 state[key][index] = 0.0
 
 
+@torch.no_grad()
+def transfer_to_bias(network: Network, layer: int, units: torch.Tensor, means: torch.Tensor) -> None:
+    """b_next += W_out[:, units]·``means``: the next layer keeps the average input of ``units`` (their mean
+    activations ``means``) once their outgoing weights are zeroed (Dohare et al., Nature 2024)."""
+    outgoing = network.outgoing(layer)
+    outgoing.bias.add_(outgoing.weight[:, units] @ means.to(outgoing.weight.dtype))
+
+
 def reset_layers(
     network: Network,
     units_by_layer: dict[int, torch.Tensor],
     optimizer: torch.optim.Optimizer,
     ortho_init: bool,
+    means_by_layer: dict[int, torch.Tensor] | None = None,
 ) -> None:
     """:func:`reset_units` for several layers of one network, last layer first: a fresh row of layer l+1
-    would otherwise give back outgoing weights to the units just replaced in layer l."""
+    would otherwise give back outgoing weights to the units just replaced in layer l.
+
+    With ``means_by_layer`` (each replaced unit's mean activation, aligned with ``units_by_layer``) every
+    layer's :func:`transfer_to_bias` comes first, on the weights before any reset: a replaced unit of layer
+    l+1 then ends with bias 0, not with a share of layer l's transfer through its fresh weights.
+    """
+    for layer, means in (means_by_layer or {}).items():
+        transfer_to_bias(network, layer, units_by_layer[layer], means)
     for layer in sorted(units_by_layer, reverse=True):
         reset_units(network, layer, units_by_layer[layer], optimizer, ortho_init)
 
@@ -135,15 +162,21 @@ class ContinualBackprop(PlasticityTool):
     After every optimizer step, for hidden unit i of a layer with activation h_i on the minibatch and
     outgoing weights W_out[:, i]:
 
+        a_i += 1;  f_i = η·f_i + (1 − η)·mean_batch h_i;  f̂_i = f_i / (1 − η^{a_i})   (running mean, always)
         c_i = mean_batch |h_i| · Σ_k |W_out[k, i]|        contribution utility
-              (mean-corrected: |h_i − f̂_i|, f̂_i the bias-corrected running mean of h_i)
-        a_i += 1;  U_i = η·U_i + (1 − η)·c_i;  Û_i = U_i / (1 − η^{a_i})
+              (mean-corrected: |h_i − f̂_i|)
+        U_i = η·U_i + (1 − η)·c_i;  Û_i = U_i / (1 − η^{a_i})
         n += ρ · |{i : a_i > m}|;  replace the ⌊n⌋ mature units with the lowest Û_i;  n −= ⌊n⌋
 
-    A replaced unit gets fresh incoming weights, bias 0, outgoing weights 0 (the output is unchanged),
-    age 0, utility 0, and the optimizer state of exactly its entries zeroed (:func:`reset_units`). ρ is the
-    replacement rate, m the maturity threshold in optimizer steps, η the decay rate. The paper's RL
-    setting: ρ = 1e-4, m = 10 000, η = 0.99, with L2 1e-4 and Adam β = (0.99, 0.99) (preset ``cbp-paper``).
+    Replacing unit i, as the authors' reference implementation does: b_next += W_out[:, i]·f̂_i, then
+    W_out[:, i] = 0 (:func:`transfer_to_bias`: the next layer keeps its mean input, and the output changes
+    by W_out[:, i]·(h_i − f̂_i), not by the whole contribution W_out[:, i]·h_i); fresh incoming weights
+    from the layer's own initialisation, bias 0, age 0, utility 0, f_i = 0; and the optimizer state of
+    exactly its entries zeroed (:func:`reset_units`). With continual backprop on, runs use an optimizer with
+    one step count per weight (``ElementwiseAdam``, UPGD with ``per_element_steps``), whose zeroed step
+    count restarts Adam's (and the utility trace's) bias correction for that weight. ρ is the replacement
+    rate, m the maturity threshold in optimizer steps, η the decay rate. The paper's RL setting: ρ = 1e-4,
+    m = 10 000, η = 0.99, with L2 1e-4 and Adam β = (0.99, 0.99) (preset ``cbp-paper``).
     """
 
     def __init__(
@@ -164,6 +197,7 @@ class ContinualBackprop(PlasticityTool):
         self.decay_rate = decay_rate
         self.mean_corrected = mean_corrected
         self.recorder: ActivationRecorder | None = None
+        self.networks: list[Network] = []  # the model's networks, listed once by bind()
         # Per (network, layer): ages (host), utility U, running mean f, replacement carry, replaced count.
         self.ages: dict[tuple[str, int], np.ndarray] = {}
         self.utility: dict[tuple[str, int], torch.Tensor] = {}
@@ -188,6 +222,7 @@ class ContinualBackprop(PlasticityTool):
                     self.mean[key] = torch.zeros(units, device=linear.weight.device)
                     self.carry[key], self.replaced[key] = 0.0, 0
         optimizer_state_keys(model.policy.optimizer)  # an unknown layout fails now, not at the first reset
+        self.networks = networks
         self.recorder = ActivationRecorder(networks)
 
     def on_rollout_end(self, model: BaseAlgorithm) -> None:
@@ -197,11 +232,12 @@ class ContinualBackprop(PlasticityTool):
     def after_optimizer_step(self, model: BaseAlgorithm, optimizer: torch.optim.Optimizer) -> None:
         if self.recorder is None:
             return
-        for network in active_networks(model):
+        for network in active_networks(model, self.networks):
             # The utilities of every layer first, on the network the step produced; then the replacements.
             due = {layer: self._test(network, layer) for layer in range(len(network.hidden))}
             due = {layer: units for layer, units in due.items() if units is not None}
-            reset_layers(network, due, optimizer, model.policy.ortho_init)
+            means = {layer: self.corrected_mean((network.name, layer))[units] for layer, units in due.items()}
+            reset_layers(network, due, optimizer, model.policy.ortho_init, means)
             for layer, units in due.items():
                 key = (network.name, layer)
                 self.ages[key][units.cpu().numpy()] = 0
@@ -209,8 +245,14 @@ class ContinualBackprop(PlasticityTool):
                 self.mean[key][units] = 0.0
                 self.replaced[key] += len(units)
 
+    def corrected_mean(self, key: tuple[str, int]) -> torch.Tensor:
+        """f̂ = f / (1 − η^a): the bias-corrected running mean activation of each unit of layer ``key``
+        (0 for a unit of age 0)."""
+        ages = torch.as_tensor(self.ages[key], dtype=self.mean[key].dtype, device=self.mean[key].device)
+        return self.mean[key] / (1 - self.decay_rate**ages).clamp_min(torch.finfo(ages.dtype).tiny)
+
     def _test(self, network: Network, layer: int) -> torch.Tensor | None:
-        """Update layer ``layer``'s ages and utilities; the units to replace now, or None."""
+        """Update layer ``layer``'s ages, mean activations and utilities; the units to replace now or None."""
         key, eta = (network.name, layer), self.decay_rate
         h = self.recorder.outputs.get(key) if self.recorder is not None else None
         if h is None:
@@ -218,9 +260,9 @@ class ContinualBackprop(PlasticityTool):
         h = h.reshape(-1, h.shape[-1])
         ages = self.ages[key]
         ages += 1
+        self.mean[key].lerp_(h.mean(0), 1 - eta)
         if self.mean_corrected:
-            self.mean[key].lerp_(h.mean(0), 1 - eta)
-            h = h - self.mean[key] / (1 - eta ** torch.as_tensor(ages, dtype=h.dtype, device=h.device))
+            h = h - self.corrected_mean(key)
         contribution = h.abs().mean(0).mul_(network.outgoing(layer).weight.abs().sum(0))
         self.utility[key].lerp_(contribution, 1 - eta)
         mature = ages > self.maturity
@@ -274,8 +316,11 @@ class ShrinkPerturb(PlasticityTool):
     """Shrink & Perturb (Ash & Adams, NeurIPS 2020), each optimizer step or at each task switch.
 
     ``mode="step"``: after every optimizer step θ ← λ·θ + σ·ε, ε ~ N(0, 1) (``shrink`` = λ, ``sigma`` = σ).
-    ``mode="switch"``: at every task switch θ ← α·θ + (1 − α)·θ_fresh, θ_fresh a new random initialisation
-    of the same policy (``alpha`` = α).
+    ``mode="switch"``: at every schedule switch (a change of task, never at the start of training)
+    θ ← α·θ + (1 − α)·θ_fresh, θ_fresh a new random initialisation of the same policy (``alpha`` = α).
+
+    Both act on the networks' weights only (:func:`active_networks`: a nested agent's frozen outer critics
+    are left alone, and so is a Gaussian policy's ``log_std``).
     """
 
     MODES = ("step", "switch")
@@ -286,6 +331,7 @@ class ShrinkPerturb(PlasticityTool):
         if not 0.0 <= shrink <= 1.0 or not 0.0 <= alpha <= 1.0 or sigma < 0:
             raise ValueError("shrink_perturb needs shrink and alpha in [0, 1] and sigma >= 0")
         self.mode, self.shrink, self.sigma, self.alpha = mode, shrink, sigma, alpha
+        self.task: int | None = None  # the task of the last notification; None before the start
 
     @torch.no_grad()
     def after_optimizer_step(self, model: BaseAlgorithm, optimizer: torch.optim.Optimizer) -> None:
@@ -298,13 +344,22 @@ class ShrinkPerturb(PlasticityTool):
 
     @torch.no_grad()
     def on_task_switch(self, model: BaseAlgorithm, optimizer: torch.optim.Optimizer, task: int) -> None:
-        if self.mode != "switch" or task == 0:
+        started, self.task = self.task is not None, task
+        if self.mode != "switch" or not started:  # the first notification is the start, not a switch
             return
         policy = model.policy
         fresh = type(policy)(**policy._get_constructor_parameters()).to(policy.device)
+        blended = {id(p) for p in _network_parameters(model)}
         current = dict(policy.named_parameters())
         for name, value in fresh.named_parameters():
-            current[name].lerp_(value, 1.0 - self.alpha)
+            if id(current[name]) in blended:
+                current[name].lerp_(value, 1.0 - self.alpha)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"task": self.task}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.task = state["task"]
 
 
 class L2Init(PlasticityTool):

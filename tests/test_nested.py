@@ -18,8 +18,9 @@ from nested_ac.train import make_env
 from tests.conftest import FAST, read_scalars
 
 
-def small_config(**nested) -> RunConfig:
+def small_config(optimizer: str = "adam", **nested) -> RunConfig:
     config = RunConfig(seed=0, steps=512)
+    config.optimizer.name = optimizer
     config.env.n_envs = 2
     config.ppo.n_steps, config.ppo.batch_size, config.ppo.n_epochs = 64, 32, 2
     for key, value in nested.items():
@@ -27,8 +28,10 @@ def small_config(**nested) -> RunConfig:
     return config
 
 
-def trained(cls: type[ContinualPPO], steps: int = 384, tools=(), **nested) -> ContinualPPO:
-    config = small_config(**nested)
+def trained(
+    cls: type[ContinualPPO], steps: int = 384, tools=(), optimizer: str = "adam", **nested
+) -> ContinualPPO:
+    config = small_config(optimizer, **nested)
     model = cls.from_config(config, make_env(config))
     model.plasticity_tools = list(tools)
     model.learn(steps)  # 384 steps: 3 updates of 2 epochs x 4 minibatches
@@ -68,6 +71,18 @@ def test_one_level_or_zero_kappa_gives_exactly_ppo():
     pulled = base_state(trained(NestedPPO, levels=2, kappa=1.0))
     assert not torch.equal(pulled["value_net.weight"], reference["value_net.weight"])
     assert not torch.equal(pulled["action_net.weight"], reference["action_net.weight"])
+
+
+@pytest.mark.parametrize("optimizer", ["upgd", "upgd-sgd"])
+def test_one_level_gives_exactly_ppo_with_upgd(optimizer):
+    # UPGD seeds its noise from the global RNG: a second optimizer built for the outer critics drew again.
+    config = small_config(optimizer)
+    plain = PPO("MlpPolicy", make_env(config), **ContinualPPO.kwargs_from_config(config))
+    plain.learn(384)
+    reference = base_state(plain)
+    state = base_state(trained(NestedPPO, optimizer=optimizer, levels=1))
+    assert state.keys() == reference.keys()
+    assert all(torch.equal(state[key], reference[key]) for key in reference)
 
 
 def test_outer_critics_move_more_slowly_than_inner():

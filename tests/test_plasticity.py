@@ -9,20 +9,36 @@ import pytest
 import torch
 from stable_baselines3.common.env_util import make_vec_env
 
-from agents import ContinualPPO
+import envs
+from agents import ContinualPPO, NestedPPO
+from nested_ac.callbacks import TaskClock
+from nested_ac.config import RunConfig
+from nested_ac.hooks import PlasticityTool
 from nested_ac.networks import policy_networks
-from nested_ac.plasticity import ContinualBackprop, L2Init, ReDo, ShrinkPerturb, optimizer_state_keys
+from nested_ac.optim import UPGD, ElementwiseAdam
+from nested_ac.optimizers import optimizer_from_config
+from nested_ac.plasticity import (
+    ContinualBackprop,
+    L2Init,
+    ReDo,
+    ShrinkPerturb,
+    optimizer_state_keys,
+    reset_units,
+)
 from nested_ac.train import train
 from tests.conftest import FAST, read_scalars
 from tests.test_reliability import assert_same_final_run, cli_args, interrupt_at, small_config
 
 
-def make_model(optimizer_class=torch.optim.Adam, net_arch=None, activation=torch.nn.ReLU):
+def make_model(
+    optimizer_class=torch.optim.Adam, net_arch=None, activation=torch.nn.ReLU, optimizer_kwargs=None
+):
     env = make_vec_env("CartPole-v1", n_envs=1, seed=0)
     policy_kwargs = {
         "net_arch": net_arch or {"pi": [16, 16], "vf": [16, 16]},
         "activation_fn": activation,
         "optimizer_class": optimizer_class,
+        "optimizer_kwargs": optimizer_kwargs or {},
     }
     return ContinualPPO("MlpPolicy", env, n_steps=64, batch_size=64, seed=0, policy_kwargs=policy_kwargs)
 
@@ -92,6 +108,89 @@ def test_replacing_a_dead_unit_keeps_outputs_and_resets_exactly_its_entries():
                 kept = state[incoming.weight][key][rows][:, columns]
                 assert torch.equal(kept, moments[incoming.weight][key][rows][:, columns])
                 assert torch.all(kept != 0)
+
+
+def test_a_replacement_moves_the_mean_contribution_into_the_next_bias():
+    # One observation, repeated, and lr = 0: every activation equals its running mean f̂, so moving
+    # W_out[:, i]·f̂_i into the next bias before zeroing W_out[:, i] leaves the output unchanged.
+    model = make_model(activation=torch.nn.Tanh)
+    for group in model.policy.optimizer.param_groups:
+        group["lr"] = 0.0
+    cbp = ContinualBackprop(replacement_rate=1 / 16, maturity=5, decay_rate=0.9)
+    model.plasticity_tools = [cbp]
+    cbp.bind(model)
+    obs = observations(1).repeat(64, 1)
+    for _ in range(8):  # replacements at steps 6, 7, 8; the fresh units stay immature until step 12
+        training_step(model, obs)
+    replaced = dict(cbp.replaced)
+    assert all(count > 0 for count in replaced.values())
+    model.plasticity_tools = []
+    training_step(model, obs)  # the forward the tool will read; the tool alone after it
+    before = outputs(model, obs)
+    outgoing = {
+        key: network.outgoing(key[1]).weight.detach().clone()
+        for network in policy_networks(model.policy)
+        for key in [(network.name, 0), (network.name, 1)]
+    }
+    cbp.after_optimizer_step(model, model.policy.optimizer)
+    assert all(cbp.replaced[key] == replaced[key] + 1 for key in replaced)
+    for key, weights in outgoing.items():  # the removed units did contribute
+        unit = int(np.flatnonzero(cbp.ages[key] == 0)[-1])
+        assert weights[:, unit].abs().sum() > 1e-3
+    for a, b in zip(before, outputs(model, obs), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("betas", [(0.9, 0.999), (0.99, 0.99)])
+@pytest.mark.parametrize("name", ["adam", "upgd"])
+def test_a_reset_weight_restarts_its_optimizer_like_a_fresh_one(name, betas):
+    """Dohare et al. (2024): the first update of a weight reset at a late step is a fresh optimizer's."""
+    config = RunConfig()
+    config.optimizer.name, config.optimizer.betas, config.cbp.enabled = name, betas, True
+    config.optimizer.sigma, config.optimizer.protect = 0.0, False  # UPGD: no noise, the gate only on noise
+    optimizer_class, kwargs = optimizer_from_config(config)
+    model = make_model(optimizer_class, activation=torch.nn.Tanh, optimizer_kwargs=kwargs)
+    optimizer, lr = model.policy.optimizer, model.policy.optimizer.param_groups[0]["lr"]
+    obs = observations()
+    for _ in range(300):
+        training_step(model, obs)
+    actor = policy_networks(model.policy)[0]
+    reset_units(actor, 0, torch.tensor([3]), optimizer, ortho_init=True)
+    weight = actor.hidden[0].weight
+    values, log_prob, _ = model.policy.evaluate_actions(obs, torch.zeros(len(obs), dtype=torch.long))
+    optimizer.zero_grad()
+    (values.pow(2).mean() - log_prob.mean()).backward()
+    gradient, start = weight.grad[3].clone(), weight[3].detach().clone()
+    optimizer.step()
+    fresh_weight = start.clone().requires_grad_()
+    fresh = optimizer_class([fresh_weight], lr=lr, **kwargs)
+    fresh_weight.grad = gradient
+    fresh.step()
+    update, fresh_update = weight[3].detach() - start, fresh_weight.detach() - start
+    assert torch.linalg.vector_norm(update - fresh_update) <= 0.1 * torch.linalg.vector_norm(fresh_update)
+    state = optimizer.state[weight]
+    assert torch.all(state["step"][3] == 1) and torch.all(state["step"][:3] == 301)
+    if name == "upgd":  # the utility trace restarts too: Û of the reset row is its first utility -g·w
+        beta_u = config.optimizer.beta_utility
+        corrected = [s["utility_trace"] / (1 - beta_u ** s["step"]) for s in optimizer.state.values()]
+        eta = torch.stack([c.max() for c in corrected]).max()
+        first_utility = -gradient * start
+        torch.testing.assert_close(state["utility_trace"][3] / (1 - beta_u), first_utility)
+        torch.testing.assert_close(
+            optimizer.scaled_utilities()[weight][3], torch.sigmoid(first_utility / eta)
+        )
+
+
+def test_per_element_steps_only_with_unit_resets():
+    config = RunConfig()
+    assert optimizer_from_config(config)[0] is torch.optim.Adam
+    for key in ("cbp", "redo"):
+        config = RunConfig()
+        getattr(config, key).enabled = True
+        assert optimizer_from_config(config)[0] is ElementwiseAdam
+        config.optimizer.name = "upgd-sgd"
+        optimizer_class, kwargs = optimizer_from_config(config)
+        assert optimizer_class is UPGD and kwargs["per_element_steps"] is True
 
 
 def test_replacement_count_follows_rate_with_carry():
@@ -229,6 +328,12 @@ def test_interrupted_cbp_run_resumes_exactly(cli, tmp_path, monkeypatch):
         *cli_args(config),
     )
     assert code == 143, err
+    # The checkpoint holds one Adam step count per weight; replaced units' entries restarted.
+    latest = max((tmp_path / "run" / "checkpoints").glob("step_*.pt"), key=lambda p: int(p.stem[5:]))
+    optimizer = torch.load(latest, map_location="cpu", weights_only=False)["optimizer"]
+    steps = [state["step"] for state in optimizer["state"].values()]
+    assert all(step.dim() > 0 for step in steps)  # per element (torch's Adam: one 0-d count per tensor)
+    assert any(bool((step < step.max()).any()) for step in steps)
     monkeypatch.undo()
     code, _, err = cli("train", "--resume", str(tmp_path / "run"))
     assert code == 0, err
@@ -241,13 +346,59 @@ def test_shrink_perturb_each_step_and_at_switches():
     ShrinkPerturb("step", shrink=0.5, sigma=0.0).after_optimizer_step(model, model.policy.optimizer)
     for p, q in zip(model.policy.parameters(), before, strict=True):
         torch.testing.assert_close(p.detach(), 0.5 * q)
+
+
+class ParameterSpy(PlasticityTool):
+    """The policy's parameters at each task notification."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, list[torch.Tensor]]] = []
+
+    def on_task_switch(self, model, optimizer, task) -> None:
+        self.seen.append((task, [p.detach().clone() for p in model.policy.parameters()]))
+
+
+def test_shrink_perturb_fires_at_every_switch_of_a_cyclic_schedule_and_never_at_the_start():
+    env = make_vec_env("nested_ac/PermutedCartPole-v0", n_envs=2, seed=0)
+    before, after = ParameterSpy(), ParameterSpy()
+    tools = [before, ShrinkPerturb("switch", alpha=0.5), after]
+    agent = ContinualPPO(
+        "MlpPolicy", env, plasticity_tools=tools, n_steps=64, batch_size=64, n_epochs=1, seed=0
+    )
+    agent.learn(total_timesteps=512, callback=TaskClock(envs.Cyclic(128, (0, 1))))
+    tasks = [task for task, _ in before.seen]
+    assert tasks[:4] == [0, 1, 0, 1]  # the start, then switches at 128, 256 and 384 (and 512, the end)
+    fired = [
+        any(not torch.equal(p, q) for p, q in zip(b, a, strict=True))
+        for (_, b), (_, a) in zip(before.seen, after.seen, strict=True)
+    ]
+    assert fired == [False] + [True] * (len(tasks) - 1)
+
+
+def test_shrink_perturb_at_switches_keys_on_the_switch_not_the_task_id():
+    model = make_model()
     tool = ShrinkPerturb("switch", alpha=0.25)
     current = [p.detach().clone() for p in model.policy.parameters()]
-    tool.on_task_switch(model, model.policy.optimizer, task=0)  # the first task is no switch
+    tool.on_task_switch(model, model.policy.optimizer, task=1)  # a random schedule's first task: the start
     assert all(torch.equal(p, q) for p, q in zip(model.policy.parameters(), current, strict=True))
+    tool.on_task_switch(model, model.policy.optimizer, task=0)
+    named = zip(model.policy.named_parameters(), current, strict=True)
+    assert all(not torch.equal(p, q) for (name, p), q in named if name.endswith("weight"))  # biases: 0 both
+
+
+def test_shrink_perturb_blends_only_the_networks_not_frozen_critics_or_log_std():
+    env = make_vec_env("Pendulum-v1", n_envs=1, seed=0)
+    model = NestedPPO("MlpPolicy", env, levels=2, freeze_outer_after=0, n_steps=64, batch_size=64, seed=0)
+    model.num_timesteps = 1  # past freeze_outer_after: the outer critic is frozen
+    tool = ShrinkPerturb("switch", alpha=0.5)
+    tool.on_task_switch(model, model.policy.optimizer, task=0)
+    current = {name: p.detach().clone() for name, p in model.policy.named_parameters()}
     tool.on_task_switch(model, model.policy.optimizer, task=1)
-    moved = [not torch.equal(p, q) for p, q in zip(model.policy.parameters(), current, strict=True)]
-    assert any(moved)
+    for name, p in model.policy.named_parameters():
+        if name == "log_std" or name.startswith("outer_"):
+            assert torch.equal(p, current[name]), name
+        elif name.endswith("weight"):  # (biases start at 0 in both)
+            assert not torch.equal(p, current[name]), name
 
 
 def test_l2_init_pulls_toward_the_initial_weights():

@@ -365,10 +365,15 @@ def test_state_layout(kind, cls):
     optimizer.step()
     state = optimizer.state[weight]
     keys = {"step", "utility_trace"} | ({"exp_avg", "exp_avg_sq"} if kind == "adam" else set())
-    assert set(state) == keys and set(cls.per_parameter_state_keys) == keys - {"step"}
+    assert set(state) == keys and set(optimizer.per_parameter_state_keys) == keys - {"step"}
     assert state["step"].shape == () and float(state["step"]) == 1.0 and state["step"].device.type == "cpu"
     for key in keys - {"step"}:
         assert state[key].shape == weight.shape
+    per_element = cls([weight], per_element_steps=True)  # a step count per weight, reset with the others
+    per_element.step()
+    state = per_element.state[weight]
+    assert set(state) == keys and set(per_element.per_parameter_state_keys) == keys
+    assert state["step"].shape == weight.shape and torch.all(state["step"] == 1)
 
 
 def continue_with(optimizer, tensors, grads_per_step):
