@@ -172,12 +172,14 @@ class ProjectionConfig:
 class NCLConfig:
     """Natural continual learning, diagonal (Kao et al., NeurIPS 2021): the optimizer gets
     Λ⁻¹·g + (θ − µ), Λ = ``prior`` + the Fisher of past tasks on ``fisher_samples`` states each, µ the
-    parameters at the last switch, the direction's norm capped at ``max_norm``."""
+    parameters at the last switch, the direction's norm capped at ``max_norm``. The default prior lies
+    between the median and the top decile of the Fisher's entries measured on permuted CartPole, so the
+    Fisher decides the precision of the important weights; the cap equals PPO's ``max_grad_norm``."""
 
     enabled: bool = False
-    prior: float = 1.0
+    prior: float = 1e-2
     fisher_samples: int = 256
-    max_norm: float = 1.0
+    max_norm: float = 0.5
 
 
 @dataclass

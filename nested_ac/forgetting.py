@@ -346,7 +346,7 @@ class NaturalContinualLearning(TaskAwareTool):
     ``ncl/<network>/precision_mean`` (mean of Λ) and ``ncl/capped_fraction`` (steps whose d was capped).
     """
 
-    def __init__(self, prior: float = 1.0, fisher_samples: int = 256, max_norm: float = 1.0) -> None:
+    def __init__(self, prior: float = 1e-2, fisher_samples: int = 256, max_norm: float = 0.5) -> None:
         if not prior > 0 or not max_norm > 0 or fisher_samples <= 0:
             raise ValueError(
                 f"ncl needs prior > 0, max_norm > 0 and fisher_samples > 0; got prior={prior}, "
