@@ -87,6 +87,11 @@ class TaskAwareTool(PlasticityTool):
         ending, self.task = self.task, task
         if self.rollout is not None and ending is not None and ending != task:
             self.consolidate(model, ending)
+        self.cache = None
+
+    # What the gradient hook needs on every step, built from the tool's state on first use after a change
+    # (a switch or a load): the per-step work is then a few foreach operations.
+    cache: Any = None
 
     def consolidate(self, model: BaseAlgorithm, task: int) -> None:
         """Take in what task ``task`` (now ended; its data in ``self.rollout``) taught."""
@@ -113,6 +118,7 @@ class TaskAwareTool(PlasticityTool):
         rollout = state["rollout"]
         self.rollout = None if rollout is None else {k: v.clone() for k, v in rollout.items()}
         self.task = state["task"]
+        self.cache = None
 
 
 def spg_importance(gradient: torch.Tensor) -> torch.Tensor:
@@ -170,11 +176,11 @@ class SoftMasking(TaskAwareTool):
     def before_optimizer_step(self, model: BaseAlgorithm, optimizer: torch.optim.Optimizer) -> None:
         if not self.mask:
             return
-        parameters = named_parameters(model)
-        for name, mask in self.mask.items():
-            gradient = parameters[name].grad if name in parameters else None
-            if gradient is not None:
-                gradient.mul_(1.0 - mask)
+        if self.cache is None:  # (parameter, 1 − γ_acc) pairs
+            parameters = dict(model.policy.named_parameters())
+            self.cache = [(parameters[name], 1.0 - mask) for name, mask in self.mask.items()]
+        pairs = [(p.grad, keep) for p, keep in self.cache if p.grad is not None]
+        torch._foreach_mul_([g for g, _ in pairs], [keep for _, keep in pairs])
 
     def log(self, logger: Logger) -> None:
         for network, fraction in self.masked_fraction.items():
@@ -261,12 +267,23 @@ class GradientProjection(TaskAwareTool):
 
     def reference_loss(self, model: BaseAlgorithm) -> torch.Tensor | None:
         """L_ref on the memories of every task but the current one; None if there are none."""
-        past = [memory for task, memory in sorted(self.memory.items()) if task != self.task]
-        if not past:
+        if self.cache is None:  # the reference batch: (observations, π_then, V_then), or () if none
+            past = [memory for task, memory in sorted(self.memory.items()) if task != self.task]
+            self.cache = (
+                ()
+                if not past
+                else (
+                    torch.cat([m["observations"] for m in past]),
+                    {
+                        key: torch.cat([m["distribution"][key] for m in past])
+                        for key in past[0]["distribution"]
+                    },
+                    torch.cat([m["values"] for m in past]),
+                )
+            )
+        if not self.cache:
             return None
-        observations = torch.cat([m["observations"] for m in past])
-        then = {key: torch.cat([m["distribution"][key] for m in past]) for key in past[0]["distribution"]}
-        values_then = torch.cat([m["values"] for m in past])
+        observations, then, values_then = self.cache
         policy = model.policy
         kl = kl_from(then, policy.get_distribution(observations).distribution)
         values = policy.predict_values(observations).flatten()
@@ -398,20 +415,21 @@ class NaturalContinualLearning(TaskAwareTool):
     def before_optimizer_step(self, model: BaseAlgorithm, optimizer: torch.optim.Optimizer) -> None:
         if not self.precision:
             return
-        parameters = named_parameters(model)
-        names = [n for n, p in parameters.items() if p.grad is not None and n in self.precision]
-        if not names:
+        if self.cache is None:  # (parameter, Λ, µ) triples
+            parameters = dict(model.policy.named_parameters())
+            self.cache = [(parameters[n], self.precision[n], self.anchor[n]) for n in self.precision]
+        triples = [t for t in self.cache if t[0].grad is not None]
+        if not triples:
             return
-        gradients = [parameters[n].grad for n in names]
-        direction = ncl_direction(
-            gradients,
-            [self.precision[n] for n in names],
-            [parameters[n] for n in names],
-            [self.anchor[n] for n in names],
+        capped = ncl_direction(
+            [p.grad for p, _, _ in triples],
+            [precision for _, precision, _ in triples],
+            [p for p, _, _ in triples],
+            [anchor for _, _, anchor in triples],
             self.max_norm,
         )
         self.steps += 1
-        self.capped += int(direction)
+        self.capped += int(capped)
 
     def log(self, logger: Logger) -> None:
         for network, mean in self.precision_mean.items():

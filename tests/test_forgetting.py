@@ -62,7 +62,8 @@ def test_spg_with_full_mask_leaves_the_weight_unchanged_and_the_rest_learning():
         parameters["mlp_extractor.policy_net.2.weight"], before["mlp_extractor.policy_net.2.weight"]
     )
     # A half mask halves the gradient the optimizer sees.
-    spg.mask[WEIGHT] = torch.full_like(parameters[WEIGHT], 0.5)
+    spg = SoftMasking()
+    spg.mask = {WEIGHT: torch.full_like(parameters[WEIGHT], 0.5)}
     loss = minibatch_loss(model)
     model.policy.optimizer.zero_grad()
     loss.backward()
@@ -110,7 +111,7 @@ def test_projection_memory_holds_the_then_policy_and_constrains_only_other_tasks
     assert memory["observations"].shape == (16, 4) and memory["values"].shape == (16,)
     loss = projection.reference_loss(model)  # the policy has not moved since: L_ref = 0
     assert loss is not None and loss.item() == pytest.approx(0.0, abs=1e-10)
-    projection.task = 0  # back on task 0: its own memory is no constraint
+    projection.load_state_dict({**projection.state_dict(), "task": 0})  # back on task 0: its own memory
     assert projection.reference_loss(model) is None
 
 
