@@ -17,10 +17,12 @@ from nested_ac.forgetting import (
     project,
     spg_importance,
 )
+from nested_ac.sweep import load_experiment
 from nested_ac.train import train
 from tests.conftest import FAST, read_scalars
 from tests.test_plasticity import make_model, observations
 from tests.test_reliability import assert_same_final_run, cli_args, interrupt_at, small_config
+from tests.test_sweep import _flat
 
 WEIGHT = "mlp_extractor.policy_net.0.weight"
 
@@ -234,3 +236,30 @@ def test_interrupted_run_with_every_forgetting_tool_resumes_exactly(cli, tmp_pat
     code, _, err = cli("train", "--resume", str(tmp_path / "run"))
     assert code == 0, err
     assert_same_final_run(tmp_path / "run", reference)
+
+
+# What each variant of the shipped `forgetting` experiment may change relative to PPO-Adam: its own tool.
+FORGETTING_VARIANTS = {
+    "ppo-spg": ("spg.",),
+    "ppo-projection": ("projection.",),
+    "ppo-ncl": ("ncl.",),
+    "nested-ppo": ("agent",),
+    "nested-ppo-frozen": ("agent", "nested.freeze_outer_after"),
+    "ppo-cbp": ("cbp.",),
+}
+
+
+def test_the_forgetting_experiment_recurs_tasks_and_varies_only_the_intervention(tmp_path):
+    experiment = load_experiment("forgetting", tmp_path)
+    assert {run.seed for run in experiment.runs} == set(range(10))
+    by_variant = {run.variant: run.config for run in experiment.runs if run.seed == 0}
+    assert list(by_variant) == ["ppo-adam", *FORGETTING_VARIANTS]
+    baseline = by_variant["ppo-adam"]
+    schedule = baseline.env.schedule
+    assert schedule.kind == "cyclic" and len(schedule.tasks) >= 2
+    assert baseline.steps // schedule.every >= 2 * len(schedule.tasks)  # every task comes back
+    flat_baseline = _flat(baseline.to_dict())
+    for variant, allowed in FORGETTING_VARIANTS.items():
+        config = _flat(by_variant[variant].to_dict())
+        changed = {key for key in config if config[key] != flat_baseline[key] and key != "run_dir"}
+        assert changed and all(key.startswith(allowed) for key in changed), (variant, changed)
