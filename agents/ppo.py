@@ -18,6 +18,7 @@ from nested_ac.config import RunConfig
 from nested_ac.diagnostics import Diagnostics
 from nested_ac.errors import ConfigError, unknown_choice
 from nested_ac.faults import check_gradients, check_losses, check_update
+from nested_ac.forgetting import GradientProjection, NaturalContinualLearning, SoftMasking
 from nested_ac.hooks import PlasticityTool
 from nested_ac.optimizers import UtilityLogger, optimizer_from_config
 from nested_ac.plasticity import ContinualBackprop, L2Init, ReDo, ShrinkPerturb
@@ -54,7 +55,8 @@ def policy_kwargs_from_config(config: RunConfig) -> dict[str, Any]:
 
 def plasticity_tools_from_config(config: RunConfig) -> list[PlasticityTool]:
     """The plasticity tools ``config`` switches on: UPGD's utility logging with a UPGD optimizer, continual
-    backprop, Shrink & Perturb, L2-Init, ReDo."""
+    backprop, Shrink & Perturb, L2-Init, ReDo, and the forgetting tools SPG, gradient projection and NCL
+    (their gradient hooks run in that order)."""
     tools: list[PlasticityTool] = []
     if config.diagnostics.every > 0:
         d = config.diagnostics
@@ -74,6 +76,13 @@ def plasticity_tools_from_config(config: RunConfig) -> list[PlasticityTool]:
             tools.append(L2Init(config.l2_init.coef))
         if config.redo.enabled:
             tools.append(ReDo(config.redo.tau, config.redo.every))
+        if config.spg.enabled:
+            tools.append(SoftMasking())
+        if config.projection.enabled:
+            tools.append(GradientProjection(config.projection.memory_size))
+        if config.ncl.enabled:
+            ncl = config.ncl
+            tools.append(NaturalContinualLearning(ncl.prior, ncl.fisher_samples, ncl.max_norm))
     except ValueError as error:
         raise ConfigError(str(error)) from None
     return tools
@@ -87,9 +96,10 @@ class ContinualPPO(PPO):
     entropy bonus — SB3's PPO unchanged. What it adds is the continual-learning default network
     (separate actor and critic MLPs, 64×64 ReLU, as in the loss-of-plasticity literature) and
     construction from a :class:`~nested_ac.config.RunConfig`, and the hooks of
-    :class:`~nested_ac.hooks.PlasticityTool`: each tool in ``plasticity_tools`` runs after every optimizer
-    step, at every task switch, after every rollout, and logs after every update. A NaN or inf in a
-    loss, a gradient or a parameter stops the update with :class:`~nested_ac.faults.NumericalFault`.
+    :class:`~nested_ac.hooks.PlasticityTool`: each tool in ``plasticity_tools`` runs on the clipped gradients
+    before every optimizer step, after every optimizer step, at every task switch, after every rollout,
+    and logs after every update. A NaN or inf in a loss, a gradient or a parameter stops the update with
+    :class:`~nested_ac.faults.NumericalFault`.
     """
 
     def __init__(
@@ -105,6 +115,11 @@ class ContinualPPO(PPO):
     def _setup_model(self) -> None:
         super()._setup_model()
         self.policy.optimizer.register_step_post_hook(self._after_optimizer_step)
+
+    def _before_optimizer_step(self) -> None:
+        """Hand the clipped gradients to every tool's ``before_optimizer_step`` (masking, projection …)."""
+        for tool in self.plasticity_tools:
+            tool.before_optimizer_step(self, self.policy.optimizer)
 
     def _after_optimizer_step(self, optimizer: torch.optim.Optimizer, *_: Any) -> None:
         for tool in self.plasticity_tools:
@@ -227,6 +242,7 @@ class ContinualPPO(PPO):
         total_norm = self._clip_gradients()
         check_gradients(self, total_norm)
         self._grad_norms.append(total_norm)
+        self._before_optimizer_step()
         self.policy.optimizer.step()
 
     def _clip_gradients(self) -> torch.Tensor:

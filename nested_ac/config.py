@@ -152,6 +152,37 @@ class ReDoConfig:
 
 
 @dataclass
+class SPGConfig:
+    """SPG soft masking (Konishi et al., ICML 2023): at each task switch each weight's importance to the
+    ending task is accumulated into a mask γ_acc; later gradients are scaled by 1 − γ_acc."""
+
+    enabled: bool = False
+
+
+@dataclass
+class ProjectionConfig:
+    """Gradient projection (A-GEM, Chaudhry et al., ICLR 2019): ``memory_size`` observations of each past
+    task; a gradient that would raise their loss is projected onto the plane orthogonal to theirs."""
+
+    enabled: bool = False
+    memory_size: int = 256
+
+
+@dataclass
+class NCLConfig:
+    """Natural continual learning, diagonal (Kao et al., NeurIPS 2021): the optimizer gets
+    Λ⁻¹·g + (θ − µ), Λ = ``prior`` + the Fisher of past tasks on ``fisher_samples`` states each, µ the
+    parameters at the last switch, the direction's norm capped at ``max_norm``. The default prior lies
+    between the median and the top decile of the Fisher's entries measured on permuted CartPole, so the
+    Fisher decides the precision of the important weights; the cap equals PPO's ``max_grad_norm``."""
+
+    enabled: bool = False
+    prior: float = 1e-2
+    fisher_samples: int = 256
+    max_norm: float = 0.5
+
+
+@dataclass
 class DiagnosticsConfig:
     """Plasticity diagnostics every ``every`` rollouts (0: off) on ``probe_size`` recent observations."""
 
@@ -183,6 +214,9 @@ class RunConfig:
     shrink_perturb: ShrinkPerturbConfig = field(default_factory=ShrinkPerturbConfig)
     l2_init: L2InitConfig = field(default_factory=L2InitConfig)
     redo: ReDoConfig = field(default_factory=ReDoConfig)
+    spg: SPGConfig = field(default_factory=SPGConfig)
+    projection: ProjectionConfig = field(default_factory=ProjectionConfig)
+    ncl: NCLConfig = field(default_factory=NCLConfig)
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     steps: int = 100_000

@@ -3,6 +3,10 @@
 An agent that supports tools (``agents.ContinualPPO`` and its subclasses) calls, for each tool in its
 ``plasticity_tools`` list:
 
+- ``before_optimizer_step(model, optimizer)`` on every minibatch of the update, after the backward pass and
+  the gradient-norm clipping and before ``optimizer.step()``: the gradients in ``parameter.grad`` are the
+  ones the optimizer is about to use, and a tool may change them in place (masking, projection,
+  preconditioning);
 - ``after_optimizer_step(model, optimizer)`` after every optimizer step inside the update;
 - ``on_task_switch(model, optimizer, task)`` when the task clock sets the environment's task: once at the
   start of training (the first task) and at every schedule switch after;
@@ -24,6 +28,9 @@ from stable_baselines3.common.logger import Logger
 
 class PlasticityTool:
     """Base class of plasticity tools: every hook is a no-op until a subclass overrides it."""
+
+    def before_optimizer_step(self, model: BaseAlgorithm, optimizer: torch.optim.Optimizer) -> None:
+        """Called with the clipped gradients in place, just before every optimizer step."""
 
     def after_optimizer_step(self, model: BaseAlgorithm, optimizer: torch.optim.Optimizer) -> None:
         """Called after every optimizer step."""

@@ -1,0 +1,265 @@
+"""The forgetting tools (SPG, A-GEM projection, NCL): each rule on hand-made tensors, then in training."""
+
+from __future__ import annotations
+
+import math
+import signal
+
+import pytest
+import torch
+
+from agents import ContinualPPO
+from nested_ac.forgetting import (
+    GradientProjection,
+    NaturalContinualLearning,
+    SoftMasking,
+    ncl_direction,
+    project,
+    spg_importance,
+)
+from nested_ac.sweep import load_experiment
+from nested_ac.train import train
+from tests.conftest import FAST, read_scalars
+from tests.test_plasticity import make_model, observations
+from tests.test_reliability import assert_same_final_run, cli_args, interrupt_at, small_config
+from tests.test_sweep import _flat
+
+WEIGHT = "mlp_extractor.policy_net.0.weight"
+
+
+def minibatch_loss(model: ContinualPPO) -> torch.Tensor:
+    obs = observations()
+    values, log_prob, _ = model.policy.evaluate_actions(obs, torch.zeros(len(obs), dtype=torch.long))
+    return values.pow(2).mean() - log_prob.mean()
+
+
+def after_a_switch(tool, model: ContinualPPO) -> None:
+    """One rollout kept by ``tool``, then the task clock's first task and a switch to the next one."""
+    model.plasticity_tools = [tool]
+    model.learn(total_timesteps=64)
+    tool.on_task_switch(model, model.policy.optimizer, 0)
+    tool.on_task_switch(model, model.policy.optimizer, 1)
+
+
+def test_spg_importance_is_tanh_of_the_standardised_gradient_magnitude():
+    gradient = torch.tensor([[-3.0, 1.0], [0.0, 2.0]])
+    magnitude = torch.tensor([3.0, 1.0, 0.0, 2.0])
+    expected = torch.tanh((magnitude - 1.5) / magnitude.std()).reshape(2, 2)
+    assert torch.allclose(spg_importance(gradient), expected)
+    assert torch.equal(spg_importance(torch.tensor([5.0])), torch.zeros(1))  # no spread: no importance
+    assert torch.equal(spg_importance(torch.full((3,), -2.0)), torch.zeros(3))
+
+
+def test_spg_with_full_mask_leaves_the_weight_unchanged_and_the_rest_learning():
+    model = make_model()
+    spg = SoftMasking()
+    model.plasticity_tools = [spg]
+    parameters = dict(model.policy.named_parameters())
+    spg.mask = {name: torch.zeros_like(p) for name, p in parameters.items() if name != "log_std"}
+    spg.mask[WEIGHT] = torch.ones_like(parameters[WEIGHT])
+    before = {name: p.detach().clone() for name, p in parameters.items()}
+    model._optimizer_step(minibatch_loss(model))  # backward, clip, the tools' gradient hook, Adam's step
+    assert torch.equal(parameters[WEIGHT], before[WEIGHT])
+    assert not torch.equal(
+        parameters["mlp_extractor.policy_net.2.weight"], before["mlp_extractor.policy_net.2.weight"]
+    )
+    # A half mask halves the gradient the optimizer sees.
+    spg = SoftMasking()
+    spg.mask = {WEIGHT: torch.full_like(parameters[WEIGHT], 0.5)}
+    loss = minibatch_loss(model)
+    model.policy.optimizer.zero_grad()
+    loss.backward()
+    raw = parameters[WEIGHT].grad.clone()
+    spg.before_optimizer_step(model, model.policy.optimizer)
+    assert torch.allclose(parameters[WEIGHT].grad, 0.5 * raw)
+
+
+def test_spg_accumulates_the_maximum_importance_over_switches():
+    model = make_model()
+    spg = SoftMasking()
+    after_a_switch(spg, model)
+    first = {name: mask.clone() for name, mask in spg.mask.items()}
+    assert WEIGHT in first and all(((m >= 0) & (m < 1)).all() for m in first.values())
+    assert 0 < spg.masked_fraction["actor"] < 1 and "critic" in spg.masked_fraction
+    with torch.no_grad():  # a different network, so a different importance at the next switch
+        for p in model.policy.parameters():
+            p.add_(torch.randn_like(p), alpha=0.3)
+    spg.on_task_switch(model, model.policy.optimizer, 0)
+    for name, mask in spg.mask.items():
+        assert torch.all(mask >= first[name])
+    assert any(not torch.equal(mask, first[name]) for name, mask in spg.mask.items())
+
+
+def test_projection_of_an_opposed_gradient_is_orthogonal_to_the_reference():
+    gradients = [torch.tensor([1.0, 0.0]), torch.tensor([[2.0]])]
+    references = [torch.tensor([-1.0, 1.0]), torch.tensor([[-1.0]])]
+    assert project(gradients, references)  # g·g_ref = -1 - 2 = -3 < 0
+    dot = sum(torch.sum(g * r) for g, r in zip(gradients, references, strict=True))
+    assert dot.item() == pytest.approx(0.0, abs=1e-6)
+    # g − (g·g_ref / ‖g_ref‖²)·g_ref with ‖g_ref‖² = 3: g + g_ref
+    assert torch.allclose(gradients[0], torch.tensor([0.0, 1.0])) and torch.allclose(
+        gradients[1], torch.ones(1, 1)
+    )
+    aligned = [torch.tensor([1.0, 2.0])]
+    assert not project(aligned, [torch.tensor([1.0, 0.0])])
+    assert torch.equal(aligned[0], torch.tensor([1.0, 2.0]))  # no conflict: unchanged
+
+
+def test_projection_memory_holds_the_then_policy_and_constrains_only_other_tasks():
+    model = make_model()
+    projection = GradientProjection(memory_size=16)
+    after_a_switch(projection, model)
+    memory = projection.memory[0]
+    assert memory["observations"].shape == (16, 4) and memory["values"].shape == (16,)
+    loss = projection.reference_loss(model)  # the policy has not moved since: L_ref = 0
+    assert loss is not None and loss.item() == pytest.approx(0.0, abs=1e-10)
+    projection.load_state_dict({**projection.state_dict(), "task": 0})  # back on task 0: its own memory
+    assert projection.reference_loss(model) is None
+
+
+def test_projected_training_step_does_not_raise_the_reference_loss_to_first_order():
+    model = make_model()
+    projection = GradientProjection(memory_size=32)
+    after_a_switch(projection, model)
+    with torch.no_grad():  # move away from the stored policy so that L_ref has a gradient
+        for p in model.policy.parameters():
+            p.add_(torch.randn_like(p), alpha=0.05)
+    model.policy.optimizer.zero_grad()
+    (-minibatch_loss(model)).backward()
+    parameters = [p for p in model.policy.parameters() if p.grad is not None]
+    reference = torch.autograd.grad(projection.reference_loss(model), parameters, allow_unused=True)
+    projection.before_optimizer_step(model, model.policy.optimizer)
+    dot = sum(torch.sum(p.grad * r) for p, r in zip(parameters, reference, strict=True) if r is not None)
+    assert dot.item() >= -1e-6
+
+
+def test_ncl_direction_is_the_preconditioned_laplace_gradient_under_the_norm_cap():
+    g = [torch.tensor([1.0, -2.0]), torch.tensor([4.0])]
+    precision = [torch.tensor([2.0, 4.0]), torch.tensor([8.0])]
+    theta = [torch.tensor([1.0, 1.0]), torch.tensor([0.0])]
+    anchor = [torch.tensor([0.5, 1.0]), torch.tensor([1.0])]
+    expected = [torch.tensor([0.5 + 0.5, -0.5 + 0.0]), torch.tensor([0.5 - 1.0])]
+    uncapped = [t.clone() for t in g]
+    assert not ncl_direction(uncapped, precision, theta, anchor, max_norm=10.0)
+    for got, want in zip(uncapped, expected, strict=True):
+        assert torch.allclose(got, want)
+    capped = [t.clone() for t in g]
+    assert ncl_direction(capped, precision, theta, anchor, max_norm=0.1)
+    norm = math.sqrt(1.0**2 + 0.5**2 + 0.5**2)
+    for got, want in zip(capped, expected, strict=True):
+        assert torch.allclose(got, want * 0.1 / norm)
+
+
+def test_ncl_precision_grows_by_the_fisher_and_the_anchor_is_the_switch_parameters():
+    model = make_model()
+    ncl = NaturalContinualLearning(prior=0.5, fisher_samples=1, max_norm=1e6)  # the Fisher of state 0
+    after_a_switch(ncl, model)
+    parameters = dict(model.policy.named_parameters())
+    # By hand: the squared gradient of log π(a|s) + V(s) at the kept rollout's first state.
+    batch = ncl.ending_batch()
+    values, log_prob, _ = model.policy.evaluate_actions(
+        batch.observations[:1], batch.actions[:1].long().flatten()
+    )
+    model.policy.optimizer.zero_grad()
+    (values.sum() + log_prob.sum()).backward()
+    for name, precision in ncl.precision.items():
+        assert torch.allclose(precision, 0.5 + parameters[name].grad.pow(2)), name
+        assert torch.equal(ncl.anchor[name], parameters[name])
+    first = {name: p.clone() for name, p in ncl.precision.items()}
+    ncl.on_task_switch(model, model.policy.optimizer, 0)  # a second switch adds a second Fisher
+    for name, precision in ncl.precision.items():
+        assert torch.allclose(precision, first[name] + parameters[name].grad.pow(2))
+    # The direction handed to Adam: Λ⁻¹g + (θ − µ), here θ = µ.
+    model.policy.optimizer.zero_grad()
+    minibatch_loss(model).backward()
+    raw = parameters[WEIGHT].grad.clone()
+    ncl.before_optimizer_step(model, model.policy.optimizer)
+    assert torch.allclose(parameters[WEIGHT].grad, raw / ncl.precision[WEIGHT])
+
+
+TOOLS = {
+    "spg": ("spg/actor/masked_fraction",),
+    "projection": ("projection/conflict_rate", "projection/memory_tasks"),
+    "ncl": ("ncl/actor/precision_mean", "ncl/capped_fraction"),
+}
+
+
+@pytest.mark.parametrize("tool", list(TOOLS))
+def test_each_tool_trains_on_a_cyclic_schedule_with_adam_and_upgd_ppo_and_nested(cli, tmp_path, tool):
+    for agent, optimizer in (("ppo", "adam"), ("nested-ppo", "upgd")):
+        code, _, err = cli(
+            "train",
+            *("--env", "nested_ac/TwoTaskCartPole-v0", "--agent", agent, "--optimizer", optimizer),
+            *("--steps", "1536", "--n-envs", "2", "--run-dir", str(tmp_path), "--name", agent),
+            *("--set", f"{tool}.enabled=true", "--set", "env.schedule.every=512"),
+            *FAST,
+        )
+        assert code == 0, err
+        scalars = read_scalars(tmp_path / agent)
+        assert set(TOOLS[tool]) <= set(scalars), sorted(t for t in scalars if t.startswith(tool))
+    assert [task for _, task in sorted(scalars["task/switch"])][:3] == [0, 1, 0]  # cyclic: A, B, A …
+    if tool != "projection":
+        assert f"{tool}/critic_2/{TOOLS[tool][0].split('/')[-1]}" in scalars  # every critic of nested-ppo
+
+
+@pytest.mark.parametrize(
+    ("assignment", "message"),
+    [
+        ("projection.memory_size=0", "projection.memory_size must be a positive integer, got 0"),
+        ("ncl.prior=0", "ncl needs prior > 0, max_norm > 0 and fisher_samples > 0"),
+        ("ncl.max_norm=-1", "max_norm=-1.0"),
+        ("ncl.fisher_samples=0", "fisher_samples=0"),
+        ("spg.enabled=maybe", "config key 'spg.enabled' expects bool"),
+    ],
+)
+def test_bad_forgetting_settings_are_one_line_exit_2_nothing_written(cli, tmp_path, assignment, message):
+    section = assignment.split(".")[0]
+    code, _, err = cli(
+        "train", "--run-dir", str(tmp_path), "--set", f"{section}.enabled=true", "--set", assignment, *FAST
+    )
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not any(tmp_path.iterdir())
+
+
+def test_interrupted_run_with_every_forgetting_tool_resumes_exactly(cli, tmp_path, monkeypatch):
+    extra = {"spg.enabled": True, "projection.enabled": True, "ncl.enabled": True, "ncl.fisher_samples": 32}
+    reference = train(small_config(tmp_path, "reference", **extra)).run_dir
+    assert "projection/conflict_rate" in read_scalars(reference)
+    config = small_config(tmp_path, "run", **extra)
+    # Stopped at step 3,968, just before the switch at 4,000: the resumed run consolidates the rollout it
+    # kept in its checkpoint, not one it collected itself.
+    interrupt_at(monkeypatch, 3900, signal.SIGTERM)
+    settings = [arg for key, value in extra.items() for arg in ("--set", f"{key}={str(value).lower()}")]
+    code, _, err = cli("train", "--no-progress", *settings, *cli_args(config))
+    assert code == 143 and "interrupted at step 3,968" in err, err
+    monkeypatch.undo()
+    code, _, err = cli("train", "--resume", str(tmp_path / "run"))
+    assert code == 0, err
+    assert_same_final_run(tmp_path / "run", reference)
+
+
+# What each variant of the shipped `forgetting` experiment may change relative to PPO-Adam: its own tool.
+FORGETTING_VARIANTS = {
+    "ppo-spg": ("spg.",),
+    "ppo-projection": ("projection.",),
+    "ppo-ncl": ("ncl.",),
+    "nested-ppo": ("agent",),
+    "nested-ppo-frozen": ("agent", "nested.freeze_outer_after"),
+    "ppo-cbp": ("cbp.",),
+}
+
+
+def test_the_forgetting_experiment_recurs_tasks_and_varies_only_the_intervention(tmp_path):
+    experiment = load_experiment("forgetting", tmp_path)
+    assert {run.seed for run in experiment.runs} == set(range(10))
+    by_variant = {run.variant: run.config for run in experiment.runs if run.seed == 0}
+    assert list(by_variant) == ["ppo-adam", *FORGETTING_VARIANTS]
+    baseline = by_variant["ppo-adam"]
+    schedule = baseline.env.schedule
+    assert schedule.kind == "cyclic" and len(schedule.tasks) >= 2
+    assert baseline.steps // schedule.every >= 2 * len(schedule.tasks)  # every task comes back
+    flat_baseline = _flat(baseline.to_dict())
+    for variant, allowed in FORGETTING_VARIANTS.items():
+        config = _flat(by_variant[variant].to_dict())
+        changed = {key for key in config if config[key] != flat_baseline[key] and key != "run_dir"}
+        assert changed and all(key.startswith(allowed) for key in changed), (variant, changed)
