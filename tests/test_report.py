@@ -127,3 +127,8 @@ def test_reference_is_default_adam_ppo_not_a_tuned_adam(tmp_path):
     refs, notes = references(groups, None)
     assert [(r.group.label, r.R_ref) for r in refs.values()] == [("ppo-adam", 300.0)] and notes == []
     assert [r.R_ref for r in references(groups, "ppo-upgd")[0].values()] == [200.0]
+
+
+def test_bad_number_of_resamples(cli, tmp_path):
+    code, _, err = cli("report", str(tmp_path), "--reps", "0")
+    assert code == 2 and "bootstrap resamples must be a positive integer, got 0" in err
