@@ -83,6 +83,9 @@ def _build_parser() -> argparse.ArgumentParser:
     report.add_argument("paths", nargs="+", metavar="RUN_OR_SWEEP_DIR")
     report.add_argument("--out", help="output directory (default: <first path>/report)")
     report.add_argument("--reference", help="the group whose R_1 is R_ref (default: PPO with Adam)")
+    report.add_argument(
+        "--reps", type=int, default=10_000, help="bootstrap resamples per interval (default: 10000)"
+    )
 
     listing = commands.add_parser("list", help="list the available choices")
     listing.add_argument("topic", choices=LIST_TOPICS)
@@ -158,10 +161,10 @@ def _sweep(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-def _report_paths(paths: list, out: str | None, reference: str | None) -> str:
+def _report_paths(paths: list, out: str | None, reference: str | None, reps: int = 10_000) -> str:
     from nested_ac.report import write_report
 
-    report = write_report(paths, out, reference)
+    report = write_report(paths, out, reference, reps)
     skipped = [line for line in report.read_text().splitlines() if line.startswith("- skipped: ")]
     for line in skipped:
         print(f"nested-ac: {line[2:]}", file=sys.stderr)
@@ -211,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "train":
             return _train(args)
         if args.command == "report":
-            print(f"report written to {_report_paths(args.paths, args.out, args.reference)}")
+            print(f"report written to {_report_paths(args.paths, args.out, args.reference, args.reps)}")
             return 0
         return _sweep(args) if args.command == "sweep" else _list(args.topic)
     except ConfigError as error:

@@ -1,4 +1,4 @@
-"""Continual-learning metrics over the task phases of a run, and bootstrap confidence intervals.
+"""Continual-learning metrics over the task phases of a run, and their statistics across seeds.
 
 Inputs: the episodes of a run — the global step at which each ended and its return — and its phases, the
 ``(start, end, task)`` intervals between task switches. Definitions (n phases, 1-based k):
@@ -17,18 +17,27 @@ Inputs: the episodes of a run — the global step at which each ended and its re
   slow decline after the first switch, without the drop at it. Collapse: S ≤ 0.75; sustained: S ≥ 0.95.
   Needs n ≥ 4.
 - Late/early: mean R_k over the last ⌈n/4⌉ phases ÷ mean over the first ⌈n/4⌉. Needs n ≥ 2.
-  S and late/early are NaN where their denominator is ≤ 0 or NaN: a ratio of raw returns means nothing
-  there (e.g. negative returns, where a worse late mean would read as a higher ratio).
+  S and late/early use P_k's shift: both means are taken of R_k − R_min (R_min = 0 when the env has no
+  floor), so they are defined on negative-return envs too (the ratio of the P_k means, R_ref cancels).
+  They are NaN where the denominator is ≤ 0 or NaN (returns at or below 0 on an env without a floor).
 - Forgetting, for a phase whose task occurred before: R at the end of that task's previous phase minus the
   mean return of the episodes that ended in the first 10 % of the new phase, (start, start + 0.1·(end −
   start)]; NaN for a task's first phase.
-- Across seeds: the mean with a 95 % percentile-bootstrap confidence interval (10 000 resamples).
+- Across seeds (Agarwal et al., "Deep RL at the Edge of the Statistical Precipice", NeurIPS 2021, with
+  their ``rliable`` library): the interquartile mean (IQM) and the mean, each with a 95 % stratified-
+  bootstrap confidence interval (10 000 resamples by default), and the probability of improvement
+  P(X > Y) of a variant over a baseline with its interval. Seeds are paired — the same seed gives every
+  variant the same task sequence — so P(X > Y) is computed on the seeds both have, and its bootstrap
+  resamples seeds, each drawn seed bringing both its values. One value gives no interval (``low`` and
+  ``high`` None), never a zero-width one.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -65,7 +74,10 @@ def _nanmean(values: np.ndarray) -> float:
     return float(values.mean()) if len(values) else math.nan
 
 
-def _ratio(numerator: float, denominator: float) -> float:
+def _shifted_ratio(late: np.ndarray, early: np.ndarray, R_min: float | None) -> float:
+    """nan-mean(late − R_min) ÷ nan-mean(early − R_min); NaN where the denominator is ≤ 0 or NaN."""
+    floor = 0.0 if R_min is None else R_min
+    numerator, denominator = _nanmean(late) - floor, _nanmean(early) - floor
     return numerator / denominator if denominator > 0 and not math.isnan(numerator) else math.nan
 
 
@@ -86,24 +98,24 @@ def p_late(P: np.ndarray) -> float:
     return _nanmean(np.asarray(P[-math.ceil(n / 2) :], dtype=float))
 
 
-def slide(R: np.ndarray) -> float:
-    """S = nan-mean R over the last w phases ÷ nan-mean over phases 2 … 1 + w (1-based), w = ⌈(n−1)/3⌉
-    (n ≥ 4); NaN where the denominator is ≤ 0."""
+def slide(R: np.ndarray, R_min: float | None = None) -> float:
+    """S = nan-mean of R − R_min over the last w phases ÷ over phases 2 … 1 + w (1-based), w = ⌈(n−1)/3⌉
+    (n ≥ 4; R_min = 0 when None); NaN where the denominator is ≤ 0."""
     n = len(R)
     if n < 4:
         raise ValueError(f"the slide needs at least 4 phases, got {n}")
     w = math.ceil((n - 1) / 3)
-    return _ratio(_nanmean(np.asarray(R[-w:])), _nanmean(np.asarray(R[1 : 1 + w])))
+    return _shifted_ratio(np.asarray(R[-w:]), np.asarray(R[1 : 1 + w]), R_min)
 
 
-def late_early(R: np.ndarray) -> float:
-    """Nan-mean R over the last ⌈n/4⌉ phases ÷ nan-mean over the first ⌈n/4⌉ (n ≥ 2); NaN where the
-    denominator is ≤ 0."""
+def late_early(R: np.ndarray, R_min: float | None = None) -> float:
+    """Nan-mean of R − R_min over the last ⌈n/4⌉ phases ÷ over the first ⌈n/4⌉ (n ≥ 2; R_min = 0 when
+    None); NaN where the denominator is ≤ 0."""
     n = len(R)
     if n < 2:
         raise ValueError(f"late/early needs at least 2 phases, got {n}")
     q = math.ceil(n / 4)
-    return _ratio(_nanmean(np.asarray(R[-q:])), _nanmean(np.asarray(R[:q])))
+    return _shifted_ratio(np.asarray(R[-q:]), np.asarray(R[:q]), R_min)
 
 
 def forgetting(
@@ -128,23 +140,101 @@ def forgetting(
     return values
 
 
-def bootstrap_ci(
-    values: Sequence[float], n_resamples: int = 10_000, confidence: float = 0.95, seed: int = 0
-) -> tuple[float, float, float]:
-    """(mean, low, high): the mean across seeds and its percentile-bootstrap interval (Efron 1979): the
-    (1 − confidence)/2 and (1 + confidence)/2 quantiles of the means of ``n_resamples`` resamples drawn with
-    replacement, all at once. NaNs are dropped first; no value left gives (NaN, NaN, NaN), one gives
-    (v, v, v). The same ``seed`` gives the same interval."""
-    if n_resamples < 1 or not 0 < confidence < 1:
-        raise ValueError(f"need n_resamples ≥ 1 and 0 < confidence < 1, got {n_resamples} and {confidence}")
+@dataclass(frozen=True)
+class Estimate:
+    """A statistic across seeds: its value, its confidence interval (None with fewer than 2 values: no
+    interval) and ``n``, the number of values that contributed."""
+
+    value: float
+    low: float | None
+    high: float | None
+    n: int
+
+
+def stratified_bootstrap(
+    scores: np.ndarray,
+    statistic: Callable[[np.ndarray], np.ndarray],
+    reps: int = 10_000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(point, low, high) of ``statistic`` (a 1-D array) on ``scores`` (runs × tasks), with rliable's
+    stratified bootstrap: each task's runs resampled with replacement, ``reps`` times; the interval is the
+    percentile one, the (1 ∓ confidence)/2 quantiles of the resampled statistics, NaNs left out (a resample
+    of only NaN cells, e.g. a curve point some runs did not reach, has no value). rliable draws the
+    resamples from numpy's global generator; it is seeded with ``seed`` for the call and restored after, so
+    the same seed gives the same interval and the caller's random stream is left alone."""
+    from rliable import library
+
+    if reps < 1 or not 0 < confidence < 1:
+        raise ValueError(f"need reps ≥ 1 and 0 < confidence < 1, got {reps} and {confidence}")
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        with warnings.catch_warnings():  # NaN cells (e.g. curve points a run did not reach)
+            warnings.simplefilter("ignore", RuntimeWarning)
+            bootstrap = library.StratifiedBootstrap(np.asarray(scores, dtype=float))
+            resampled = bootstrap.apply(statistic, reps=reps)
+            alpha = 100 * (1 - confidence) / 2
+            low, high = np.nanpercentile(resampled, [alpha, 100 - alpha], axis=0)
+            return np.asarray(statistic(np.asarray(scores, dtype=float))), low, high
+    finally:
+        np.random.set_state(state)
+
+
+def iqm_and_mean(
+    values: Sequence[float], reps: int = 10_000, confidence: float = 0.95, seed: int = 0
+) -> tuple[Estimate, Estimate]:
+    """The interquartile mean (rliable's ``aggregate_iqm``: the mean of the middle 50 %) and the mean of
+    ``values`` across seeds, NaNs dropped, each with its stratified-bootstrap interval (one resampling for
+    both)."""
+    from rliable import metrics
+
     data = np.asarray(values, dtype=float)
     data = data[~np.isnan(data)]
-    if len(data) == 0:
-        return math.nan, math.nan, math.nan
-    means = np.random.default_rng(seed).choice(data, size=(n_resamples, len(data)), replace=True).mean(axis=1)
-    alpha = (1 - confidence) / 2
-    low, high = np.quantile(means, [alpha, 1 - alpha])
-    return float(data.mean()), float(low), float(high)
+    if len(data) < 2:
+        value = float(data[0]) if len(data) else math.nan
+        return Estimate(value, None, None, len(data)), Estimate(value, None, None, len(data))
+
+    def both(scores: np.ndarray) -> np.ndarray:
+        return np.array([metrics.aggregate_iqm(scores), metrics.aggregate_mean(scores)])
+
+    point, low, high = stratified_bootstrap(data[:, None], both, reps, confidence, seed)
+    iqm, mean = (Estimate(float(point[i]), float(low[i]), float(high[i]), len(data)) for i in range(2))
+    return iqm, mean
+
+
+def probability_of_improvement(
+    variant: Mapping[int, float],
+    baseline: Mapping[int, float],
+    reps: int = 10_000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> Estimate:
+    """P(X > Y) of ``variant`` over ``baseline`` (values by seed) on the seeds where both are defined:
+    rliable's probability of improvement (the Mann-Whitney U statistic over every pair of a variant run
+    and a baseline run, divided by the number of pairs; ties count ½). Its interval is a paired bootstrap:
+    seeds are resampled, each drawn seed bringing its variant and its baseline value (the same seed gives
+    both the same tasks)."""
+    from rliable import metrics
+
+    shared = sorted(
+        s for s in set(variant) & set(baseline) if not (math.isnan(variant[s]) or math.isnan(baseline[s]))
+    )
+    x = np.array([variant[s] for s in shared], dtype=float)
+    y = np.array([baseline[s] for s in shared], dtype=float)
+
+    def improvement(picked: np.ndarray) -> np.ndarray:
+        seeds = picked[:, 0].astype(int)
+        return np.array([metrics.probability_of_improvement(x[seeds, None], y[seeds, None])])
+
+    if len(shared) < 2:
+        value = float(improvement(np.zeros((1, 1)))[0]) if shared else math.nan
+        return Estimate(value, None, None, len(shared))
+    point, low, high = stratified_bootstrap(
+        np.arange(len(shared))[:, None], improvement, reps, confidence, seed
+    )
+    return Estimate(float(point[0]), float(low[0]), float(high[0]), len(shared))
 
 
 def _plain(value: float) -> float | None:
@@ -177,8 +267,8 @@ def summarize(
         "R_min": R_min,
         "P": [_plain(p) for p in P],
         "P_late": _plain(p_late(P)) if n >= 2 else None,
-        "slide": _plain(slide(R)) if n >= 4 else None,
-        "late_early": _plain(late_early(R)) if n >= 2 else None,
+        "slide": _plain(slide(R, R_min)) if n >= 4 else None,
+        "late_early": _plain(late_early(R, R_min)) if n >= 2 else None,
         "forgetting": [_plain(f) for f in forgotten],
         "forgetting_mean": _plain(_nanmean(forgotten)),
     }

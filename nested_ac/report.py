@@ -1,4 +1,4 @@
-"""``nested-ac report``: tables and plots of many runs, grouped by configuration, with bootstrap CIs.
+"""``nested-ac report``: tables and plots of many runs, grouped by configuration, with rliable's statistics.
 
 A run is a directory with ``config.yaml``; its continual metrics come from ``summary.json`` (written when
 the run finishes) and its curves from its TensorBoard event files (several after a resume). Runs whose
@@ -6,7 +6,9 @@ configurations differ only in seed, name and directory form one group, labelled 
 holds them (a sweep's variant) or, for lone runs, by their name. One reference R_ref for every group of
 the same environment and schedule: the mean over seeds of the reference group's R_1 (``--reference``;
 default: the group with agent ppo, optimizer adam and no plasticity tool), so a variant that learns slowly
-is not flattered; groups without a matching reference keep their own R_1 and the report says so.
+is not flattered; groups without a matching reference keep their own R_1 and the report says so. The
+reference group is also the baseline of the probability of improvement, paired by seed (see
+:mod:`nested_ac.continual`).
 """
 
 from __future__ import annotations
@@ -14,20 +16,30 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from nested_ac.config import OptimizerConfig, RunConfig, resolve_config
-from nested_ac.continual import bootstrap_ci, p_late, plasticity_ratios, slide
+from nested_ac.continual import (
+    Estimate,
+    iqm_and_mean,
+    late_early,
+    p_late,
+    plasticity_ratios,
+    probability_of_improvement,
+    slide,
+    stratified_bootstrap,
+)
 from nested_ac.errors import ConfigError
 
 RETURN_TAG = "episode/return"
 DIAGNOSTIC_TAGS = ("plasticity/actor/dormant", "plasticity/actor/srank")
 IDENTITY_KEYS = ("seed", "name", "run_dir", "progress_bar")
+BAND_REPS = 1_000  # resamples per point of a figure's band
 
 
 @dataclass
@@ -130,8 +142,17 @@ def _is_baseline(config: RunConfig) -> bool:
     )
 
 
-def references(groups: list[Group], reference: str | None) -> tuple[dict[tuple[str, str], float], list[str]]:
-    """R_ref per (env, schedule): the mean R_1 of the reference group there; notes on what had none."""
+class Reference(NamedTuple):
+    """The reference group of one env and schedule: the baseline of the comparisons, and its mean R_1."""
+
+    group: Group
+    R_ref: float
+
+
+def references(
+    groups: list[Group], reference: str | None
+) -> tuple[dict[tuple[str, str], Reference], list[str]]:
+    """The reference per (env, schedule), R_ref its mean R_1; notes on what had none."""
     if reference is not None and reference not in {g.label for g in groups}:
         raise ConfigError(f"no group called {reference!r}; groups: {', '.join(g.label for g in groups)}")
     refs, notes = {}, []
@@ -139,7 +160,7 @@ def references(groups: list[Group], reference: str | None) -> tuple[dict[tuple[s
         chosen = group.label == reference if reference is not None else _is_baseline(group.config)
         firsts = [r.summary["R"][0] for r in group.runs if r.summary["R"] and r.summary["R"][0] is not None]
         if chosen and firsts and group.environment() not in refs:
-            refs[group.environment()] = float(np.mean(firsts))
+            refs[group.environment()] = Reference(group, float(np.mean(firsts)))
     for group in groups:
         if group.environment() not in refs:
             notes.append(
@@ -162,9 +183,13 @@ def _p_late(run: Run, R_ref: float | None) -> float:
         return math.nan
 
 
-def _slide(run: Run) -> float:
-    R = _returns(run)
-    return slide(R) if len(R) >= 4 else math.nan
+def _ratio(run: Run, ratio: Callable[[np.ndarray, float | None], float]) -> float:
+    """``ratio`` (:func:`slide` or :func:`late_early`) of the run's R_k, shifted by its env's floor; NaN
+    where it has too few phases."""
+    try:
+        return ratio(_returns(run), run.summary.get("R_min"))
+    except ValueError:
+        return math.nan
 
 
 def _last(run: Run, tag: str) -> float:
@@ -172,9 +197,15 @@ def _last(run: Run, tag: str) -> float:
     return points[-1][1] if points else math.nan
 
 
-def _ci(values: list[float]) -> str:
-    mean, low, high = bootstrap_ci(values)
-    return "—" if math.isnan(mean) else f"{mean:.2f} [{low:.2f}, {high:.2f}]"
+def _interval(estimate: Estimate, seeds: int) -> str:
+    """``v [low, high]``; with one value ``v (1 seed: no interval)``; a count when fewer values than the
+    table's seeds contributed."""
+    if estimate.n == 0:
+        return "—"
+    if estimate.low is None:
+        return f"{estimate.value:.2f} (1 seed: no interval)"
+    text = f"{estimate.value:.2f} [{estimate.low:.2f}, {estimate.high:.2f}]"
+    return text if estimate.n == seeds else f"{text} (n={estimate.n})"
 
 
 def _mean(values: list[float]) -> str:
@@ -194,25 +225,58 @@ def _curve(group: Group, tag: str, grid: np.ndarray) -> np.ndarray:
     return np.array(rows)
 
 
-def _band(curves: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean across seeds with a 95 % bootstrap band (1 000 resamples per point)."""
+def _band(curves: np.ndarray, reps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean across seeds (rows) at each point (column) with its 95 % stratified-bootstrap band; no band
+    (mean, mean, mean) for one seed."""
     with warnings.catch_warnings():  # grid points past a run's last step are NaN for every seed
         warnings.simplefilter("ignore", RuntimeWarning)
         mean = np.nanmean(curves, axis=0)
-        if len(curves) < 2:
-            return mean, mean, mean
-        picks = np.random.default_rng(0).integers(0, len(curves), size=(1000, len(curves)))
-        resampled = np.nanmean(curves[picks], axis=1)
-        return mean, np.nanquantile(resampled, 0.025, axis=0), np.nanquantile(resampled, 0.975, axis=0)
+    if len(curves) < 2:
+        return mean, mean, mean
+    _, low, high = stratified_bootstrap(curves, lambda scores: np.nanmean(scores, axis=0), reps)
+    return mean, low, high
 
 
-def plot(groups: list[Group], out: Path) -> list[str]:
-    """``returns.png`` (return over steps, task switches marked, CI band across seeds) and
+def _plot_bands(axis, x: np.ndarray, rows: np.ndarray, label: str, reps: int, **style) -> None:
+    mean, low, high = _band(rows, reps)
+    (line,) = axis.plot(x, mean, label=label, **style)
+    axis.fill_between(x, low, high, alpha=0.2, color=line.get_color())
+
+
+def _phase_returns(group: Group) -> np.ndarray:
+    """R_k of each run (runs × the group's most phases), NaN-padded."""
+    rows = [_returns(run) for run in group.runs]
+    table = np.full((len(rows), max(map(len, rows), default=0)), math.nan)
+    for i, row in enumerate(rows):
+        table[i, : len(row)] = row
+    return table
+
+
+def plot(groups: list[Group], out: Path, refs: dict[tuple[str, str], Reference], reps: int) -> list[str]:
+    """``tasks.png`` (R_k, the return at the end of task k, against k: one line per group, the mean across
+    seeds with its 95 % band, R_ref dashed), ``returns.png`` (return over steps, task switches marked) and
     ``diagnostics.png``; returns the file names."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    reps = min(reps, BAND_REPS)
+    figure, axis = plt.subplots(figsize=(9, 4.5))
+    for group in groups:
+        table = _phase_returns(group)
+        tasks = np.arange(1, table.shape[1] + 1)
+        _plot_bands(axis, tasks, table, f"{group.label} (n={len(table)})", reps, marker="o", markersize=3)
+    for ref in refs.values():
+        axis.axhline(ref.R_ref, color="grey", linewidth=0.8, linestyle="--")
+    axis.set(
+        xlabel="task k", ylabel="R_k (return at the end of task k)", title="Return at the end of each task"
+    )
+    axis.xaxis.get_major_locator().set_params(integer=True)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(out / "tasks.png", dpi=110)
+    plt.close(figure)
 
     end = max(run.config.steps for group in groups for run in group.runs)
     grid = np.linspace(0, end, 200)
@@ -220,9 +284,7 @@ def plot(groups: list[Group], out: Path) -> list[str]:
     for group in groups:
         curves = _curve(group, RETURN_TAG, grid)
         if len(curves):
-            mean, low, high = _band(curves)
-            axis.plot(grid, mean, label=f"{group.label} (n={len(curves)})")
-            axis.fill_between(grid, low, high, alpha=0.2)
+            _plot_bands(axis, grid, curves, f"{group.label} (n={len(curves)})", reps)
     for start, _, _ in groups[0].runs[0].summary["phases"][1:]:
         axis.axvline(start, color="grey", linewidth=0.6, linestyle=":")
     axis.set(xlabel="environment steps", ylabel="episodic return", title="Return (dotted: task switches)")
@@ -235,21 +297,34 @@ def plot(groups: list[Group], out: Path) -> list[str]:
         for group in groups:
             curves = _curve(group, tag, grid)
             if len(curves):
-                mean, low, high = _band(curves)
-                axis.plot(grid, mean, label=group.label)
-                axis.fill_between(grid, low, high, alpha=0.2)
+                _plot_bands(axis, grid, curves, group.label, reps)
         axis.set(xlabel="environment steps", title=tag)
     axes[0].legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(out / "diagnostics.png", dpi=110)
     plt.close(figure)
-    return ["returns.png", "diagnostics.png"]
+    return ["tasks.png", "returns.png", "diagnostics.png"]
+
+
+def _improvement(group: Group, ref: Reference | None, p_lates: dict[str, dict[int, float]], reps: int) -> str:
+    if ref is None:
+        return "—"
+    if ref.group is group:
+        return "baseline"
+    estimate = probability_of_improvement(p_lates[group.label], p_lates[ref.group.label], reps)
+    return _interval(estimate, estimate.n) + (f" ({estimate.n} paired seeds)" if estimate.n > 1 else "")
 
 
 def write_report(
-    paths: Sequence[str | Path], out: str | Path | None = None, reference: str | None = None
+    paths: Sequence[str | Path],
+    out: str | Path | None = None,
+    reference: str | None = None,
+    reps: int = 10_000,
 ) -> Path:
-    """Write ``report.md`` and the plots for the runs under ``paths``; returns the report's path."""
+    """Write ``report.md`` and the figures for the runs under ``paths``; returns the report's path.
+    ``reps``: bootstrap resamples of each interval (a figure's bands use at most 1 000)."""
+    if reps < 1:
+        raise ConfigError(f"the number of bootstrap resamples must be a positive integer, got {reps}")
     runs, skipped = find_runs(paths)
     if not runs:
         where = ", ".join(str(p) for p in paths)
@@ -261,34 +336,50 @@ def write_report(
     refs, notes = references(groups, reference)
     out = Path(out) if out is not None else Path(paths[0]) / "report"
     out.mkdir(parents=True, exist_ok=True)
+    p_lates = {
+        group.label: {
+            run.config.seed: _p_late(run, ref.R_ref if (ref := refs.get(group.environment())) else None)
+            for run in group.runs
+        }
+        for group in groups
+    }
     lines = [
         "# nested-ac report",
         "",
-        f"{len(runs)} runs in {len(groups)} groups. R_1: return at the end of the first task; P_late: mean "
-        "R_k/R_ref over the last half of the tasks; slide S: late ÷ early tasks after the first switch "
-        "(collapse ≤ 0.75, sustained ≥ 0.95); mean with 95 % bootstrap CI across seeds.",
+        f"{len(runs)} runs in {len(groups)} groups. P_late (primary): mean R_k/R_ref over the last half of "
+        "the tasks (collapsed ≤ 0.7, sustained ≥ 0.9), its interquartile mean (IQM) and mean across seeds; "
+        "P(X > base): probability that the group's P_late beats the baseline's (the reference group), on "
+        "the seeds both ran; seeds: how many seeds' P_late contributed. Intervals: 95 % stratified "
+        f"bootstrap ({reps} resamples; rliable, Agarwal et al. 2021); one seed has none. Secondary: R_1, the "
+        "return at the end of the first task; slide S, late ÷ early tasks after the first switch (collapse "
+        "≤ 0.75, sustained ≥ 0.95), and late/early, both over returns above the env's floor R_min.",
         "",
-        "| group | seeds | R_1 | P_late | slide S | late/early | forgetting | dormant (actor) "
-        "| srank (actor) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| group | seeds | P_late IQM | P_late mean | P(X > base) | R_1 | slide S | late/early | forgetting "
+        "| dormant (actor) | srank (actor) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for group in groups:
-        ref = refs.get(group.environment())
-        firsts = [r.summary["R"][0] if r.summary["R"] else None for r in group.runs]
+        iqm, mean = iqm_and_mean(list(p_lates[group.label].values()), reps)
+        seeds = iqm.n if iqm.n == len(group.runs) else f"{iqm.n} of {len(group.runs)}"
+        firsts = [
+            r.summary["R"][0] if r.summary["R"] and r.summary["R"][0] is not None else math.nan
+            for r in group.runs
+        ]
         lines.append(
-            f"| {group.label} | {len(group.runs)} "
-            f"| {_ci([math.nan if v is None else v for v in firsts])} "
-            f"| {_ci([_p_late(r, ref) for r in group.runs])} "
-            f"| {_ci([_slide(r) for r in group.runs])} "
-            f"| {_mean([r.summary['late_early'] for r in group.runs])} "
+            f"| {group.label} | {seeds} | {_interval(iqm, iqm.n)} | {_interval(mean, mean.n)} "
+            f"| {_improvement(group, refs.get(group.environment()), p_lates, reps)} "
+            f"| {_interval(iqm_and_mean(firsts, reps)[1], iqm.n)} "
+            f"| {_interval(iqm_and_mean([_ratio(r, slide) for r in group.runs], reps)[1], iqm.n)} "
+            f"| {_mean([_ratio(r, late_early) for r in group.runs])} "
             f"| {_mean([r.summary['forgetting_mean'] for r in group.runs])} "
             f"| {_mean([_last(r, DIAGNOSTIC_TAGS[0]) for r in group.runs])} "
             f"| {_mean([_last(r, DIAGNOSTIC_TAGS[1]) for r in group.runs])} |"
         )
-    lines += ["", *(f"![{name}]({name})" for name in plot(groups, out)), ""]
+    lines += ["", *(f"![{name}]({name})" for name in plot(groups, out, refs, reps)), ""]
     if refs:
         lines.append(
-            "R_ref: " + "; ".join(f"{env} {sched}: {value:.1f}" for (env, sched), value in refs.items())
+            "R_ref (baseline): "
+            + "; ".join(f"{env} {sched}: {r.R_ref:.1f} ({r.group.label})" for (env, sched), r in refs.items())
         )
     lines += [f"- note: {note}" for note in notes] + [f"- skipped: {line}" for line in skipped]
     (out / "report.md").write_text("\n".join(lines) + "\n")

@@ -193,8 +193,8 @@ def test_missing_config_file(cli, tmp_path):
 
 
 def test_negative_return_env_measures_plasticity_above_its_floor(cli, tmp_path):
-    args = ("--env", "nested_ac/DriftingPendulum-v0", "--steps", "4096", "--n-envs", "2")
-    schedule = ("--set", "env.schedule.every=2048")  # 200-step episodes end in both phases' last 10 %
+    args = ("--env", "nested_ac/DriftingPendulum-v0", "--steps", "8192", "--n-envs", "2")
+    schedule = ("--set", "env.schedule.every=2048")  # 200-step episodes end in every phase's last 10 %
     code, _, err = cli("train", *args, *schedule, "--run-dir", str(tmp_path), "--name", "pend", *FAST)
     assert code == 0, err
     summary = json.loads((tmp_path / "pend" / "summary.json").read_text())
@@ -203,3 +203,6 @@ def test_negative_return_env_measures_plasticity_above_its_floor(cli, tmp_path):
     R, P = summary["R"], summary["P"]
     assert floor < R[0] < 0 and floor < R[1] < 0  # P would be undefined against a floor of 0
     assert P == pytest.approx([(r - floor) / (R[0] - floor) for r in R])
+    # Four phases: the slide and late/early are numbers, ratios of the same shifted returns as P.
+    assert len(R) == 4 and summary["slide"] == pytest.approx((R[3] - floor) / (R[1] - floor))
+    assert summary["late_early"] == pytest.approx((R[3] - floor) / (R[0] - floor))

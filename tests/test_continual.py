@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 
 from nested_ac.continual import (
-    bootstrap_ci,
     forgetting,
+    iqm_and_mean,
     late_early,
     p_late,
     phase_returns,
     phases_from_switches,
     plasticity_ratios,
+    probability_of_improvement,
     slide,
     summarize,
 )
@@ -74,6 +75,16 @@ def test_ratios_of_non_positive_early_returns_are_nan():
     assert math.isnan(late_early(np.array([0.0, 5.0])))
 
 
+def test_slide_and_late_early_use_the_floor_shift_of_p():
+    R = np.array([-10.0, -50.0, -40.0, -20.0])  # n = 4: w = 1, q = 1
+    assert slide(R, R_min=-100.0) == pytest.approx(80 / 50)  # (R_4 + 100) / (R_2 + 100)
+    assert late_early(R, R_min=-100.0) == pytest.approx(80 / 90)
+    P = plasticity_ratios(R, -10.0, R_min=-100.0)  # the same numbers as ratios of P_k: R_ref cancels
+    assert slide(R, R_min=-100.0) == pytest.approx(P[3] / P[1])
+    summary = summarize(STEPS, [r - 200 for r in RETURNS], PHASES, R_min=-200.0)  # returns shifted back
+    assert summary["slide"] == pytest.approx(35 / 75) and summary["late_early"] == pytest.approx(35 / 90)
+
+
 def test_summary_is_json_ready():
     summary = summarize(STEPS, RETURNS, PHASES)
     assert summary["R_ref"] == 100.0 and summary["P"][0] == 1.0
@@ -98,16 +109,45 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="at least 2 phases"):
         late_early(np.array([1.0]))
     with pytest.raises(ValueError, match="confidence"):
-        bootstrap_ci([1.0, 2.0], confidence=1.0)
+        iqm_and_mean([1.0, 2.0], confidence=1.0)
 
 
-def test_bootstrap_ci():
-    values = [1.0, 2.0, 3.0, 4.0, 5.0]
-    mean, low, high = bootstrap_ci(values)
-    assert mean == 3.0 and low < 3.0 < high and bootstrap_ci(values) == (mean, low, high)
-    _, wide_low, wide_high = bootstrap_ci(values)
-    _, narrow_low, narrow_high = bootstrap_ci(values * 20)
-    assert narrow_high - narrow_low < wide_high - wide_low
-    assert bootstrap_ci([7.0]) == (7.0, 7.0, 7.0)
-    assert bootstrap_ci([1.0, math.nan, 3.0])[0] == 2.0
-    assert all(math.isnan(x) for x in bootstrap_ci([math.nan]))
+def test_iqm_and_mean_on_known_numbers():
+    iqm, mean = iqm_and_mean([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 100.0], reps=500)
+    assert iqm.value == pytest.approx(4.5) and mean.value == pytest.approx(16.0)  # IQM: mean of 3, 4, 5, 6
+    assert iqm.n == mean.n == 8 and iqm.low < 4.5 < iqm.high and mean.low < 16.0 < mean.high
+    assert iqm.high < mean.high  # the outlier 100 moves the mean's resamples, hardly the IQM's
+    assert iqm_and_mean([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 100.0], reps=500) == (iqm, mean)  # seeded
+    np.random.seed(1)
+    before = np.random.get_state()[1].copy()
+    iqm_and_mean([1.0, 2.0, 3.0], reps=50)
+    np.testing.assert_array_equal(np.random.get_state()[1], before)  # the caller's random stream kept
+    wide, _ = iqm_and_mean([1.0, 2.0, 3.0, 4.0, 5.0], reps=500)
+    narrow, _ = iqm_and_mean([1.0, 2.0, 3.0, 4.0, 5.0] * 20, reps=500)
+    assert narrow.high - narrow.low < wide.high - wide.low
+
+
+def test_one_value_has_no_interval():
+    for estimate in iqm_and_mean([7.0, math.nan]):
+        assert (estimate.value, estimate.low, estimate.high, estimate.n) == (7.0, None, None, 1)
+    none, _ = iqm_and_mean([math.nan])
+    assert math.isnan(none.value) and none.low is None and none.n == 0
+    one = probability_of_improvement({0: 2.0, 1: 5.0}, {0: 1.0})
+    assert (one.value, one.low, one.high, one.n) == (1.0, None, None, 1)
+
+
+def test_probability_of_improvement():
+    baseline = {seed: 0.3 + 0.02 * seed for seed in range(10)}
+    dominating = {seed: 0.9 + 0.01 * seed for seed in range(10)}
+    better = probability_of_improvement(dominating, baseline, reps=300)
+    assert (better.value, better.low, better.high, better.n) == (1.0, 1.0, 1.0, 10)
+    worse = probability_of_improvement(baseline, dominating, reps=300)
+    assert (worse.value, worse.low, worse.high) == (0.0, 0.0, 0.0)
+    assert probability_of_improvement(baseline, baseline, reps=300).value == 0.5
+    # Only the shared seeds count (seed 3 of the baseline and seed 4's NaN are left out): of the 9 pairs of
+    # (1, 2, 3) against (0.5, 3, 1.5), 5 are won and 1 tied: (5 + ½) / 9.
+    variant, base = {0: 1.0, 1: 2.0, 2: 3.0, 4: math.nan}, {0: 0.5, 1: 3.0, 2: 1.5, 3: 100.0, 4: 0.0}
+    mixed = probability_of_improvement(variant, base, reps=300)
+    assert mixed.value == pytest.approx(5.5 / 9) and mixed.n == 3 and mixed.low < mixed.value < mixed.high
+    with pytest.raises(ValueError, match="reps"):
+        probability_of_improvement(dominating, baseline, reps=0)

@@ -40,17 +40,53 @@ def runs(tmp_path_factory):
     return root
 
 
+REPS = ("--reps", "200")  # bootstrap resamples: few, to keep the tests fast
+
+
+def _rows(text: str) -> dict[str, list[str]]:
+    """The table's cells by group."""
+    cells = [
+        [c.strip() for c in line.split("|")[1:-1]] for line in text.splitlines() if line.startswith("| ")
+    ]
+    return {row[0]: dict(zip(cells[0], row, strict=True)) for row in cells[1:]}
+
+
 def test_report_on_two_real_runs(cli, runs, tmp_path):
-    code, out, err = cli("report", str(runs), "--out", str(tmp_path / "report"))
+    code, out, err = cli("report", str(runs), "--out", str(tmp_path / "report"), *REPS)
     assert code == 0, err
     text = (tmp_path / "report" / "report.md").read_text()
-    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
-    assert set(rows) >= {"adam", "cbp"} and "| 2 |" in rows["adam"]
-    adam_R1 = [json.loads((runs / "adam" / f"seed{s}" / "summary.json").read_text())["R"][0] for s in (0, 1)]
-    assert f"{sum(adam_R1) / 2:.2f} [" in rows["adam"]  # the mean R_1 across seeds, with its CI
-    assert "R_ref: nested_ac/PermutedCartPole-v0" in text  # one reference: the PPO-Adam group's
-    for name in ("returns.png", "diagnostics.png"):
+    rows = _rows(text)
+    assert set(rows) >= {"adam", "cbp"} and rows["adam"]["seeds"] == "2"
+    summaries = {
+        (v, s): json.loads((runs / v / f"seed{s}" / "summary.json").read_text()) for v in rows for s in (0, 1)
+    }
+    adam_R1 = [summaries["adam", s]["R"][0] for s in (0, 1)]
+    assert rows["adam"]["R_1"].startswith(f"{sum(adam_R1) / 2:.2f} [")  # the mean R_1 across seeds, its CI
+    assert "R_ref (baseline): nested_ac/PermutedCartPole-v0" in text  # one reference: the PPO-Adam group's
+    # P_late against that shared reference: the IQM of two values is their mean.
+    R_ref = sum(adam_R1) / 2
+    cbp_p_lates = [sum(summaries["cbp", s]["R"][-2:]) / 2 / R_ref for s in (0, 1)]  # 4 phases: the last 2
+    expected = sum(cbp_p_lates) / 2
+    assert rows["cbp"]["P_late IQM"].startswith(f"{expected:.2f} [")
+    assert rows["adam"]["P(X > base)"] == "baseline" and rows["cbp"]["P(X > base)"].endswith(
+        "(2 paired seeds)"
+    )
+    for name in ("tasks.png", "returns.png", "diagnostics.png"):
         assert (tmp_path / "report" / name).stat().st_size > 10_000 and f"]({name})" in text
+
+
+def test_one_seed_prints_no_interval(cli, runs, tmp_path):
+    import shutil
+
+    for variant in ("adam", "cbp"):
+        shutil.copytree(runs / variant / "seed0", tmp_path / "one" / variant / "seed0")
+    code, _, err = cli("report", str(tmp_path / "one"), *REPS)
+    assert code == 0, err
+    rows = _rows((tmp_path / "one" / "report" / "report.md").read_text())
+    for row in rows.values():
+        assert row["seeds"] == "1" and row["P_late IQM"].endswith("(1 seed: no interval)")
+        assert "[" not in "".join(row.values())  # no zero-width "v [v, v]" anywhere
+    assert rows["cbp"]["P(X > base)"].endswith("(1 seed: no interval)")
 
 
 def test_truncated_event_file_is_skipped_and_said(cli, runs, tmp_path):
@@ -60,10 +96,10 @@ def test_truncated_event_file_is_skipped_and_said(cli, runs, tmp_path):
     shutil.copytree(runs / "adam", damaged / "adam")
     (event_file,) = (damaged / "adam" / "seed1").glob("events.out.tfevents.*")
     event_file.write_bytes(event_file.read_bytes()[:-7])
-    code, _, err = cli("report", str(damaged))
+    code, _, err = cli("report", str(damaged), *REPS)
     assert code == 0, err
     text = (damaged / "report" / "report.md").read_text()
-    assert "| adam | 2 |" in text and "truncated or corrupt" in text and "seed1" in err
+    assert _rows(text)["adam"]["seeds"] == "2" and "truncated or corrupt" in text and "seed1" in err
 
 
 def test_no_runs_is_one_clear_line(cli, tmp_path):
@@ -89,5 +125,10 @@ def test_reference_is_default_adam_ppo_not_a_tuned_adam(tmp_path):
         group("ppo-adam", 300.0),
     ]
     refs, notes = references(groups, None)
-    assert list(refs.values()) == [300.0] and notes == []
-    assert list(references(groups, "ppo-upgd")[0].values()) == [200.0]
+    assert [(r.group.label, r.R_ref) for r in refs.values()] == [("ppo-adam", 300.0)] and notes == []
+    assert [r.R_ref for r in references(groups, "ppo-upgd")[0].values()] == [200.0]
+
+
+def test_bad_number_of_resamples(cli, tmp_path):
+    code, _, err = cli("report", str(tmp_path), "--reps", "0")
+    assert code == 2 and "bootstrap resamples must be a positive integer, got 0" in err
