@@ -14,6 +14,7 @@ import pytest
 
 from nested_ac.experiments import EXPERIMENTS
 from nested_ac.sweep import load_experiment, run_status
+from tests.conftest import read_scalars
 
 TINY = """
 name: tiny
@@ -232,3 +233,78 @@ REPO = Path(__file__).resolve().parent.parent
 )
 def test_experiment_files_in_the_repository_are_valid(path, tmp_path):
     assert load_experiment(path, tmp_path).runs
+
+
+def start_sweep(path: Path, sweep_dir: Path) -> subprocess.Popen:
+    command = [sys.executable, "-m", "nested_ac.cli", "sweep", str(path), "--sweep-dir", str(sweep_dir)]
+    return subprocess.Popen(
+        [*command, "--workers", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+@pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGKILL], ids=["SIGHUP", "SIGKILL"])
+def test_a_hangup_or_a_killed_parent_leaves_no_worker_and_a_rerun_finishes_every_run_once(
+    tmp_path, cli, signum
+):
+    text = TINY.replace("steps: 512", "steps: 8192").replace(
+        "checkpoint: {every: 0}", "checkpoint: {every: 512}"
+    )
+    path, sweep_dir = write(tmp_path, text), tmp_path / "s"
+    runs = load_experiment(path, sweep_dir).runs
+    process = start_sweep(path, sweep_dir)
+    deadline = time.monotonic() + 120
+    while not all(run_status(spec) == "resume" for spec in runs[:2]) and process.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    os.kill(process.pid, signum)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == (129 if signum == signal.SIGHUP else -signal.SIGKILL), err
+    deadline = time.monotonic() + 10
+    while processes_mentioning(str(sweep_dir)):  # the workers checkpoint and stop, then exit
+        assert time.monotonic() < deadline, "a worker outlived its sweep"
+        time.sleep(0.05)
+    assert [run_status(spec) for spec in runs[:2]] == ["resume", "resume"]
+
+    code, out, err = cli("sweep", str(path), "--sweep-dir", str(sweep_dir), "--workers", "2")
+    assert code == 0, err
+    assert all(run_status(spec) == "done" for spec in runs)
+    for spec in runs:
+        scalars = read_scalars(spec.run_dir)
+        assert scalars["task/index"][-1][0] >= 4096 - 128
+        for tag, points in scalars.items():
+            steps = [step for step, _ in points]
+            assert len(steps) == len(set(steps)), f"{spec.run_dir}: {tag} has a step twice"
+
+
+HOLD = """
+import sys, time
+from nested_ac.rundir import hold
+with hold(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_sweep_lists_runs_held_elsewhere_and_does_not_start_them(tmp_path, cli):
+    path, sweep_dir = write(tmp_path, TINY.replace("seeds: [0, 1]", "seeds: [0]")), tmp_path / "s"
+    held = load_experiment(path, sweep_dir).runs[0]
+    held.run_dir.mkdir(parents=True)
+    other = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(held.run_dir)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert other.stdout.readline() == "held\n"
+        code, out, err = cli("sweep", str(path), "--sweep-dir", str(sweep_dir), "--workers", "1")
+    finally:
+        other.kill()
+        other.wait()
+    assert code == 1
+    assert "2 runs, 0 already finished, 1 running elsewhere, 1 to run" in out
+    assert f"run not finished: {held.run_dir}: running elsewhere (process {other.pid}); not started" in err
+    assert [p.name for p in held.run_dir.iterdir()] == [".lock"]  # nothing written
+    code, out, err = cli("sweep", str(path), "--sweep-dir", str(sweep_dir))
+    assert code == 0 and "2 runs, 1 already finished, 1 to run" in out, err
