@@ -250,7 +250,7 @@ def start_sweep(path: Path, sweep_dir: Path) -> subprocess.Popen:
 def test_a_hangup_or_a_killed_parent_leaves_no_worker_and_a_rerun_finishes_every_run_once(
     tmp_path, cli, signum
 ):
-    text = TINY.replace("steps: 512", "steps: 8192").replace(
+    text = TINY.replace("steps: 512", "steps: 4096").replace(
         "checkpoint: {every: 0}", "checkpoint: {every: 512}"
     )
     path, sweep_dir = write(tmp_path, text), tmp_path / "s"
