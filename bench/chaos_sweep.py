@@ -113,7 +113,7 @@ def main() -> None:
     parser.add_argument("--faults", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=20_000)
-    parser.add_argument("--max-delay", type=float, default=6.0, help="most seconds between faults")
+    parser.add_argument("--max-delay", type=float, default=10.0, help="most seconds between faults")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory() as tmp:
@@ -159,9 +159,11 @@ def main() -> None:
             orphans += wait_until_gone(chaos_dir)
             reruns += 1
         lost, duplicated, different = compare(runs, load_experiment(path, reference_dir).runs)
+        resumed = sum(len(list(spec.run_dir.glob("events.out.tfevents.*"))) - 1 for spec in runs)
     total = sum(injected.values())
     print(f"faults injected: {total} ({', '.join(f'{k}: {v}' for k, v in sorted(injected.items()))})")
     print(f"sweep starts: {starts} + {reruns} final reruns; exit codes: {dict(sorted(exits.items()))}")
+    print(f"runs continued from a checkpoint by a later process: {resumed} times")
     print(f"workers alive 15 s after their sweep ended: {orphans}")
     print(f"runs lost: {lost} of {len(runs)} (final parameters not bit for bit the undisturbed sweep's)")
     print(f"points duplicated: {duplicated}; points missing or different (time/* aside): {different}")

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+import pty
+import select
 import signal
 import subprocess
 import sys
+import termios
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -308,3 +314,49 @@ def test_a_sweep_lists_runs_held_elsewhere_and_does_not_start_them(tmp_path, cli
     assert [p.name for p in held.run_dir.iterdir()] == [".lock"]  # nothing written
     code, out, err = cli("sweep", str(path), "--sweep-dir", str(sweep_dir))
     assert code == 0 and "2 runs, 1 already finished, 1 to run" in out, err
+
+
+def test_closing_the_terminal_stops_the_sweep_like_sighup_and_leaves_no_worker(tmp_path):
+    text = TINY.replace("steps: 512", "steps: 200_000").replace(
+        "checkpoint: {every: 0}", "checkpoint: {every: 512}"
+    )
+    path, sweep_dir = write(tmp_path, text), tmp_path / "s"
+    runs = load_experiment(path, sweep_dir).runs
+    terminal, side = pty.openpty()
+
+    def own_session_on_the_terminal() -> None:  # like a login shell's job: the pty is its terminal
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    command = [sys.executable, "-m", "nested_ac.cli", "sweep", str(path), "--sweep-dir", str(sweep_dir)]
+    process = subprocess.Popen(
+        [*command, "--workers", "2"],
+        stdin=side,
+        stdout=side,
+        stderr=side,
+        preexec_fn=own_session_on_the_terminal,
+    )
+    os.close(side)
+    hang_up = threading.Event()
+
+    def terminal_window() -> None:  # shows the output, until the window is closed
+        while not hang_up.is_set():
+            if select.select([terminal], [], [], 0.05)[0]:
+                with contextlib.suppress(OSError):
+                    os.read(terminal, 65536)
+        os.close(terminal)
+
+    window = threading.Thread(target=terminal_window)
+    window.start()
+    deadline = time.monotonic() + 120
+    while not all(run_status(spec) == "resume" for spec in runs[:2]) and process.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    hang_up.set()
+    window.join()
+    assert process.wait(timeout=60) == 129
+    deadline = time.monotonic() + 10
+    while processes_mentioning(str(sweep_dir)):
+        assert time.monotonic() < deadline, "a worker outlived its sweep"
+        time.sleep(0.05)
+    assert [run_status(spec) for spec in runs[:2]] == ["resume", "resume"]
