@@ -10,7 +10,7 @@ parameters are not bit for bit those of the reference, or that never finished), 
 TensorBoard step written twice for a tag) and points missing or different from the reference (``time/*``
 aside: wall-clock). Targets: runs lost 0, points duplicated 0.
 
-    .venv/bin/python bench/chaos_sweep.py [--faults 20] [--seed 0] [--steps 20000]
+    .venv/bin/python bench/chaos_sweep.py [--faults 20] [--seed 0] [--steps 50000] [--max-delay 8]
 """
 
 from __future__ import annotations
@@ -112,8 +112,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--faults", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=20_000)
-    parser.add_argument("--max-delay", type=float, default=10.0, help="most seconds between faults")
+    parser.add_argument("--steps", type=int, default=50_000)
+    parser.add_argument("--max-delay", type=float, default=8.0, help="most seconds between faults")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory() as tmp:

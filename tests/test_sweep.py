@@ -252,9 +252,13 @@ def start_sweep(path: Path, sweep_dir: Path) -> subprocess.Popen:
     )
 
 
-@pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGKILL], ids=["SIGHUP", "SIGKILL"])
-def test_a_hangup_or_a_killed_parent_leaves_no_worker_and_a_rerun_finishes_every_run_once(
-    tmp_path, cli, signum
+@pytest.mark.parametrize(
+    "signum, to_worker, code",
+    [(signal.SIGHUP, False, 129), (signal.SIGKILL, False, -signal.SIGKILL), (signal.SIGKILL, True, 1)],
+    ids=["SIGHUP-to-the-sweep", "SIGKILL-to-the-sweep", "SIGKILL-to-a-worker"],
+)
+def test_a_hangup_or_a_killed_process_leaves_no_worker_and_a_rerun_finishes_every_run_once(
+    tmp_path, cli, signum, to_worker, code
 ):
     text = TINY.replace("steps: 512", "steps: 4096").replace(
         "checkpoint: {every: 0}", "checkpoint: {every: 512}"
@@ -266,9 +270,12 @@ def test_a_hangup_or_a_killed_parent_leaves_no_worker_and_a_rerun_finishes_every
     while not all(run_status(spec) == "resume" for spec in runs[:2]) and process.poll() is None:
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    os.kill(process.pid, signum)
+    workers = [pid for pid in processes_mentioning(str(sweep_dir)) if pid != process.pid]
+    os.kill(workers[0] if to_worker else process.pid, signum)
     _, err = process.communicate(timeout=60)
-    assert process.returncode == (129 if signum == signal.SIGHUP else -signal.SIGKILL), err
+    assert process.returncode == code, err
+    if to_worker:
+        assert "a worker process of the sweep died" in err
     deadline = time.monotonic() + 10
     while processes_mentioning(str(sweep_dir)):  # the workers checkpoint and stop, then exit
         assert time.monotonic() < deadline, "a worker outlived its sweep"
