@@ -94,7 +94,7 @@ def hold(run_dir: str | Path) -> Iterator[None]:
 def holder(run_dir: str | Path) -> int | None:
     """The PID of the process that holds ``run_dir`` now (0 if it could not be read), or None if free."""
     run_dir = Path(run_dir)
-    if not (run_dir / LOCK_FILE).exists() or run_dir.resolve() in _held:
+    if not (run_dir / LOCK_FILE).exists():
         return None
     try:
         os.close(_try_lock(run_dir))
