@@ -17,14 +17,15 @@ the previous checkpoint intact. Keys:
 - ``parts``: ``state_dict()`` of each stateful callback (task clock, episode statistics);
 - ``plasticity_tools``: ``state_dict()`` of each of the agent's plasticity tools, in order;
 - ``logger``: the values recorded but not yet written to TensorBoard (SB3 writes ``train/*`` one rollout
-  later), so the resumed curves match an uninterrupted run.
+  later), so the resumed curves match an uninterrupted run;
+- ``events``: the size of each TensorBoard event file once the points up to this step were written; a
+  resume cuts the files back to these sizes (:func:`nested_ac.events.rewind_events`).
 
 Checkpoints are pickles (``torch.load(weights_only=False)``): load only your own.
 """
 
 from __future__ import annotations
 
-import os
 import pickle
 import random
 import re
@@ -43,8 +44,9 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
 from envs.vector import GymnasiumVecEnv
 from nested_ac.errors import ConfigError
-from nested_ac.events import DeferredOutput
+from nested_ac.events import DeferredOutput, event_file_sizes
 from nested_ac.interrupts import InterruptGuard
+from nested_ac.rundir import replace_atomically, writing
 
 FORMAT_VERSION = 1
 CHECKPOINT_NAME = re.compile(r"^step_(\d+)\.pt$")
@@ -224,14 +226,15 @@ class CheckpointStore:
 
     def save(self, state: dict[str, Any]) -> Path:
         """Write ``state`` as ``step_<state['step']>.pt`` atomically, then drop all but the last ``keep``."""
-        self.directory.mkdir(exist_ok=True)
         path = self.directory / f"step_{state['step']}.pt"
-        temporary = path.with_name(f".{path.name}.tmp")
-        with open(temporary, "wb") as file:
-            torch.save(state, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
+
+        def write(temporary: Path) -> None:
+            with open(temporary, "wb") as file:
+                torch.save(state, file)
+
+        with writing(f"checkpoint {path}"):
+            self.directory.mkdir(exist_ok=True)
+        replace_atomically(path, write, f"checkpoint {path}")
         for old in self.paths()[: -self.keep]:
             old.unlink()
         return path
@@ -304,8 +307,10 @@ class Checkpointer(BaseCallback):
         return self.stopped_at is None
 
     def save(self) -> Path:
-        """Write a checkpoint of the run now, then the TensorBoard points up to now."""
+        """Write the TensorBoard points up to now, then a checkpoint of the run that records the event
+        files' sizes (a crash between the two is undone by the resume's rewind)."""
         state = capture(self.model, self.agent, self.env_id, self.parts, self.logger)
-        path = self.store.save(state)
-        self.events.commit()
-        return path
+        with writing("a TensorBoard event file"):
+            self.events.flush()
+        state["events"] = event_file_sizes(self.store.directory.parent)
+        return self.store.save(state)

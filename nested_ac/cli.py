@@ -12,6 +12,7 @@ from nested_ac.errors import ConfigError
 
 LIST_TOPICS = ("envs", "agents", "optimizers", "presets", "experiments")
 NUMERICAL_FAULT_EXIT = 3
+DISK_FULL_EXIT = 4
 
 # Command-line flag → dotted config key; each flag is validated by the config's own type checks.
 TRAIN_FLAGS = {
@@ -97,6 +98,7 @@ def _train(args: argparse.Namespace) -> int:
     from nested_ac.faults import NumericalFault
     from nested_ac.interrupts import TrainingInterrupted
     from nested_ac.presets import load_preset
+    from nested_ac.rundir import DiskFull
     from nested_ac.train import resume, train
 
     overrides = {
@@ -122,6 +124,9 @@ def _train(args: argparse.Namespace) -> int:
         kept = f"; last good checkpoint: {fault.last_checkpoint}" if fault.last_checkpoint else ""
         print(f"nested-ac: numerical fault: {fault}{kept}", file=sys.stderr)
         return NUMERICAL_FAULT_EXIT
+    except DiskFull as full:
+        print(f"nested-ac: {full}", file=sys.stderr)
+        return DISK_FULL_EXIT
     returns = [episode_return for _, episode_return, _ in result.episodes[-20:]]
     recent = (
         f"; mean return of the last {len(returns)} episodes {sum(returns) / len(returns):.1f}"
@@ -140,18 +145,18 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from nested_ac.sweep import SweepInterrupted, load_experiment, run_sweep
+    from nested_ac.sweep import SweepStopped, load_experiment, run_sweep
 
     if args.workers is not None and args.workers <= 0:
         raise ConfigError(f"--workers must be a positive integer, got {args.workers}")
     experiment = load_experiment(args.experiment, args.sweep_dir)
     try:
         failures = run_sweep(experiment, args.workers, args.backend, args.address)
-    except SweepInterrupted as interrupt:
-        print(f"nested-ac: {interrupt}", file=sys.stderr)
-        return interrupt.exit_code
+    except SweepStopped as stop:
+        print(f"nested-ac: {stop}", file=sys.stderr)
+        return stop.exit_code
     for line in failures:
-        print(f"nested-ac: run failed: {line}", file=sys.stderr)
+        print(f"nested-ac: run not finished: {line}", file=sys.stderr)
     from nested_ac.dashboard import add_report_images
 
     root = experiment.runs[0].run_dir.parent.parent

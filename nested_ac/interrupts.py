@@ -1,21 +1,25 @@
-"""Ctrl-C and SIGTERM during training: note the request, let the run stop at a consistent point.
+"""Ctrl-C, SIGTERM and SIGHUP during training: note the request, let the run stop at a consistent point.
 
-While an :class:`InterruptGuard` is active, the first SIGINT or SIGTERM only records the signal; the
-trainer finishes the current rollout and update, writes a checkpoint and stops. The previous handler is
-put back at once, so a second Ctrl-C aborts immediately (the last periodic checkpoint stays intact).
-A sweep uses the same guard in its own process, with a message of its own and a callback that passes the
-signal on to its workers.
+While an :class:`InterruptGuard` is active, the first SIGINT, SIGTERM or SIGHUP (a closed terminal or a
+dropped SSH session) only records the signal; the trainer finishes the current rollout and update, writes
+a checkpoint and stops. The previous handler is put back at once, so a second Ctrl-C aborts immediately
+(the last periodic checkpoint stays intact). A SIGHUP that was ignored when the guard started (``nohup``)
+stays ignored. After a SIGHUP, output that went to the (now closed) terminal goes to ``/dev/null``, so a
+message written afterwards cannot fail. A sweep uses the same guard in its own process, with a message of
+its own and a callback that passes the signal on to its workers.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import sys
 import threading
 from collections.abc import Callable
 from types import FrameType, TracebackType
 
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class TrainingInterrupted(Exception):
@@ -33,8 +37,8 @@ class TrainingInterrupted(Exception):
 
 
 class InterruptGuard:
-    """Context manager: SIGINT/SIGTERM set :attr:`signum` (and call ``on_signal``) instead of stopping
-    the process."""
+    """Context manager: SIGINT/SIGTERM/SIGHUP set :attr:`signum` (and call ``on_signal``) instead of
+    stopping the process."""
 
     def __init__(
         self,
@@ -45,17 +49,24 @@ class InterruptGuard:
         self.message = message
         self.on_signal = on_signal
         self._previous: dict[int, object] = {}
+        self._terminal_fds: list[int] = []
 
     def _handle(self, signum: int, _frame: FrameType | None) -> None:
         self.signum = signum
         signal.signal(signum, self._previous.pop(signum))
-        print(f"\n{signal.Signals(signum).name}: {self.message}", file=sys.stderr, flush=True)
+        with contextlib.suppress(OSError):  # a terminal that has just gone away
+            print(f"\n{signal.Signals(signum).name}: {self.message}", file=sys.stderr, flush=True)
+        if signum == signal.SIGHUP:
+            _drop_output(self._terminal_fds)
         if self.on_signal is not None:
             self.on_signal(signum)
 
     def __enter__(self) -> InterruptGuard:
         if threading.current_thread() is threading.main_thread():
+            self._terminal_fds = [fd for fd in (1, 2) if os.isatty(fd)]
             for signum in SIGNALS:
+                if signum == signal.SIGHUP and signal.getsignal(signum) is signal.SIG_IGN:
+                    continue  # nohup: the user asked to keep running without a terminal
                 self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
@@ -65,3 +76,13 @@ class InterruptGuard:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
+
+
+def _drop_output(fds: list[int]) -> None:
+    """Send what would be written to ``fds`` (the terminal's stdout/stderr) to /dev/null."""
+    if not fds:
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for fd in fds:
+        os.dup2(devnull, fd)
+    os.close(devnull)

@@ -20,18 +20,29 @@ description)::
 A variant's config is: defaults ← its ``preset`` ← ``base`` ← its ``agent`` / ``optimizer`` ← its ``set``.
 
 Run ``(variant, seed)`` lives in ``SWEEP_DIR/<variant>/seed<seed>/``. A finished run (``model.zip``) is
-skipped, an interrupted one with a checkpoint is resumed, so running the same sweep again finishes it.
+skipped, an interrupted one with a checkpoint is resumed, one that died before its first checkpoint starts
+again, and one whose directory another process holds (:mod:`nested_ac.rundir`) is listed as running
+elsewhere and left alone; so running the same sweep again finishes it.
+
+Pool workers die with the sweep: on Linux the kernel sends them SIGTERM when the sweep process dies
+(``PR_SET_PDEATHSIG``), so a running run writes a checkpoint and stops; a watchdog thread in each worker
+also polls for its parent (where ``prctl`` is unavailable it sends that SIGTERM itself) and ends an idle
+worker whose sweep is gone.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import ctypes
 import dataclasses
 import multiprocessing
 import os
+import shutil
 import signal
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +54,7 @@ from nested_ac.errors import ConfigError, unknown_choice
 from nested_ac.experiments import EXPERIMENTS
 from nested_ac.interrupts import SIGNALS, InterruptGuard, TrainingInterrupted
 from nested_ac.presets import load_preset
+from nested_ac.rundir import LOCK_FILE, RunDirBusy, hold, holder
 from nested_ac.train import resume, train, validate
 
 BACKENDS = ("local", "ray")
@@ -166,14 +178,38 @@ def run_status(spec: RunSpec) -> str:
     return "new"
 
 
+def _clear_unstarted(run_dir: Path) -> None:
+    """Empty the directory of a run that died before its first checkpoint: nothing in it can be resumed."""
+    for path in run_dir.iterdir():
+        if path.name == LOCK_FILE:
+            continue
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
 def run_one(spec: RunSpec) -> str:
-    """Train (or resume) one run in this process; returns its directory."""
-    if run_status(spec) == "resume":
-        return str(resume(spec.run_dir).run_dir)
-    return str(train(spec.config, spec.hparams).run_dir)
+    """Train, resume or restart one run in this process, holding its directory; returns the directory.
+    RunDirBusy if another process holds it."""
+    spec.run_dir.mkdir(parents=True, exist_ok=True)
+    with hold(spec.run_dir):
+        status = run_status(spec)
+        if status == "resume":
+            return str(resume(spec.run_dir).run_dir)
+        if status == "new":
+            _clear_unstarted(spec.run_dir)
+            train(spec.config, spec.hparams, into=spec.run_dir)
+        return str(spec.run_dir)
 
 
-class SweepInterrupted(Exception):
+class SweepStopped(Exception):
+    """The sweep stopped before its end; ``exit_code`` is what the command exits with."""
+
+    exit_code = 1
+
+
+class SweepInterrupted(SweepStopped):
     """A signal stopped the sweep: no further run started, running ones wrote a checkpoint and stopped."""
 
     def __init__(self, signum: int) -> None:
@@ -184,12 +220,70 @@ class SweepInterrupted(Exception):
         self.exit_code = 128 + signum
 
 
-def _leave_terminal_process_group() -> None:
-    """Pool-worker initializer: a Ctrl-C reaches only the sweep process, which passes it on exactly once;
-    between runs a worker ignores SIGINT/SIGTERM (during a run, training's own guard handles them)."""
+class WorkerDied(SweepStopped):
+    """A pool worker died (e.g. killed by the OOM killer): the pool cannot go on."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "a worker process of the sweep died (killed?); no further run started, the others wrote a "
+            "checkpoint and stopped; run the same command again to finish the sweep"
+        )
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+WATCH_SECONDS = 0.2
+_busy = threading.Event()  # set while this worker runs a run
+_parent: int | None = None  # the sweep process, in a worker
+
+
+def _die_with_parent() -> bool:
+    """Ask the kernel to send this process SIGTERM when its parent dies; False where it cannot (not Linux)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _watch_parent(parent: int, signalled_by_kernel: bool) -> None:
+    """Worker thread: once the sweep process is gone, stop the running run (if the kernel does not) and
+    end the worker as soon as it is idle."""
+    while os.getppid() == parent:
+        time.sleep(WATCH_SECONDS)
+    if not signalled_by_kernel:
+        os.kill(os.getpid(), signal.SIGTERM)
+    while _busy.is_set():
+        time.sleep(WATCH_SECONDS)
+    os._exit(128 + signal.SIGTERM)
+
+
+def _when_idle(signum: int, _frame: object) -> None:
+    """A worker's handler between runs: the sweep process passes its signals on to every worker and
+    handles them itself, so an idle worker ignores them while the sweep lives and exits once it is gone."""
+    if os.getppid() != _parent:
+        os._exit(128 + signum)
+
+
+def _init_worker(parent: int) -> None:
+    """Pool-worker initializer: its own process group (a Ctrl-C reaches only the sweep process, which passes
+    it on exactly once), idle-time signal handling, and death with the parent."""
+    global _parent
     os.setpgrp()
+    _parent = parent
     for signum in SIGNALS:
-        signal.signal(signum, signal.SIG_IGN)
+        signal.signal(signum, _when_idle)
+    by_kernel = _die_with_parent()
+    threading.Thread(target=_watch_parent, args=(parent, by_kernel), daemon=True).start()
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(128 + signal.SIGTERM)
+
+
+def _run_in_worker(spec: RunSpec) -> str:
+    _busy.set()
+    try:
+        return run_one(spec)
+    finally:
+        _busy.clear()
 
 
 def _pass_on_to_workers(signum: int) -> None:
@@ -201,28 +295,34 @@ def _pass_on_to_workers(signum: int) -> None:
 def run_local(specs: Iterable[RunSpec], workers: int, on_done: OnDone) -> None:
     """Each run in its own process of a pool of ``workers`` (one torch thread each).
 
-    The pool is handed a run only when a worker is free, so after SIGINT/SIGTERM no further run starts:
-    the signal is passed on to the workers, each running run finishes its update, writes a checkpoint and
-    stops, and :class:`SweepInterrupted` is raised."""
+    The pool is handed a run only when a worker is free, so after SIGINT/SIGTERM/SIGHUP no further run
+    starts: the signal is passed on to the workers, each running run finishes its update, writes a
+    checkpoint and stops, and :class:`SweepInterrupted` is raised. If a worker dies, the pool is broken:
+    the others are stopped the same way and :class:`WorkerDied` is raised."""
     pending = list(specs)
     running: dict[concurrent.futures.Future[str], RunSpec] = {}
     guard = InterruptGuard(
         "stopping the sweep: no new runs; running ones finish their update and write a checkpoint",
         _pass_on_to_workers,
     )
-    pool = concurrent.futures.ProcessPoolExecutor(workers, initializer=_leave_terminal_process_group)
+    pool = concurrent.futures.ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(os.getpid(),))
+    broken = False
     with guard, pool:
         while pending or running:
-            while pending and len(running) < workers and guard.signum is None:
+            while pending and len(running) < workers and guard.signum is None and not broken:
                 spec = pending.pop(0)
-                running[pool.submit(run_one, spec)] = spec
+                running[pool.submit(_run_in_worker, spec)] = spec
             if not running:
                 break
             finished, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
             for future in finished:
-                on_done(running.pop(future), future.exception())
+                error = future.exception()
+                broken = broken or isinstance(error, concurrent.futures.process.BrokenProcessPool)
+                on_done(running.pop(future), error)
     if guard.signum is not None:
         raise SweepInterrupted(guard.signum)
+    if broken:
+        raise WorkerDied()
 
 
 def run_ray(
@@ -259,17 +359,29 @@ def run_ray(
 def run_sweep(
     experiment: Experiment, workers: int | None = None, backend: str = "local", address: str | None = None
 ) -> list[str]:
-    """Run every unfinished run of ``experiment``; returns the failures as lines (empty: all fine)."""
+    """Run every unfinished run of ``experiment``; returns a line for each run left unfinished (failed,
+    stopped, or running elsewhere; empty: all done). Raises :class:`SweepStopped` if the sweep stopped."""
     from rich.progress import Progress
 
     if backend not in BACKENDS:
         raise unknown_choice("backend", backend, BACKENDS)
 
-    todo = [spec for spec in experiment.runs if run_status(spec) != "done"]
-    skipped = len(experiment.runs) - len(todo)
-    failures: list[str] = []
+    unfinished: list[str] = []
+    todo = []
+    for spec in experiment.runs:
+        if run_status(spec) == "done":
+            continue
+        pid = holder(spec.run_dir)
+        if pid is None:
+            todo.append(spec)
+        else:
+            unfinished.append(f"{spec.run_dir}: running elsewhere (process {pid}); not started")
     total = len(experiment.runs)
-    print(f"sweep {experiment.name}: {total} runs, {skipped} already finished, {len(todo)} to run")
+    elsewhere = f", {len(unfinished)} running elsewhere" if unfinished else ""
+    print(
+        f"sweep {experiment.name}: {total} runs, {total - len(todo) - len(unfinished)} already finished"
+        f"{elsewhere}, {len(todo)} to run"
+    )
     first, configs = experiment.runs[0], [spec.config for spec in experiment.runs]
     dashboard.write_experiment(first.run_dir.parent.parent, configs, first.hparams)
     with Progress(transient=False, disable=not sys.stdout.isatty()) as progress:
@@ -278,13 +390,19 @@ def run_sweep(
         def on_done(spec: RunSpec, error: BaseException | None) -> None:
             if isinstance(error, TrainingInterrupted):
                 status = f"stopped at step {error.step:,}, checkpoint written"
+                unfinished.append(f"{spec.run_dir}: {status}; run the sweep again to finish it")
+            elif isinstance(error, RunDirBusy):
+                status = f"running elsewhere (process {error.pid}); not started"
+                unfinished.append(f"{spec.run_dir}: {status}")
+            elif isinstance(error, concurrent.futures.process.BrokenProcessPool):
+                status = "stopped: a worker process died; it resumes from its last checkpoint next time"
             else:
                 progress.advance(task)
                 status = "ok"
                 if error is not None:
                     reason = f"{type(error).__name__}: {error}"
                     status = f"FAILED: {reason}"
-                    failures.append(f"{spec.run_dir}: {reason}")
+                    unfinished.append(f"{spec.run_dir}: FAILED: {reason}")
             progress.console.print(f"{spec.variant} seed {spec.seed}: {status}")
 
         workers = workers or os.cpu_count() or 1
@@ -292,4 +410,4 @@ def run_sweep(
             run_ray(todo, workers, address, on_done)
         elif todo:
             run_local(todo, workers, on_done)
-    return failures
+    return unfinished

@@ -3,17 +3,19 @@
 A run writes ``<run_dir>/<name>/``: ``config.yaml`` (the resolved configuration), ``versions.json`` (the
 library versions it ran with: the same seed gives the same run only under the same versions), TensorBoard
 event files, ``checkpoints/`` and ``model.zip``; :func:`resume` continues an unfinished one. An existing run
-directory is never reused: the new one gets a suffix ``_1``, ``_2``...
+directory is never reused: the new one gets a suffix ``_1``, ``_2``... While a process trains a run it holds
+the directory's lock (:mod:`nested_ac.rundir`): a second writer is refused, naming the holder.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import platform
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -35,10 +37,11 @@ from nested_ac.callbacks import EpisodeStats, ProgressBar, TaskClock, Throughput
 from nested_ac.checkpoint import Checkpointer, CheckpointStore, restore
 from nested_ac.config import RunConfig, resolve_config
 from nested_ac.errors import ConfigError, unknown_choice
-from nested_ac.events import DeferredOutput
+from nested_ac.events import DeferredOutput, rewind_events
 from nested_ac.faults import EnvFaultCheck, NumericalFault
 from nested_ac.interrupts import InterruptGuard, TrainingInterrupted
 from nested_ac.registry import AGENTS, OPTIMIZERS
+from nested_ac.rundir import DiskFull, hold, replace_atomically, writing
 
 SCHEDULE_KINDS = ("every", "cyclic", "random", "explicit")
 CHECKPOINT_DIR = "checkpoints"
@@ -208,13 +211,27 @@ def _warn_if_versions_changed(run_dir: Path) -> None:
         )
 
 
-def train(config: RunConfig, hparam_keys: Sequence[str] = ()) -> RunResult:
+@contextlib.contextmanager
+def _training(run_dir: Path) -> Iterator[None]:
+    """Hold ``run_dir`` while the block trains it; a full disk's error names the last checkpoint."""
+    with hold(run_dir):
+        try:
+            yield
+        except DiskFull as full:
+            store = CheckpointStore(run_dir / CHECKPOINT_DIR, keep=1)
+            full.run_dir, full.last_checkpoint = run_dir, (store.latest() if store.paths() else None)
+            raise
+
+
+def train(config: RunConfig, hparam_keys: Sequence[str] = (), into: Path | None = None) -> RunResult:
     """Train one agent as ``config`` says; bad input raises ConfigError before anything is written.
 
     ``config`` is not modified: the resolved copy (defaults filled in, final name) is ``result.config``.
     ``hparam_keys``: config keys its HParams session records even at their defaults (a sweep's shared ones).
-    Raises :class:`~nested_ac.interrupts.TrainingInterrupted` after a SIGINT/SIGTERM (a checkpoint is
-    written) and :class:`~nested_ac.faults.NumericalFault` on a NaN/inf (the last checkpoint is kept).
+    ``into``: train in this existing, empty directory (a sweep's run, held by the caller) instead of a new
+    one under ``config.run_dir``. Raises :class:`~nested_ac.interrupts.TrainingInterrupted` after a
+    SIGINT/SIGTERM/SIGHUP (a checkpoint is written), :class:`~nested_ac.faults.NumericalFault` on a NaN/inf
+    and :class:`~nested_ac.rundir.DiskFull` when the disk is full (the last checkpoint is kept).
     """
     validate(config)
     config = copy.deepcopy(config)
@@ -224,11 +241,13 @@ def train(config: RunConfig, hparam_keys: Sequence[str] = ()) -> RunResult:
     try:
         check_schedule_fits(config, schedule, env)
         agent = build_agent(config, env)
-        run_dir = create_run_dir(config.run_dir, config.name or config.default_name())
+        run_dir = into or create_run_dir(config.run_dir, config.name or config.default_name())
         config.name = run_dir.name
-        config.save(run_dir / "config.yaml")
-        (run_dir / VERSIONS_FILE).write_text(json.dumps(library_versions(), indent=1))
-        return _learn(config, schedule, agent, run_dir, checkpoint=None, hparam_keys=hparam_keys)
+        with _training(run_dir):
+            with writing(f"the configuration in {run_dir}"):
+                config.save(run_dir / "config.yaml")
+                (run_dir / VERSIONS_FILE).write_text(json.dumps(library_versions(), indent=1))
+            return _learn(config, schedule, agent, run_dir, checkpoint=None, hparam_keys=hparam_keys)
     finally:
         env.close()
 
@@ -237,11 +256,18 @@ def resume(run_dir: str | Path) -> RunResult:
     """Continue the run in ``run_dir`` from its last checkpoint, with its saved configuration.
 
     A ConfigError (nothing written) if ``run_dir`` is not a run, is complete, has no checkpoint, or its
-    last checkpoint is corrupt or from another agent or environment.
+    last checkpoint is corrupt or from another agent or environment; :class:`~nested_ac.rundir.RunDirBusy`
+    if another process trains it now. What a dead process wrote to TensorBoard after the checkpoint is
+    dropped first (:func:`~nested_ac.events.rewind_events`).
     """
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise ConfigError(f"{run_dir} is not a run directory (no config.yaml)")
+    with _training(run_dir):
+        return _resume(run_dir)
+
+
+def _resume(run_dir: Path) -> RunResult:
     if (run_dir / "model.zip").exists():
         raise ConfigError(f"run {run_dir} is complete (model.zip exists); nothing to resume")
     config = resolve_config(run_dir / "config.yaml")
@@ -256,6 +282,8 @@ def resume(run_dir: str | Path) -> RunResult:
     try:
         agent = build_agent(config, env)
         checkpoint.check_compatible(state, agent, config.agent, config.env.id, path)
+        if "events" in state:
+            rewind_events(run_dir, state["events"])
         return _learn(config, schedule, agent, run_dir, checkpoint=state)
     finally:
         env.close()
@@ -280,7 +308,8 @@ def write_summary(
     summary = continual.summarize(
         steps, [episode_return for _, episode_return, _ in episodes], phases, R_min=R_min
     )
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    with writing(f"{run_dir / 'summary.json'}"):
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     for pending in (logger.name_to_value, logger.name_to_count, logger.name_to_excluded):
         pending.clear()  # the last update's values, which SB3 never writes
     for (_, end, _), R, P in zip(phases, summary["R"], summary["P"], strict=True):
@@ -343,15 +372,22 @@ def _learn(
                 info = envs.NONSTATIONARY_ENVS.get(config.env.id)
                 floor = info.return_floor if info else None
                 write_summary(run_dir, episodes.episodes, switches, config.steps, agent, logger, floor)
-            events.commit()
+            with writing("a TensorBoard event file"):
+                events.flush()
         except NumericalFault as fault:
             fault.last_checkpoint = checkpointer.store.latest() if checkpointer.store.paths() else None
             raise
         finally:
-            logger.close()
+            with contextlib.suppress(OSError):  # a failed write has raised already; closing repeats it
+                logger.close()
     if checkpointer.stopped_at is not None:
         raise TrainingInterrupted(guard.signum, checkpointer.stopped_at, str(run_dir))
-    agent.save(run_dir / "model.zip")
+
+    def save_model(temporary: Path) -> None:
+        with open(temporary, "wb") as file:
+            agent.save(file)
+
+    replace_atomically(run_dir / "model.zip", save_model, str(run_dir / "model.zip"))
     switches = clock.switches if clock is not None else []
     seconds = time.perf_counter() - start
     return RunResult(config, run_dir, episodes.episodes, switches, seconds, agent.num_timesteps)

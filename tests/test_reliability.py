@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -16,11 +17,12 @@ import numpy as np
 import pytest
 import torch
 from stable_baselines3 import PPO
-from stable_baselines3.common.logger import Logger
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.logger import Logger, TensorBoardOutputFormat
 from stable_baselines3.common.policies import ActorCriticPolicy
 
 from envs.effects import ObservationPermutation
-from nested_ac import checkpoint
+from nested_ac import checkpoint, rundir
 from nested_ac.callbacks import Throughput
 from nested_ac.checkpoint import CheckpointStore
 from nested_ac.config import RunConfig, resolve_config
@@ -185,8 +187,9 @@ def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, monke
     store = CheckpointStore(tmp_path / "run" / "checkpoints", keep=3)
     assert [path.name for path in store.paths()] == ["step_1024.pt", "step_2048.pt"]
     assert store.load(store.latest())["step"] == 2048
-    # TensorBoard holds nothing past the last checkpoint, so the resume writes no step twice.
-    assert max(step for points in read_scalars(tmp_path / "run").values() for step, _ in points) <= 2048
+    # The points up to 3072 were written just before the failed checkpoint; the resume cuts the event
+    # file back to what the checkpoint at 2048 recorded, so it writes no step twice.
+    assert max(step for points in read_scalars(tmp_path / "run").values() for step, _ in points) > 2048
     resume(tmp_path / "run")
     for points in read_scalars(tmp_path / "run").values():
         assert len({step for step, _ in points}) == len(points)
@@ -313,3 +316,105 @@ def test_resume_refuses_what_it_cannot_continue(cli, tmp_path):
     assert code == 2 and "is not a run directory" in err
     code, _, err = cli("train", "--resume", str(done), "--steps", "10")
     assert code == 2 and "--resume takes no other options" in err
+
+
+def enospc(*_args, **_kwargs) -> None:
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def fail_checkpoint_at_3072(monkeypatch) -> None:
+    real_save = torch.save
+
+    def save(state, file) -> None:
+        if state["step"] == 3072:
+            file.write(b"the first bytes of a checkpoint")
+            enospc()
+        real_save(state, file)
+
+    monkeypatch.setattr(checkpoint.torch, "save", save)
+
+
+def fail_event_file_at_3072(monkeypatch) -> None:
+    real_write = TensorBoardOutputFormat.write
+
+    def write(self, key_values, key_excluded, step=0) -> None:
+        if step >= 3000:
+            enospc()
+        real_write(self, key_values, key_excluded, step)
+
+    monkeypatch.setattr(TensorBoardOutputFormat, "write", write)
+
+
+def fail_model_zip(monkeypatch) -> None:
+    def save(self, file, *args, **kwargs) -> None:
+        file.write(b"the first bytes of a model")
+        enospc()
+
+    monkeypatch.setattr(BaseAlgorithm, "save", save)
+
+
+@pytest.mark.parametrize(
+    "fail, what, kept",
+    [
+        (fail_checkpoint_at_3072, "checkpoint {run}/checkpoints/step_3072.pt", 2048),
+        (fail_event_file_at_3072, "a TensorBoard event file", 2048),
+        (fail_model_zip, "{run}/model.zip", 5120),
+    ],
+    ids=["checkpoint", "event-file", "model.zip"],
+)
+def test_disk_full_stops_the_run_with_one_line_and_resume_works_once_space_is_back(
+    cli, tmp_path, monkeypatch, uninterrupted, fail, what, kept
+):
+    run_dir = tmp_path / "run"
+    fail(monkeypatch)
+    code, _, err = cli("train", "--no-progress", *cli_args(small_config(tmp_path, "run")))
+    monkeypatch.undo()
+    last = run_dir / "checkpoints" / f"step_{kept}.pt"
+    assert code == 4, err
+    assert err.strip() == (
+        f"nested-ac: disk full (no space left on device) while writing {what.format(run=run_dir)}; "
+        f"the last checkpoint {last} is intact; free some space, then: nested-ac train --resume {run_dir}"
+    )
+    assert not (run_dir / "model.zip").exists()
+    assert not list(run_dir.rglob("*.tmp"))  # no partial file left taking space
+    store = CheckpointStore(run_dir / "checkpoints", keep=3)
+    assert store.latest() == last and store.load(last)["step"] == kept
+    code, _, err = cli("train", "--resume", str(run_dir))
+    assert code == 0, err
+    assert_same_final_run(run_dir, uninterrupted)
+
+
+def test_a_second_writer_is_refused_naming_the_holder_and_a_killed_holder_frees_the_run_at_once(
+    cli, tmp_path
+):
+    config = small_config(tmp_path, "run", steps=1_000_000)
+    command = [sys.executable, "-m", "nested_ac.cli", "train", "--no-progress", *cli_args(config)]
+    holder_process = subprocess.Popen(command, cwd=REPO, stderr=subprocess.DEVNULL)
+    run_dir = tmp_path / "run"
+    wait_for(lambda: (run_dir / "checkpoints" / "step_1024.pt").exists(), holder_process)
+    before = snapshot(run_dir / "checkpoints")
+    code, _, err = cli("train", "--resume", str(run_dir))
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"run directory {run_dir} is being trained by process {holder_process.pid}" in err
+    assert rundir.holder(run_dir) == holder_process.pid
+    assert set(snapshot(run_dir / "checkpoints")) >= set(before)  # nothing of the holder's touched
+
+    holder_process.kill()
+    holder_process.wait()
+    assert rundir.holder(run_dir) is None  # free at once: the kernel dropped the dead holder's lock
+    resumed = subprocess.Popen(
+        [sys.executable, "-m", "nested_ac.cli", "train", "--resume", str(run_dir)],
+        cwd=REPO,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_for(lambda: rundir.holder(run_dir) == resumed.pid, resumed)  # the resume took the run over
+    resumed.kill()
+    resumed.wait()
+
+
+def wait_for(condition, process: subprocess.Popen, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert process.poll() is None, "the process ended early"
+        assert time.monotonic() < deadline
+        time.sleep(0.02)

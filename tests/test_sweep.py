@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+import pty
+import select
 import signal
 import subprocess
 import sys
+import termios
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -14,6 +20,7 @@ import pytest
 
 from nested_ac.experiments import EXPERIMENTS
 from nested_ac.sweep import load_experiment, run_status
+from tests.conftest import read_scalars
 
 TINY = """
 name: tiny
@@ -232,3 +239,131 @@ REPO = Path(__file__).resolve().parent.parent
 )
 def test_experiment_files_in_the_repository_are_valid(path, tmp_path):
     assert load_experiment(path, tmp_path).runs
+
+
+def start_sweep(path: Path, sweep_dir: Path) -> subprocess.Popen:
+    command = [sys.executable, "-m", "nested_ac.cli", "sweep", str(path), "--sweep-dir", str(sweep_dir)]
+    return subprocess.Popen(
+        [*command, "--workers", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+@pytest.mark.parametrize(
+    "signum, to_worker, code",
+    [(signal.SIGHUP, False, 129), (signal.SIGKILL, False, -signal.SIGKILL), (signal.SIGKILL, True, 1)],
+    ids=["SIGHUP-to-the-sweep", "SIGKILL-to-the-sweep", "SIGKILL-to-a-worker"],
+)
+def test_a_hangup_or_a_killed_process_leaves_no_worker_and_a_rerun_finishes_every_run_once(
+    tmp_path, cli, signum, to_worker, code
+):
+    text = TINY.replace("steps: 512", "steps: 4096").replace(
+        "checkpoint: {every: 0}", "checkpoint: {every: 512}"
+    )
+    path, sweep_dir = write(tmp_path, text), tmp_path / "s"
+    runs = load_experiment(path, sweep_dir).runs
+    process = start_sweep(path, sweep_dir)
+    deadline = time.monotonic() + 120
+    while not all(run_status(spec) == "resume" for spec in runs[:2]) and process.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    workers = [pid for pid in processes_mentioning(str(sweep_dir)) if pid != process.pid]
+    os.kill(workers[0] if to_worker else process.pid, signum)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == code, err
+    if to_worker:
+        assert "a worker process of the sweep died" in err
+    deadline = time.monotonic() + 10
+    while processes_mentioning(str(sweep_dir)):  # the workers checkpoint and stop, then exit
+        assert time.monotonic() < deadline, "a worker outlived its sweep"
+        time.sleep(0.05)
+    assert [run_status(spec) for spec in runs[:2]] == ["resume", "resume"]
+
+    code, out, err = cli("sweep", str(path), "--sweep-dir", str(sweep_dir), "--workers", "2")
+    assert code == 0, err
+    assert all(run_status(spec) == "done" for spec in runs)
+    for spec in runs:
+        scalars = read_scalars(spec.run_dir)
+        assert scalars["task/index"][-1][0] >= 4096 - 128
+        for tag, points in scalars.items():
+            steps = [step for step, _ in points]
+            assert len(steps) == len(set(steps)), f"{spec.run_dir}: {tag} has a step twice"
+
+
+HOLD = """
+import sys, time
+from nested_ac.rundir import hold
+with hold(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_sweep_lists_runs_held_elsewhere_and_does_not_start_them(tmp_path, cli):
+    path, sweep_dir = write(tmp_path, TINY.replace("seeds: [0, 1]", "seeds: [0]")), tmp_path / "s"
+    held = load_experiment(path, sweep_dir).runs[0]
+    held.run_dir.mkdir(parents=True)
+    other = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(held.run_dir)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert other.stdout.readline() == "held\n"
+        code, out, err = cli("sweep", str(path), "--sweep-dir", str(sweep_dir), "--workers", "1")
+    finally:
+        other.kill()
+        other.wait()
+    assert code == 1
+    assert "2 runs, 0 already finished, 1 running elsewhere, 1 to run" in out
+    assert f"run not finished: {held.run_dir}: running elsewhere (process {other.pid}); not started" in err
+    assert [p.name for p in held.run_dir.iterdir()] == [".lock"]  # nothing written
+    code, out, err = cli("sweep", str(path), "--sweep-dir", str(sweep_dir))
+    assert code == 0 and "2 runs, 1 already finished, 1 to run" in out, err
+
+
+def test_closing_the_terminal_stops_the_sweep_like_sighup_and_leaves_no_worker(tmp_path):
+    text = TINY.replace("steps: 512", "steps: 200_000").replace(
+        "checkpoint: {every: 0}", "checkpoint: {every: 512}"
+    )
+    path, sweep_dir = write(tmp_path, text), tmp_path / "s"
+    runs = load_experiment(path, sweep_dir).runs
+    terminal, side = pty.openpty()
+
+    def own_session_on_the_terminal() -> None:  # like a login shell's job: the pty is its terminal
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    command = [sys.executable, "-m", "nested_ac.cli", "sweep", str(path), "--sweep-dir", str(sweep_dir)]
+    process = subprocess.Popen(
+        [*command, "--workers", "2"],
+        stdin=side,
+        stdout=side,
+        stderr=side,
+        preexec_fn=own_session_on_the_terminal,
+    )
+    os.close(side)
+    hang_up = threading.Event()
+
+    def terminal_window() -> None:  # shows the output, until the window is closed
+        while not hang_up.is_set():
+            if select.select([terminal], [], [], 0.05)[0]:
+                with contextlib.suppress(OSError):
+                    os.read(terminal, 65536)
+        os.close(terminal)
+
+    window = threading.Thread(target=terminal_window)
+    window.start()
+    deadline = time.monotonic() + 120
+    while not all(run_status(spec) == "resume" for spec in runs[:2]) and process.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    hang_up.set()
+    window.join()
+    assert process.wait(timeout=60) == 129
+    deadline = time.monotonic() + 10
+    while processes_mentioning(str(sweep_dir)):
+        assert time.monotonic() < deadline, "a worker outlived its sweep"
+        time.sleep(0.05)
+    assert [run_status(spec) for spec in runs[:2]] == ["resume", "resume"]
