@@ -176,7 +176,7 @@ def test_tensorboard_serves_the_sweeps_layout_hparams_and_report_images(served):
     assert groups["nested"]["hparams"]["agent"] == "nested-ppo"
 
     images = served.until("/data/plugin/images/tags", None, lambda a: "." in a)
-    assert set(images["."]) == {"report/returns", "report/diagnostics"}
+    assert set(images["."]) == {"report/returns", "report/tasks", "report/diagnostics"}
 
 
 def plugin_summaries(run_dir: Path) -> Counter:
