@@ -357,7 +357,8 @@ class ContinualPPO(PPO):
         if self.normalize_advantage and len(advantages) > 1:
             advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
 
-        ratio = torch.exp(log_prob - batch.old_log_prob)
+        log_ratio = log_prob - batch.old_log_prob
+        ratio = torch.exp(log_ratio)
         policy_loss_1 = advantages * ratio
         policy_loss_2 = advantages * torch.clamp(ratio, 1 - clip_range, 1 + clip_range)
         policy_loss = -torch.min(policy_loss_1, policy_loss_2).mean()
@@ -376,8 +377,7 @@ class ContinualPPO(PPO):
             for name, value in zip(LOSS_TERMS, (policy_loss, value_loss, entropy_loss), strict=True):
                 stats[name].append(value.detach())
             stats["clip_fraction"].append(torch.mean((torch.abs(ratio - 1) > clip_range).float()))
-            log_ratio = log_prob - batch.old_log_prob
-            approx_kl_div = torch.mean((torch.exp(log_ratio) - 1) - log_ratio)
+            approx_kl_div = torch.mean((ratio - 1) - log_ratio)  # ratio = exp(log_ratio), as SB3 computes it
         return loss, values, approx_kl_div
 
     def _optimizer_step(self, loss: torch.Tensor, losses: dict[str, torch.Tensor]) -> None:
@@ -394,8 +394,11 @@ class ContinualPPO(PPO):
         self.policy.optimizer.step()
 
     def _clip_gradients(self) -> torch.Tensor:
-        """Clip the gradient norm to ``max_grad_norm``; returns the norm before clipping (no sync)."""
-        return clip_grad_norm(self.policy.parameters(), self.max_grad_norm)
+        """Clip the gradient norm to ``max_grad_norm``; returns the norm before clipping (no sync).
+
+        The optimizer holds every policy parameter in ``policy.parameters()``'s order (SB3 builds it so)."""
+        groups = self.policy.optimizer.param_groups
+        return clip_grad_norm([p for group in groups for p in group["params"]], self.max_grad_norm)
 
     def _excluded_save_params(self) -> list[str]:
         # Tools hold references into the policy; their own state goes through state_dict().
