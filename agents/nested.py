@@ -229,7 +229,8 @@ class NestedPPO(ContinualPPO):
 
     def _clip_gradients(self) -> torch.Tensor:
         """Each level clipped on its own; returns the norm before clipping over every level's gradients."""
-        norms = [clip_grad_norm(group["params"], self.max_grad_norm) for group in self.policy.optimizer.param_groups]
+        groups = self.policy.optimizer.param_groups
+        norms = [clip_grad_norm(group["params"], self.max_grad_norm) for group in groups]
         return torch.linalg.vector_norm(torch.stack(norms))
 
     def _optimizer_step(self, loss: torch.Tensor, losses: dict[str, torch.Tensor]) -> None:

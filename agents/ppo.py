@@ -100,6 +100,8 @@ def clip_grad_norm(parameters: Iterable[torch.nn.Parameter], max_norm: float) ->
     numbers), without its per-call grouping of tensors by device and dtype.
     """
     grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:  # e.g. an outer critic moved only by Polyak steps
+        return torch.tensor(0.0)
     total_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
     torch._foreach_mul_(grads, torch.clamp(max_norm / (total_norm + 1e-6), max=1.0))
     return total_norm
@@ -109,8 +111,9 @@ class ContinualActorCriticPolicy(ActorCriticPolicy):
     """SB3's ``ActorCriticPolicy``; with ``direct=True`` its categorical or diagonal-Gaussian action
     distribution is evaluated by formula instead of through ``torch.distributions`` objects:
 
-        categorical:  log π(a|s) = log_softmax(z)_a,   H = -Σ_a π(a|s) log π(a|s)       (z: the logits)
-        Gaussian:     log π(a|s) = Σ_i [-(a_i - μ_i)² / (2σ_i²) - log σ_i - ½ log 2π],   H = Σ_i (½ + ½ log 2π + log σ_i)
+        categorical:  log π(a|s) = log_softmax(z)_a,   H = -Σ_a π(a|s) log π(a|s)   (z: the logits)
+        Gaussian:     log π(a|s) = Σ_i [-(a_i - μ_i)² / (2σ_i²) - log σ_i - ½ log 2π],
+                      H = Σ_i (½ + ½ log 2π + log σ_i)
 
     The same numbers to float rounding at a fraction of the per-call overhead; sampling draws from the
     same random stream as SB3 (``torch.multinomial`` / ``torch.normal``). Any other distribution (and

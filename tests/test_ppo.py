@@ -40,31 +40,52 @@ def test_continual_ppo_matches_sb3_ppo_with_value_clipping_and_target_kl():
         assert torch.equal(p, q)
 
 
-def one_update(engine: str, **kwargs) -> ContinualPPO:
-    """A model that collected one rollout with the exact engine's policy (seed 0) and made one update from
-    it with ``engine``: both engines start from the same parameters and the same rollout buffer."""
+def untrained(engine: str, **kwargs) -> ContinualPPO:
     env = make_vec_env("CartPole-v1", n_envs=8, seed=0)
-    model = ContinualPPO("MlpPolicy", env, engine=engine, policy_kwargs=NETS, **{**SMALL, **kwargs})
-    collector = ContinualPPO("MlpPolicy", env, engine="sb3", policy_kwargs=NETS, **{**SMALL, **kwargs})
-    collector.learn(1)  # one rollout (and one update, which changes nothing the model uses)
+    return ContinualPPO("MlpPolicy", env, engine=engine, policy_kwargs=NETS, **{**SMALL, **kwargs})
+
+
+def one_update(engine: str, **kwargs) -> ContinualPPO:
+    """A model with ``engine`` after one update from the same parameters (seed 0) on the same rollout
+    buffer (one rollout collected by the exact engine) with the same minibatch order."""
+    collector = untrained("sb3", **kwargs)
+    collector.learn(1)  # one rollout (and an update of the collector, not used)
+    model = untrained(engine, **kwargs)
     model.rollout_buffer = collector.rollout_buffer
-    model.policy.load_state_dict(trained_start(kwargs))
     model.set_logger(Logger(None, []))
     np.random.seed(1)
     model.train()
     return model
 
 
-def trained_start(kwargs: dict) -> dict:
-    env = make_vec_env("CartPole-v1", n_envs=8, seed=0)
-    return ContinualPPO("MlpPolicy", env, engine="sb3", policy_kwargs=NETS, **{**SMALL, **kwargs}).policy.state_dict()
-
-
 @pytest.mark.parametrize("kwargs", [{}, {"ent_coef": 0.01, "clip_range_vf": 0.2}])
 def test_fast_engine_update_equals_the_exact_one_to_float_rounding(kwargs):
     fast, exact = one_update("fast", **kwargs), one_update("sb3", **kwargs)
-    start = trained_start(kwargs)
-    assert fast.policy.optimizer.param_groups[0]["fused"] and not exact.policy.optimizer.param_groups[0]["fused"]
-    for (name, p), q in zip(fast.policy.state_dict().items(), exact.policy.state_dict().values(), strict=True):
+    start = untrained("sb3", **kwargs).policy.state_dict()
+    assert fast.policy.optimizer.param_groups[0]["fused"]
+    assert not exact.policy.optimizer.param_groups[0]["fused"]
+    for name, p in fast.policy.state_dict().items():
+        q = exact.policy.state_dict()[name]
         assert not torch.equal(q, start[name])  # the update moved every tensor
         assert torch.linalg.vector_norm(p - q) <= 1e-5 * torch.linalg.vector_norm(q), name
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
+def test_direct_log_density_and_entropy_equal_sb3_distributions(env_id):
+    env = make_vec_env(env_id, n_envs=4, seed=0)
+    direct, sb3 = (ContinualPPO("MlpPolicy", env, engine=e, seed=0).policy for e in ("fast", "sb3"))
+    assert direct.direct and not sb3.direct
+    obs = torch.randn(64, *env.observation_space.shape)
+    rollouts = []
+    for policy in (direct, sb3):
+        torch.manual_seed(3)
+        with torch.no_grad():
+            rollouts.append(policy(obs))
+    for ours, theirs in zip(*rollouts, strict=True):  # actions, values, log-probabilities
+        assert ours.shape == theirs.shape and torch.allclose(ours.float(), theirs.float(), atol=1e-5)
+    actions = rollouts[1][0].float()
+    if env_id == "CartPole-v1":
+        actions = actions.long().flatten()
+    evaluated = direct.evaluate_actions(obs, actions), sb3.evaluate_actions(obs, actions)
+    for ours, theirs in zip(*evaluated, strict=True):  # values, log-probabilities, entropies
+        assert ours.shape == theirs.shape and torch.allclose(ours, theirs, atol=1e-5)
