@@ -128,7 +128,7 @@ class ContinualActorCriticPolicy(ActorCriticPolicy):
         return {**super()._get_constructor_parameters(), "direct": self.direct}
 
     def _direct_kind(self) -> str | None:
-        """"categorical" or "gaussian" where the direct formulas apply, else None."""
+        """Which direct formula applies ("categorical" or "gaussian"); None: SB3's path."""
         if not self.direct:
             return None
         return {CategoricalDistribution: "categorical", DiagGaussianDistribution: "gaussian"}.get(
