@@ -15,7 +15,7 @@ from stable_baselines3.common.type_aliases import Schedule
 from stable_baselines3.common.utils import explained_variance
 from torch import nn
 
-from agents.ppo import ContinualPPO
+from agents.ppo import ContinualActorCriticPolicy, ContinualPPO, clip_grad_norm
 from nested_ac.config import RunConfig
 from nested_ac.errors import ConfigError, unknown_choice
 
@@ -43,8 +43,8 @@ def nested_critic_terms(values: list[torch.Tensor], kappa: float) -> list[torch.
     return terms
 
 
-class NestedActorCriticPolicy(ActorCriticPolicy):
-    """SB3's ``ActorCriticPolicy`` (the actor and the inner critic V_1) plus outer critics V_2 … V_K.
+class NestedActorCriticPolicy(ContinualActorCriticPolicy):
+    """PPO's policy (the actor and the inner critic V_1) plus outer critics V_2 … V_K.
 
     The base policy is built and initialised exactly as for PPO; the outer critics (``levels - 1`` MLPs of
     ``outer_net_arch`` widths, default V_1's, with PPO's orthogonal initialisation) are created afterwards
@@ -214,8 +214,8 @@ class NestedPPO(ContinualPPO):
         batch: RolloutBufferSamples,
         clip_range: float,
         clip_range_vf: float | None,
-        stats: dict[str, list[float]],
-    ) -> tuple[torch.Tensor, torch.Tensor, float]:
+        stats: dict[str, list[torch.Tensor]],
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         loss, values, approx_kl = super()._loss(batch, clip_range, clip_range_vf, stats)
         if self.policy.levels == 1:
             return loss, values, approx_kl
@@ -224,20 +224,18 @@ class NestedPPO(ContinualPPO):
             outer = self.policy.outer_values(batch.observations)
         terms = nested_critic_terms([values, *outer], self.kappa)
         for level, term in enumerate(terms, start=1):
-            self.logger.record_mean(f"nested/critic_{level}/loss", term.item())
+            stats[f"nested/critic_{level}/loss"].append(term.detach())
         nested = sum(terms[1:], terms[0]) if distill else terms[0]
         return loss + self.vf_coef * nested, values, approx_kl
 
     def _clip_gradients(self) -> torch.Tensor:
         """Each level clipped on its own; returns the norm before clipping over every level's gradients."""
-        norms = [
-            torch.nn.utils.clip_grad_norm_(group["params"], self.max_grad_norm)
-            for group in self.policy.optimizer.param_groups
-        ]
+        groups = self.policy.optimizer.param_groups
+        norms = [clip_grad_norm(group["params"], self.max_grad_norm) for group in groups]
         return torch.linalg.vector_norm(torch.stack(norms))
 
-    def _optimizer_step(self, loss: torch.Tensor) -> None:
-        super()._optimizer_step(loss)
+    def _optimizer_step(self, loss: torch.Tensor, losses: dict[str, torch.Tensor]) -> None:
+        super()._optimizer_step(loss, losses)
         if self.mode == "polyak" and not self.outer_frozen():
             self.policy.polyak_update(self.tau)
 

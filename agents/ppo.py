@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
-from typing import Any
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from gymnasium import spaces
 from stable_baselines3 import PPO
-from stable_baselines3.common.buffers import RolloutBufferSamples
+from stable_baselines3.common.buffers import RolloutBuffer, RolloutBufferSamples
+from stable_baselines3.common.distributions import CategoricalDistribution, DiagGaussianDistribution
+from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
 from stable_baselines3.common.utils import explained_variance
 from stable_baselines3.common.vec_env import VecEnv
 
@@ -23,8 +27,17 @@ from nested_ac.hooks import PlasticityTool
 from nested_ac.optimizers import UtilityLogger, optimizer_from_config
 from nested_ac.plasticity import ContinualBackprop, L2Init, ReDo, ShrinkPerturb
 
-# PPO's loss terms, as logged under train/ and checked for NaN on every minibatch.
+# PPO's loss terms, as logged under train/ and checked for NaN (see nested_ac/faults.py).
 LOSS_TERMS = ("policy_gradient_loss", "value_loss", "entropy_loss")
+
+# ``ppo.engine``: "fast" computes the same update with less framework overhead (equal to float rounding);
+# "sb3" is Stable-Baselines3's PPO number for number.
+ENGINES = ("fast", "sb3")
+
+# Optimizers with a fused kernel that the fast engine switches on (other optimizers step as they are).
+FUSED_OPTIMIZERS = (torch.optim.Adam, torch.optim.AdamW)
+
+HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 ACTIVATIONS: dict[str, type[torch.nn.Module]] = {
     "relu": torch.nn.ReLU,
@@ -88,6 +101,99 @@ def plasticity_tools_from_config(config: RunConfig) -> list[PlasticityTool]:
     return tools
 
 
+def clip_grad_norm(parameters: Iterable[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
+    """``g ← g·min(1, c / (‖g‖₂ + 1e-6))`` over all gradients together; returns ``‖g‖₂`` before clipping.
+
+    The same kernels, in the same order, as ``torch.nn.utils.clip_grad_norm_`` on CPU (so the same
+    numbers), without its per-call grouping of tensors by device and dtype.
+    """
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:  # e.g. an outer critic moved only by Polyak steps
+        return torch.tensor(0.0)
+    total_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    torch._foreach_mul_(grads, torch.clamp(max_norm / (total_norm + 1e-6), max=1.0))
+    return total_norm
+
+
+class ContinualActorCriticPolicy(ActorCriticPolicy):
+    """SB3's ``ActorCriticPolicy``; with ``direct=True`` its categorical or diagonal-Gaussian action
+    distribution is evaluated by formula instead of through ``torch.distributions`` objects:
+
+        categorical:  log π(a|s) = log_softmax(z)_a,   H = -Σ_a π(a|s) log π(a|s)   (z: the logits)
+        Gaussian:     log π(a|s) = Σ_i [-(a_i - μ_i)² / (2σ_i²) - log σ_i - ½ log 2π],
+                      H = Σ_i (½ + ½ log 2π + log σ_i)
+
+    The same numbers to float rounding at a fraction of the per-call overhead; sampling draws from the
+    same random stream as SB3 (``torch.multinomial`` / ``torch.normal``). Any other distribution (and
+    ``direct=False``) takes SB3's path unchanged.
+    """
+
+    def __init__(self, *args: Any, direct: bool = False, **kwargs: Any) -> None:
+        self.direct = direct
+        super().__init__(*args, **kwargs)
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        return {**super()._get_constructor_parameters(), "direct": self.direct}
+
+    def _direct_kind(self) -> str | None:
+        """Which direct formula applies ("categorical" or "gaussian"); None: SB3's path."""
+        if not self.direct:
+            return None
+        return {CategoricalDistribution: "categorical", DiagGaussianDistribution: "gaussian"}.get(
+            type(self.action_dist)
+        )
+
+    def _latents(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The actor's and the critic's last hidden layers on ``obs``."""
+        features = self.extract_features(obs)
+        if self.share_features_extractor:
+            return self.mlp_extractor(features)
+        pi_features, vf_features = features
+        return self.mlp_extractor.forward_actor(pi_features), self.mlp_extractor.forward_critic(vf_features)
+
+    def _gaussian_log_prob(self, actions: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+        z = (actions - mean) * torch.exp(-self.log_std)
+        return (-0.5 * z.square() - self.log_std - HALF_LOG_2PI).sum(-1)
+
+    def forward(
+        self, obs: torch.Tensor, deterministic: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        kind = self._direct_kind()
+        if kind is None:
+            return super().forward(obs, deterministic)
+        latent_pi, latent_vf = self._latents(obs)
+        out = self.action_net(latent_pi)
+        if kind == "categorical":
+            log_probs = torch.log_softmax(out, dim=-1)
+            if deterministic:
+                actions = out.argmax(dim=-1)
+            else:
+                actions = torch.multinomial(log_probs.exp(), 1, True).squeeze(-1)
+            log_prob = log_probs.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+        else:
+            actions = out if deterministic else torch.normal(out, torch.exp(self.log_std).expand_as(out))
+            log_prob = self._gaussian_log_prob(actions, out)
+        return actions.reshape((-1, *self.action_space.shape)), self.value_net(latent_vf), log_prob
+
+    def evaluate_actions(
+        self, obs: torch.Tensor, actions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        kind = self._direct_kind()
+        if kind is None:
+            return super().evaluate_actions(obs, actions)
+        latent_pi, latent_vf = self._latents(obs)
+        out = self.action_net(latent_pi)
+        if kind == "categorical":
+            log_probs = torch.log_softmax(out, dim=-1)
+            log_prob = log_probs.gather(-1, actions.long().view(-1, 1)).squeeze(-1)
+            finite = log_probs.clamp(min=torch.finfo(log_probs.dtype).min)  # 0·log 0 = 0, not NaN
+            entropy = -(log_probs.exp() * finite).sum(-1)
+        else:
+            log_prob = self._gaussian_log_prob(actions, out)
+            entropy = (0.5 + HALF_LOG_2PI + self.log_std).sum().expand(len(out))
+        return self.value_net(latent_vf), log_prob, entropy
+
+
 class ContinualPPO(PPO):
     """Proximal Policy Optimization (Schulman et al., 2017) for continual RL, on Stable-Baselines3.
 
@@ -100,21 +206,49 @@ class ContinualPPO(PPO):
     before every optimizer step, after every optimizer step, at every task switch, after every rollout,
     and logs after every update. A NaN or inf in a loss, a gradient or a parameter stops the update with
     :class:`~nested_ac.faults.NumericalFault`.
+
+    ``engine="sb3"`` is SB3's PPO number for number. ``engine="fast"`` (the default) computes the same
+    update with less overhead: the policy's log-density and entropy by formula
+    (:class:`ContinualActorCriticPolicy`, in the rollout and the update) and torch's fused Adam/AdamW
+    kernel; the two agree to float rounding. Both engines share the rest: minibatches indexed from tensors
+    made once per update (SB3's permutation and values), loss statistics kept as tensors and read once per
+    update, and foreach gradient clipping.
     """
 
+    policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
+        **PPO.policy_aliases,
+        "MlpPolicy": ContinualActorCriticPolicy,
+    }
+
     def __init__(
-        self, policy: Any, env: Any, plasticity_tools: Sequence[PlasticityTool] = (), **kwargs: Any
+        self,
+        policy: Any,
+        env: Any,
+        plasticity_tools: Sequence[PlasticityTool] = (),
+        engine: str = "fast",
+        **kwargs: Any,
     ) -> None:
-        kwargs.setdefault(
-            "policy_kwargs", {"net_arch": {"pi": [64, 64], "vf": [64, 64]}, "activation_fn": torch.nn.ReLU}
-        )
+        if engine not in ENGINES:
+            raise unknown_choice("ppo.engine", engine, ENGINES)
+        self.engine = engine
+        policy_kwargs = kwargs.pop("policy_kwargs", None) or {
+            "net_arch": {"pi": [64, 64], "vf": [64, 64]},
+            "activation_fn": torch.nn.ReLU,
+        }
+        policy_class = self._get_policy_from_name(policy) if isinstance(policy, str) else policy
+        if issubclass(policy_class, ContinualActorCriticPolicy):
+            policy_kwargs = {**policy_kwargs, "direct": engine == "fast"}
         self.plasticity_tools = list(plasticity_tools)
         self._grad_norms: list[torch.Tensor] = []
-        super().__init__(policy, env, **kwargs)
+        super().__init__(policy, env, policy_kwargs=policy_kwargs, **kwargs)
 
     def _setup_model(self) -> None:
         super()._setup_model()
-        self.policy.optimizer.register_step_post_hook(self._after_optimizer_step)
+        optimizer = self.policy.optimizer
+        if self.engine == "fast" and type(optimizer) in FUSED_OPTIMIZERS:
+            for group in optimizer.param_groups:
+                group["fused"], group["foreach"] = True, False
+        optimizer.register_step_post_hook(self._after_optimizer_step)
 
     def _before_optimizer_step(self) -> None:
         """Hand the clipped gradients to every tool's ``before_optimizer_step`` (masking, projection …)."""
@@ -142,41 +276,70 @@ class ContinualPPO(PPO):
         for tool in self.plasticity_tools:
             tool.log(self.logger)
 
+    def _minibatches(self) -> Iterator[Iterator[RolloutBufferSamples]]:
+        """Per epoch, the rollout buffer's minibatches as ``RolloutBuffer.get(batch_size)`` yields them (the
+        same permutation, drawn from numpy's global generator, and the same values), but sliced from
+        tensors made once per update and shuffled once per epoch. Other buffers use their own ``get``."""
+        buffer = self.rollout_buffer
+        if type(buffer) is not RolloutBuffer:
+            for _ in range(self.n_epochs):
+                yield buffer.get(self.batch_size)
+            return
+
+        def flat(array: np.ndarray) -> torch.Tensor:  # (steps, envs, ...) -> (envs·steps, ...), as SB3
+            return torch.as_tensor(array.swapaxes(0, 1).reshape(-1, *array.shape[2:]), device=self.device)
+
+        data = [
+            flat(buffer.observations),
+            flat(buffer.actions.astype(np.float32, copy=False)),
+            *(flat(array).flatten() for array in (buffer.values, buffer.log_probs)),
+            *(flat(array).flatten() for array in (buffer.advantages, buffer.returns)),
+        ]
+        size = len(data[0])
+        for _ in range(self.n_epochs):
+            order = torch.as_tensor(np.random.permutation(size), device=self.device)
+            shuffled = [tensor[order] for tensor in data]
+            yield (
+                RolloutBufferSamples(*(tensor[start : start + self.batch_size] for tensor in shuffled))
+                for start in range(0, size, self.batch_size)
+            )
+
     def _update(self) -> None:
-        """One PPO update on the rollout buffer: SB3's ``PPO.train``, step for step and number for number.
+        """One PPO update on the rollout buffer: SB3's ``PPO.train``, step for step.
 
         It is written out as a loop over :meth:`_loss` (the minibatch loss) and :meth:`_optimizer_step` so
-        that subclasses add terms to the loss or work after each step without a second copy of PPO.
+        that subclasses add terms to the loss or work after each step without a second copy of PPO. Loss
+        statistics stay tensors until the end of the update (one read, not one per minibatch).
         """
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
         progress = self._current_progress_remaining
         clip_range = self.clip_range(progress)
         clip_range_vf = None if self.clip_range_vf is None else self.clip_range_vf(progress)
-        stats: dict[str, list[float]] = {name: [] for name in (*LOSS_TERMS, "clip_fraction")}
+        stats: dict[str, list[torch.Tensor]] = defaultdict(list)
         self._grad_norms.clear()
         continue_training = True
-        for epoch in range(self.n_epochs):
+        for epoch, minibatches in enumerate(self._minibatches()):
             approx_kl_divs = []
-            for batch in self.rollout_buffer.get(self.batch_size):
+            for batch in minibatches:
                 loss, _, approx_kl_div = self._loss(batch, clip_range, clip_range_vf, stats)
-                check_losses({name: stats[name][-1] for name in LOSS_TERMS}, self.num_timesteps)
                 approx_kl_divs.append(approx_kl_div)
-                if self.target_kl is not None and approx_kl_div > 1.5 * self.target_kl:
+                if self.target_kl is not None and (kl := approx_kl_div.item()) > 1.5 * self.target_kl:
                     continue_training = False
                     if self.verbose >= 1:
-                        print(f"Early stopping at step {epoch} due to reaching max kl: {approx_kl_div:.2f}")
+                        print(f"Early stopping at step {epoch} due to reaching max kl: {kl:.2f}")
                     break
-                self._optimizer_step(loss)
+                self._optimizer_step(loss, {name: values[-1] for name, values in stats.items()})
             self._n_updates += 1
             if not continue_training:
                 break
 
+        means = {name: float(np.mean(torch.stack(values).tolist())) for name, values in stats.items()}
+        check_losses(means, self.num_timesteps)  # a NaN loss term that left the gradient finite
+        for name, mean in means.items():
+            self.logger.record(name if "/" in name else f"train/{name}", mean)
         buffer = self.rollout_buffer
-        for name in LOSS_TERMS:
-            self.logger.record(f"train/{name}", np.mean(stats[name]))
-        self.logger.record("train/approx_kl", np.mean(approx_kl_divs))
-        self.logger.record("train/clip_fraction", np.mean(stats["clip_fraction"]))
+        self.logger.record("train/approx_kl", np.mean(torch.stack(approx_kl_divs).tolist()))
         self.logger.record("train/loss", loss.item())
         self.logger.record(
             "train/explained_variance", explained_variance(buffer.values.flatten(), buffer.returns.flatten())
@@ -195,12 +358,12 @@ class ContinualPPO(PPO):
         batch: RolloutBufferSamples,
         clip_range: float,
         clip_range_vf: float | None,
-        stats: dict[str, list[float]],
-    ) -> tuple[torch.Tensor, torch.Tensor, float]:
+        stats: dict[str, list[torch.Tensor]],
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """PPO's minibatch loss ``-L_clip + c_e·L_entropy + c_v·E[(V(s) - R̂)²]``, computed as SB3 does.
 
         Returns the loss, the critic's predictions ``V(s)`` on the minibatch (with their graph) and the
-        approximate KL divergence; appends the loss terms to ``stats``.
+        approximate KL divergence; appends the loss terms (detached tensors) to ``stats``.
         """
         actions = batch.actions
         if isinstance(self.action_space, spaces.Discrete):
@@ -211,12 +374,11 @@ class ContinualPPO(PPO):
         if self.normalize_advantage and len(advantages) > 1:
             advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
 
-        ratio = torch.exp(log_prob - batch.old_log_prob)
+        log_ratio = log_prob - batch.old_log_prob
+        ratio = torch.exp(log_ratio)
         policy_loss_1 = advantages * ratio
         policy_loss_2 = advantages * torch.clamp(ratio, 1 - clip_range, 1 + clip_range)
         policy_loss = -torch.min(policy_loss_1, policy_loss_2).mean()
-        stats["policy_gradient_loss"].append(policy_loss.item())
-        stats["clip_fraction"].append(torch.mean((torch.abs(ratio - 1) > clip_range).float()).item())
 
         values_pred = values
         if clip_range_vf is not None:
@@ -224,30 +386,37 @@ class ContinualPPO(PPO):
                 values - batch.old_values, -clip_range_vf, clip_range_vf
             )
         value_loss = torch.nn.functional.mse_loss(batch.returns, values_pred)
-        stats["value_loss"].append(value_loss.item())
 
         entropy_loss = -torch.mean(-log_prob) if entropy is None else -torch.mean(entropy)
-        stats["entropy_loss"].append(entropy_loss.item())
         loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
 
         with torch.no_grad():
-            log_ratio = log_prob - batch.old_log_prob
-            approx_kl_div = torch.mean((torch.exp(log_ratio) - 1) - log_ratio).item()
+            for name, value in zip(LOSS_TERMS, (policy_loss, value_loss, entropy_loss), strict=True):
+                stats[name].append(value.detach())
+            stats["clip_fraction"].append(torch.mean((torch.abs(ratio - 1) > clip_range).float()))
+            approx_kl_div = torch.mean((ratio - 1) - log_ratio)  # ratio = exp(log_ratio), as SB3 computes it
         return loss, values, approx_kl_div
 
-    def _optimizer_step(self, loss: torch.Tensor) -> None:
-        """Back-propagate ``loss``, clip the gradient norm to ``max_grad_norm`` and step the optimizer."""
+    def _optimizer_step(self, loss: torch.Tensor, losses: dict[str, torch.Tensor]) -> None:
+        """Back-propagate ``loss``, clip the gradient norm to ``max_grad_norm`` and step the optimizer.
+
+        Between clipping and ``optimizer.step()`` is the one place where the gradient is final: the fault
+        check runs there (``losses``, this minibatch's loss terms, name a non-finite loss first).
+        """
         self.policy.optimizer.zero_grad()
         loss.backward()
         total_norm = self._clip_gradients()
-        check_gradients(self, total_norm)
+        check_gradients(self, total_norm, losses)
         self._grad_norms.append(total_norm)
         self._before_optimizer_step()
         self.policy.optimizer.step()
 
     def _clip_gradients(self) -> torch.Tensor:
-        """Clip the gradient norm to ``max_grad_norm``; returns the norm before clipping (no sync)."""
-        return torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+        """Clip the gradient norm to ``max_grad_norm``; returns the norm before clipping (no sync).
+
+        The optimizer holds every policy parameter in ``policy.parameters()``'s order (SB3 builds it so)."""
+        groups = self.policy.optimizer.param_groups
+        return clip_grad_norm([p for group in groups for p in group["params"]], self.max_grad_norm)
 
     def _excluded_save_params(self) -> list[str]:
         # Tools hold references into the policy; their own state goes through state_dict().

@@ -36,7 +36,7 @@ def plain_sb3(config: RunConfig, out_dir: Path) -> float:
     model = PPO(
         "MlpPolicy",
         env,
-        **vars(config.ppo),
+        **{key: value for key, value in vars(config.ppo).items() if key != "engine"},
         policy_kwargs=policy_kwargs_from_config(config),
         seed=config.seed,
         device=config.device,

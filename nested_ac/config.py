@@ -53,7 +53,9 @@ class EnvConfig:
 
 @dataclass
 class PPOConfig:
-    """Stable-Baselines3 PPO hyperparameters (same names and meaning as ``stable_baselines3.PPO``)."""
+    """Stable-Baselines3 PPO hyperparameters (same names and meaning as ``stable_baselines3.PPO``), and
+    ``engine``: ``fast`` (the default: the same update with less overhead, equal to float rounding) or
+    ``sb3`` (Stable-Baselines3's numbers exactly); see ``agents.ContinualPPO``."""
 
     learning_rate: float = 3e-4
     n_steps: int = 256
@@ -66,6 +68,7 @@ class PPOConfig:
     vf_coef: float = 0.5
     max_grad_norm: float = 0.5
     normalize_advantage: bool = True
+    engine: str = "fast"
 
 
 @dataclass

@@ -2,10 +2,11 @@
 
 The checks are cheap enough to be always on:
 
-- :func:`check_losses`, on every minibatch: its loss terms (already host floats, so free), before the
-  backward pass;
-- :func:`check_gradients`, before every optimizer step: the gradient norm that clipping computes; a
-  non-finite gradient stops the update *before* it reaches the parameters;
+- :func:`check_gradients`, before every optimizer step: the gradient norm that clipping computes (one
+  scalar read); a non-finite gradient stops the update *before* it reaches the parameters, naming the
+  minibatch's non-finite loss term if there is one, else the first non-finite gradient;
+- :func:`check_losses`, after every update: the mean of each loss term (a non-finite term whose
+  gradient was finite);
 - :func:`check_update`, after every update: one fused norm over all parameters;
 - :class:`EnvFaultCheck`, a callback: every environment step's observations and rewards.
 
@@ -42,10 +43,14 @@ def _first_non_finite(named: dict[str, torch.Tensor]) -> str:
     return next(name for name, tensor in named.items() if not torch.isfinite(tensor).all())
 
 
-def check_gradients(model: BaseAlgorithm, total_norm: torch.Tensor) -> None:
-    """Raise :class:`NumericalFault` naming the first non-finite gradient if ``total_norm`` — the norm
-    gradient clipping computes anyway, over every gradient — is NaN or inf (one scalar read per step)."""
+def check_gradients(
+    model: BaseAlgorithm, total_norm: torch.Tensor, losses: dict[str, torch.Tensor] | None = None
+) -> None:
+    """Raise :class:`NumericalFault` if ``total_norm`` — the norm gradient clipping computes anyway, over
+    every gradient — is NaN or inf (one scalar read per step): naming the first non-finite term of
+    ``losses`` (the minibatch's loss terms) if any, else the first non-finite gradient."""
     if not torch.isfinite(total_norm):
+        check_losses({name: value.item() for name, value in (losses or {}).items()}, model.num_timesteps)
         grads = {name: p.grad for name, p in model.policy.named_parameters() if p.grad is not None}
         raise NumericalFault(f"the gradient of {_first_non_finite(grads)}", model.num_timesteps)
 

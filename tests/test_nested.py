@@ -18,9 +18,10 @@ from nested_ac.train import make_env
 from tests.conftest import FAST, read_scalars
 
 
-def small_config(optimizer: str = "adam", **nested) -> RunConfig:
+def small_config(optimizer: str = "adam", engine: str = "fast", **nested) -> RunConfig:
     config = RunConfig(seed=0, steps=512)
     config.optimizer.name = optimizer
+    config.ppo.engine = engine
     config.env.n_envs = 2
     config.ppo.n_steps, config.ppo.batch_size, config.ppo.n_epochs = 64, 32, 2
     for key, value in nested.items():
@@ -29,9 +30,14 @@ def small_config(optimizer: str = "adam", **nested) -> RunConfig:
 
 
 def trained(
-    cls: type[ContinualPPO], steps: int = 384, tools=(), optimizer: str = "adam", **nested
+    cls: type[ContinualPPO],
+    steps: int = 384,
+    tools=(),
+    optimizer: str = "adam",
+    engine: str = "fast",
+    **nested,
 ) -> ContinualPPO:
-    config = small_config(optimizer, **nested)
+    config = small_config(optimizer, engine, **nested)
     model = cls.from_config(config, make_env(config))
     model.plasticity_tools = list(tools)
     model.learn(steps)  # 384 steps: 3 updates of 2 epochs x 4 minibatches
@@ -59,11 +65,13 @@ class Snapshots(PlasticityTool):
 
 
 def test_one_level_or_zero_kappa_gives_exactly_ppo():
-    config = small_config()
-    env = make_env(config)
-    plain = PPO("MlpPolicy", env, **ContinualPPO.kwargs_from_config(config))
+    config = small_config("sb3")
+    kwargs = ContinualPPO.kwargs_from_config(config)
+    plain = PPO("MlpPolicy", make_env(config), **{k: v for k, v in kwargs.items() if k != "engine"})
     plain.learn(384)
-    reference = base_state(plain)
+    exact = base_state(trained(NestedPPO, engine="sb3", levels=1))
+    assert all(torch.equal(exact[key], value) for key, value in base_state(plain).items())
+    reference = base_state(trained(ContinualPPO))  # the fast engine: nested-ppo equals its ppo
     for nested in ({"levels": 1}, {"levels": 2, "kappa": 0.0}, {"levels": 3, "kappa": 0.0, "mode": "polyak"}):
         state = base_state(trained(NestedPPO, **nested))
         assert state.keys() == reference.keys()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
 import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.logger import Logger
 
 import envs  # noqa: F401  (registers the permuted CartPole)
 from agents import ContinualPPO
@@ -21,7 +24,7 @@ def trained(cls: type[PPO], **kwargs) -> PPO:
 
 
 def test_continual_ppo_matches_sb3_ppo_bit_for_bit():
-    ours, theirs = trained(ContinualPPO), trained(PPO)
+    ours, theirs = trained(ContinualPPO, engine="sb3"), trained(PPO)
     pairs = list(zip(ours.policy.state_dict().values(), theirs.policy.state_dict().values(), strict=True))
     assert all(torch.equal(p, q) for p, q in pairs)
     assert not torch.equal(
@@ -31,7 +34,58 @@ def test_continual_ppo_matches_sb3_ppo_bit_for_bit():
 
 def test_continual_ppo_matches_sb3_ppo_with_value_clipping_and_target_kl():
     kwargs = {"clip_range_vf": 0.1, "target_kl": 1e-4, "learning_rate": 3e-3}
-    ours, theirs = trained(ContinualPPO, **kwargs), trained(PPO, **kwargs)
+    ours, theirs = trained(ContinualPPO, engine="sb3", **kwargs), trained(PPO, **kwargs)
     assert ours._n_updates == theirs._n_updates < 6  # the KL limit stopped some of the 3 x 2 epochs early
     for p, q in zip(ours.policy.parameters(), theirs.policy.parameters(), strict=True):
         assert torch.equal(p, q)
+
+
+def untrained(engine: str, **kwargs) -> ContinualPPO:
+    env = make_vec_env("CartPole-v1", n_envs=8, seed=0)
+    return ContinualPPO("MlpPolicy", env, engine=engine, policy_kwargs=NETS, **{**SMALL, **kwargs})
+
+
+def one_update(engine: str, **kwargs) -> ContinualPPO:
+    """A model with ``engine`` after one update from the same parameters (seed 0) on the same rollout
+    buffer (one rollout collected by the exact engine) with the same minibatch order."""
+    collector = untrained("sb3", **kwargs)
+    collector.learn(1)  # one rollout (and an update of the collector, not used)
+    model = untrained(engine, **kwargs)
+    model.rollout_buffer = collector.rollout_buffer
+    model.set_logger(Logger(None, []))
+    np.random.seed(1)
+    model.train()
+    return model
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"ent_coef": 0.01, "clip_range_vf": 0.2}])
+def test_fast_engine_update_equals_the_exact_one_to_float_rounding(kwargs):
+    fast, exact = one_update("fast", **kwargs), one_update("sb3", **kwargs)
+    start = untrained("sb3", **kwargs).policy.state_dict()
+    assert fast.policy.optimizer.param_groups[0]["fused"]
+    assert not exact.policy.optimizer.param_groups[0]["fused"]
+    for name, p in fast.policy.state_dict().items():
+        q = exact.policy.state_dict()[name]
+        assert not torch.equal(q, start[name])  # the update moved every tensor
+        assert torch.linalg.vector_norm(p - q) <= 1e-5 * torch.linalg.vector_norm(q), name
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
+def test_direct_log_density_and_entropy_equal_sb3_distributions(env_id):
+    env = make_vec_env(env_id, n_envs=4, seed=0)
+    direct, sb3 = (ContinualPPO("MlpPolicy", env, engine=e, seed=0).policy for e in ("fast", "sb3"))
+    assert direct.direct and not sb3.direct
+    obs = torch.randn(64, *env.observation_space.shape)
+    rollouts = []
+    for policy in (direct, sb3):
+        torch.manual_seed(3)
+        with torch.no_grad():
+            rollouts.append(policy(obs))
+    for ours, theirs in zip(*rollouts, strict=True):  # actions, values, log-probabilities
+        assert ours.shape == theirs.shape and torch.allclose(ours.float(), theirs.float(), atol=1e-5)
+    actions = rollouts[1][0].float()
+    if env_id == "CartPole-v1":
+        actions = actions.long().flatten()
+    evaluated = direct.evaluate_actions(obs, actions), sb3.evaluate_actions(obs, actions)
+    for ours, theirs in zip(*evaluated, strict=True):  # values, log-probabilities, entropies
+        assert ours.shape == theirs.shape and torch.allclose(ours, theirs, atol=1e-5)

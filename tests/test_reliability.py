@@ -19,8 +19,8 @@ import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.logger import Logger, TensorBoardOutputFormat
-from stable_baselines3.common.policies import ActorCriticPolicy
 
+from agents.ppo import ContinualActorCriticPolicy
 from envs.effects import ObservationPermutation
 from nested_ac import checkpoint, rundir
 from nested_ac.callbacks import Throughput
@@ -208,7 +208,7 @@ def assert_fault_keeps_checkpoint(err: str, run_dir: Path, where: str) -> int:
 
 
 def test_nan_in_the_loss_stops_with_a_message_and_a_good_checkpoint(cli, tmp_path, monkeypatch):
-    original = ActorCriticPolicy.evaluate_actions
+    original = ContinualActorCriticPolicy.evaluate_actions
 
     def evaluate_actions(self, obs, actions):
         values, log_prob, entropy = original(self, obs, actions)
@@ -216,14 +216,14 @@ def test_nan_in_the_loss_stops_with_a_message_and_a_good_checkpoint(cli, tmp_pat
             values = values * float("nan")
         return values, log_prob, entropy
 
-    monkeypatch.setattr(ActorCriticPolicy, "poison", False, raising=False)
-    monkeypatch.setattr(ActorCriticPolicy, "evaluate_actions", evaluate_actions)
+    monkeypatch.setattr(ContinualActorCriticPolicy, "poison", False, raising=False)
+    monkeypatch.setattr(ContinualActorCriticPolicy, "evaluate_actions", evaluate_actions)
     rollout_end = Throughput._on_rollout_end
 
     def poison_after(self) -> None:
         rollout_end(self)
         if self.num_timesteps >= 2500:
-            ActorCriticPolicy.poison = True
+            ContinualActorCriticPolicy.poison = True
 
     monkeypatch.setattr(Throughput, "_on_rollout_end", poison_after)
     config = small_config(tmp_path, "run")
