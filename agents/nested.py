@@ -15,7 +15,7 @@ from stable_baselines3.common.type_aliases import Schedule
 from stable_baselines3.common.utils import explained_variance
 from torch import nn
 
-from agents.ppo import ContinualActorCriticPolicy, ContinualPPO, clip_grad_norm
+from nested_ac.agents.ppo import ContinualActorCriticPolicy, ContinualPPO, clip_grad_norm
 from nested_ac.config import RunConfig
 from nested_ac.errors import ConfigError, unknown_choice
 

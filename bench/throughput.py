@@ -22,7 +22,7 @@ import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
 
-from agents.ppo import policy_kwargs_from_config
+from nested_ac.agents.ppo import policy_kwargs_from_config
 from nested_ac.config import RunConfig
 from nested_ac.train import train
 

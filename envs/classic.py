@@ -5,9 +5,9 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 
-from envs.effects import ObservationPermutation, ParameterDrift
-from envs.vector import SameStepCartPoleVectorEnv
-from envs.wrappers import DriftAttribute, PermuteObservation, VectorTaskWrapper
+from nested_ac.envs.effects import ObservationPermutation, ParameterDrift
+from nested_ac.envs.vector import SameStepCartPoleVectorEnv
+from nested_ac.envs.wrappers import DriftAttribute, PermuteObservation, VectorTaskWrapper
 from nested_ac.errors import ConfigError
 
 

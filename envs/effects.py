@@ -3,8 +3,9 @@
 A :class:`TaskEffect` holds the per-task state of one kind of non-stationarity (a permutation, an offset,
 a reward scale, a physical parameter) and applies it to arrays whose last axis is the entity it changes,
 so the same code serves one observation ``(n,)`` and a batch ``(copies, n)``. The wrappers in
-:mod:`envs.wrappers` (one environment) and :class:`envs.wrappers.VectorTaskWrapper` (a Gymnasium vector
-environment) call these methods; neither holds any transform logic of its own.
+:mod:`nested_ac.envs.wrappers` (one environment) and
+:class:`~nested_ac.envs.wrappers.VectorTaskWrapper` (a Gymnasium vector environment)
+call these methods; neither holds any transform logic of its own.
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import gymnasium as gym
 
-from envs.effects import FrictionDrift, MassScale
-from envs.wrappers import TaskWrapper
+from nested_ac.envs.effects import FrictionDrift, MassScale
+from nested_ac.envs.wrappers import TaskWrapper
 
 
 def slippery_ant(task_seed: int = 0, **kwargs) -> gym.Env:

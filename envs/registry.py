@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -47,9 +49,9 @@ def register_nonstationary(
     """Register ``nested_ac/<name>`` with Gymnasium; its entry points must accept ``task_seed``.
 
     ``vector_entry_point`` (optional) builds ``num_envs`` copies as one numpy-vectorized env with same-step
-    autoreset: the trainer's fast path (``envs.vector``). ``return_floor``: the lowest episode return the
-    env can give, for envs whose returns can be negative; the plasticity ratio P_k then measures the return
-    above it, (R_k − floor) / (R_ref − floor).
+    autoreset: the trainer's fast path (``nested_ac.envs.vector``). ``return_floor``: the lowest episode
+    return the env can give, for envs whose returns can be negative; the plasticity ratio P_k then
+    measures the return above it, (R_k − floor) / (R_ref − floor).
     """
     env_id = f"{NAMESPACE}/{name}"
     gym.register(id=env_id, entry_point=entry_point, vector_entry_point=vector_entry_point, kwargs=kwargs)
@@ -59,12 +61,21 @@ def register_nonstationary(
     return env_id
 
 
+def import_plugin(module: str) -> None:
+    """Import a plug-in module the way ``python -m`` does: with the current directory first on
+    ``sys.path`` (a console script does not put it there), so ``mypkg.envs`` next to the user is found."""
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    importlib.import_module(module)
+
+
 def resolve_env_id(env_id: str) -> gym.envs.registration.EnvSpec:
-    """The spec of ``env_id`` (``module:EnvId`` imports ``module`` first); a ConfigError if unknown."""
+    """The spec of ``env_id`` (``module:EnvId`` imports ``module`` first, see :func:`import_plugin`); a
+    ConfigError if unknown."""
     module, _, name = env_id.rpartition(":")
     if module:
         try:
-            importlib.import_module(module)
+            import_plugin(module)
         except ImportError as error:
             raise ConfigError(f"cannot import module {module!r} for env {env_id!r}: {error}") from None
     spec = gym.envs.registry.get(name)

@@ -1,9 +1,10 @@
 """Composable wrappers that turn any Gymnasium environment (or vector environment) into a non-stationary one.
 
-A *task* is a non-negative integer. A wrapper holds one :class:`~envs.effects.TaskEffect` and derives its
-per-task state from ``np.random.default_rng([task_seed, task])`` alone, so every parallel copy built with the
-same ``task_seed`` agrees on every task, and the same run seed gives the same sequence of worlds. Wrappers
-stack: ``set_task`` reaches every wrapper and, last, the base environment if it has its own ``set_task``.
+A *task* is a non-negative integer. A wrapper holds one :class:`~nested_ac.envs.effects.TaskEffect` and
+derives its per-task state from ``np.random.default_rng([task_seed, task])`` alone, so every parallel copy
+built with the same ``task_seed`` agrees on every task, and the same run seed gives the same sequence of
+worlds. Wrappers stack: ``set_task`` reaches every wrapper and, last, the base environment if it has its
+own ``set_task``.
 The same effects wrap a Gymnasium vector environment through :class:`VectorTaskWrapper`.
 """
 
@@ -14,7 +15,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from envs.effects import (
+from nested_ac.envs.effects import (
     ActionPermutation,
     ActionSignFlip,
     ObservationOffset,
@@ -88,7 +89,8 @@ class _TaskSwitching:
 
 
 class TaskWrapper(_TaskSwitching, gym.Wrapper):
-    """Applies one :class:`~envs.effects.TaskEffect` to a Gymnasium environment and switches it by task."""
+    """Applies one :class:`~nested_ac.envs.effects.TaskEffect` to a Gymnasium environment and switches it
+    by task."""
 
     def __init__(self, env: gym.Env, effect: TaskEffect, task_seed: int = 0) -> None:
         gym.Wrapper.__init__(self, env)

@@ -42,7 +42,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
-from envs.vector import GymnasiumVecEnv
+from nested_ac.envs.vector import GymnasiumVecEnv
 from nested_ac.errors import ConfigError
 from nested_ac.events import DeferredOutput, event_file_sizes
 from nested_ac.interrupts import InterruptGuard

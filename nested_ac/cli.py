@@ -177,9 +177,11 @@ def _report_paths(paths: list, out: str | None, reference: str | None, reps: int
 
 
 def _list(topic: str) -> int:
-    import agents  # noqa: F401
-    import envs
     import nested_ac.optimizers  # noqa: F401
+    from nested_ac import (
+        agents,  # noqa: F401
+        envs,
+    )
     from nested_ac.experiments import EXPERIMENTS
     from nested_ac.presets import PRESETS
     from nested_ac.registry import AGENTS, OPTIMIZERS

@@ -55,7 +55,7 @@ class EnvConfig:
 class PPOConfig:
     """Stable-Baselines3 PPO hyperparameters (same names and meaning as ``stable_baselines3.PPO``), and
     ``engine``: ``fast`` (the default: the same update with less overhead, equal to float rounding) or
-    ``sb3`` (Stable-Baselines3's numbers exactly); see ``agents.ContinualPPO``."""
+    ``sb3`` (Stable-Baselines3's numbers exactly); see ``nested_ac.agents.ContinualPPO``."""
 
     learning_rate: float = 3e-4
     n_steps: int = 256

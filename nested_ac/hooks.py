@@ -1,7 +1,7 @@
 """The one hook protocol every plasticity tool (continual backprop, ReDo, Shrink & Perturb ...) follows.
 
-An agent that supports tools (``agents.ContinualPPO`` and its subclasses) calls, for each tool in its
-``plasticity_tools`` list:
+An agent that supports tools (``nested_ac.agents.ContinualPPO`` and its subclasses) calls, for each tool in
+its ``plasticity_tools`` list:
 
 - ``before_optimizer_step(model, optimizer)`` on every minibatch of the update, after the backward pass and
   the gradient-norm clipping and before ``optimizer.step()``: the gradients in ``parameter.grad`` are the

@@ -29,10 +29,14 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.logger import Logger, TensorBoardOutputFormat
 from stable_baselines3.common.vec_env import VecEnv
 
-import agents  # noqa: F401  (registers the agents)
-import envs
 import nested_ac.optimizers  # noqa: F401  (registers the optimizers)
-from nested_ac import checkpoint, continual, dashboard
+from nested_ac import (
+    agents,  # noqa: F401  (registers the agents)
+    checkpoint,
+    continual,
+    dashboard,
+    envs,
+)
 from nested_ac.callbacks import EpisodeStats, ProgressBar, TaskClock, Throughput
 from nested_ac.checkpoint import Checkpointer, CheckpointStore, restore
 from nested_ac.config import RunConfig, resolve_config
@@ -152,8 +156,8 @@ def make_env(config: RunConfig) -> VecEnv:
     """``n_envs`` copies of the env, seeded from the run seed; nested-ac envs get ``task_seed`` = seed.
 
     The fast path: where the env has a same-step numpy-vectorized implementation and ``env.vectorized``
-    is on, one vector env behind :class:`envs.GymnasiumVecEnv`; otherwise SB3's ``DummyVecEnv``. Per-copy
-    switching at episode boundaries needs separate copies, so it always takes the ``DummyVecEnv``.
+    is on, one vector env behind :class:`nested_ac.envs.GymnasiumVecEnv`; otherwise SB3's ``DummyVecEnv``.
+    Per-copy switching at episode boundaries needs separate copies, so it always takes the ``DummyVecEnv``.
     """
     kwargs = dict(config.env.kwargs)
     if config.env.id in envs.NONSTATIONARY_ENVS:

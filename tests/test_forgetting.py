@@ -8,7 +8,7 @@ import signal
 import pytest
 import torch
 
-from agents import ContinualPPO
+from nested_ac.agents import ContinualPPO
 from nested_ac.forgetting import (
     GradientProjection,
     NaturalContinualLearning,

@@ -6,8 +6,8 @@ from collections import Counter
 
 from stable_baselines3.common.env_util import make_vec_env
 
-import envs
-from agents import ContinualPPO
+from nested_ac import envs
+from nested_ac.agents import ContinualPPO
 from nested_ac.callbacks import TaskClock
 from nested_ac.hooks import PlasticityTool
 

@@ -9,9 +9,9 @@ import torch
 from stable_baselines3 import PPO
 from torch import nn
 
-import envs  # noqa: F401  (registers the permuted CartPole)
-from agents import ContinualPPO, NestedPPO
-from agents.ppo import policy_kwargs_from_config
+from nested_ac import envs  # noqa: F401  (registers the permuted CartPole)
+from nested_ac.agents import ContinualPPO, NestedPPO
+from nested_ac.agents.ppo import policy_kwargs_from_config
 from nested_ac.config import RunConfig
 from nested_ac.hooks import PlasticityTool
 from nested_ac.train import make_env

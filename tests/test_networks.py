@@ -6,8 +6,8 @@ import pytest
 from stable_baselines3.common.env_util import make_vec_env
 from torch import nn
 
-from agents import ContinualPPO
-from agents.nested import NestedPPO
+from nested_ac.agents import ContinualPPO
+from nested_ac.agents.nested import NestedPPO
 from nested_ac.networks import mlp_network, policy_networks
 
 

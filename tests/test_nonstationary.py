@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from stable_baselines3.common.vec_env import DummyVecEnv
 
-import envs
+from nested_ac import envs
 from nested_ac.config import resolve_config
 from nested_ac.errors import ConfigError
 from nested_ac.train import make_env, make_schedule, train

@@ -9,8 +9,8 @@ import pytest
 import torch
 from stable_baselines3.common.env_util import make_vec_env
 
-import envs
-from agents import ContinualPPO, NestedPPO
+from nested_ac import envs
+from nested_ac.agents import ContinualPPO, NestedPPO
 from nested_ac.callbacks import TaskClock
 from nested_ac.config import RunConfig
 from nested_ac.hooks import PlasticityTool

@@ -9,8 +9,8 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.logger import Logger
 
-import envs  # noqa: F401  (registers the permuted CartPole)
-from agents import ContinualPPO
+from nested_ac import envs  # noqa: F401  (registers the permuted CartPole)
+from nested_ac.agents import ContinualPPO
 
 SMALL = {"n_steps": 64, "batch_size": 32, "n_epochs": 2, "seed": 0}
 NETS = {"net_arch": {"pi": [64, 64], "vf": [64, 64]}, "activation_fn": torch.nn.ReLU}

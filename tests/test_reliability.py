@@ -20,12 +20,12 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.logger import Logger, TensorBoardOutputFormat
 
-from agents.ppo import ContinualActorCriticPolicy
-from envs.effects import ObservationPermutation
 from nested_ac import checkpoint, rundir
+from nested_ac.agents.ppo import ContinualActorCriticPolicy
 from nested_ac.callbacks import Throughput
 from nested_ac.checkpoint import CheckpointStore
 from nested_ac.config import RunConfig, resolve_config
+from nested_ac.envs.effects import ObservationPermutation
 from nested_ac.faults import NumericalFault, check_gradients, check_update
 from nested_ac.interrupts import TrainingInterrupted
 from nested_ac.train import resume, train

@@ -1,0 +1,75 @@
+"""The installed package as a user meets it: one namespace in site-packages, the console script run from
+the user's own folders, and the README's plug-in example copied verbatim into a fresh folder."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import FAST
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = str(Path(sys.executable).parent / "nested-ac")
+
+
+def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, check=False, timeout=600)
+
+
+def test_only_nested_ac_is_installed(tmp_path):
+    assert importlib.metadata.distribution("nested-ac").read_text("top_level.txt").split() == ["nested_ac"]
+    for name in ("envs", "agents"):
+        result = _run([sys.executable, "-c", f"import {name}"], tmp_path)
+        assert result.returncode == 1 and f"No module named '{name}'" in result.stderr
+    result = _run([sys.executable, "-c", "import nested_ac.envs, nested_ac.agents"], tmp_path)
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_folder_with_its_own_envs_and_agents_packages(tmp_path):
+    for name in ("envs", "agents"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "__init__.py").write_text(f"raise RuntimeError('the user\\'s own {name} ran')\n")
+    listing = _run([SCRIPT, "list", "envs"], tmp_path)
+    assert listing.returncode == 0, listing.stderr
+    assert "nested_ac/PermutedCartPole-v0" in listing.stdout
+    args = ["train", "--steps", "256", "--n-envs", "2", "--run-dir", "runs", "--name", "mine", *FAST]
+    training = _run([SCRIPT, *args], tmp_path)
+    assert training.returncode == 0, training.stderr
+    assert (tmp_path / "runs" / "mine" / "model.zip").is_file()
+
+
+def _readme_block(language: str, first_line: str) -> str:
+    """The README's fenced ``language`` block that starts with ``first_line``."""
+    for block in re.findall(rf"```{language}\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL):
+        if block.startswith(first_line):
+            return block
+    raise AssertionError(f"no {language} block starting with {first_line!r} in README.md")
+
+
+def _commands(block: str) -> list[list[str]]:
+    return [shlex.split(line) for line in block.replace("\\\n", " ").splitlines() if line.strip()]
+
+
+def test_readme_plugin_example_trains_and_sweeps_from_a_fresh_folder(tmp_path):
+    (tmp_path / "mypkg").mkdir()
+    (tmp_path / "mypkg" / "envs.py").write_text(_readme_block("python", "# mypkg/envs.py"))
+    (tmp_path / "windy.yaml").write_text(_readme_block("yaml", "# windy.yaml"))
+    commands = _commands(_readme_block("bash", "nested-ac train --env mypkg.envs:")) + _commands(
+        _readme_block("bash", "nested-ac sweep windy.yaml")
+    )
+    assert [command[:2] for command in commands] == [["nested-ac", "train"]] * 2 + [["nested-ac", "sweep"]]
+    assert commands[2][-2:] == ["--workers", "2"]
+    for command in commands:
+        result = _run([SCRIPT, *command[1:]], tmp_path)
+        assert result.returncode == 0, result.stderr[-2000:]
+    assert len(list((tmp_path / "runs").glob("*/model.zip"))) == 2
+    assert sorted(path.parent.name for path in (tmp_path / "runs" / "windy").glob("*/*/model.zip")) == [
+        "seed0",
+        "seed1",
+    ]
