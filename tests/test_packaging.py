@@ -4,6 +4,7 @@ the user's own folders, and the README's plug-in example copied verbatim into a 
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import re
 import shlex
@@ -31,6 +32,30 @@ def test_only_nested_ac_is_installed(tmp_path):
     assert result.returncode == 0, result.stderr
 
 
+def locked_versions() -> dict[str, str]:
+    """requirements.lock as {canonical package name: version}."""
+    pins = re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", (ROOT / "requirements.lock").read_text(), re.MULTILINE)
+    return {_canonical(name): version for name, version in pins}
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_installed_versions_equal_the_lock():
+    locked = locked_versions()
+    assert {"torch", "stable-baselines3", "numpy", "gymnasium", "rliable", "pandas", "mkdocs"} <= set(locked)
+    installed = {
+        _canonical(dist.metadata["Name"]): dist.version for dist in importlib.metadata.distributions()
+    }
+    differ = {
+        name: (version, installed.get(name))
+        for name, version in locked.items()
+        if installed.get(name) != version
+    }
+    assert not differ, f"installed versions differ from requirements.lock (locked, installed): {differ}"
+
+
 def test_a_folder_with_its_own_envs_and_agents_packages(tmp_path):
     for name in ("envs", "agents"):
         (tmp_path / name).mkdir()
@@ -42,6 +67,12 @@ def test_a_folder_with_its_own_envs_and_agents_packages(tmp_path):
     training = _run([SCRIPT, *args], tmp_path)
     assert training.returncode == 0, training.stderr
     assert (tmp_path / "runs" / "mine" / "model.zip").is_file()
+    versions = json.loads((tmp_path / "runs" / "mine" / "versions.json").read_text())
+    locked = locked_versions()
+    assert {name: versions[name] for name in versions if name in locked} == {
+        name: locked[name] for name in versions if name in locked
+    }
+    assert set(versions) - set(locked) == {"python", "nested-ac"}
 
 
 def _readme_block(language: str, first_line: str) -> str:
