@@ -11,7 +11,7 @@ import torch
 from stable_baselines3.common.buffers import RolloutBufferSamples
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.preprocessing import preprocess_obs
-from stable_baselines3.common.type_aliases import Schedule
+from stable_baselines3.common.type_aliases import Schedule as LearningRateSchedule
 from stable_baselines3.common.utils import explained_variance
 from torch import nn
 
@@ -69,7 +69,7 @@ class NestedActorCriticPolicy(ContinualActorCriticPolicy):
         self.lr_ratio = lr_ratio
         super().__init__(*args, **kwargs)
 
-    def _build(self, lr_schedule: Schedule) -> None:
+    def _build(self, lr_schedule: LearningRateSchedule) -> None:
         super()._build(lr_schedule)
         inner_widths = [
             layer.out_features for layer in self.mlp_extractor.value_net if isinstance(layer, nn.Linear)

@@ -4,7 +4,7 @@ import math
 
 from nested_ac.envs.effects import TaskEffect
 from nested_ac.envs.registry import NONSTATIONARY_ENVS, register_nonstationary, resolve_env_id
-from nested_ac.envs.schedules import Cyclic, EveryNSteps, Explicit, RandomDraw, Schedule
+from nested_ac.envs.schedules import Cyclic, EveryNSteps, Explicit, RandomDraw, TaskSchedule
 from nested_ac.envs.vector import GymnasiumVecEnv, native_vector
 from nested_ac.envs.wrappers import (
     DriftAttribute,
@@ -79,7 +79,7 @@ __all__ = [
     "PermuteObservation",
     "RandomDraw",
     "ScaleReward",
-    "Schedule",
+    "TaskSchedule",
     "TaskEffect",
     "TaskWrapper",
     "VectorTaskWrapper",

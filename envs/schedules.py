@@ -1,14 +1,26 @@
 """Task schedules: a map from the global environment step (summed over parallel copies) to a task.
 
 Every schedule is a pure function of the step (and, for :class:`RandomDraw`, the run seed), so a resumed
-run and every parallel copy agree on the task without any state.
+run and every parallel copy agree on the task without any state. :func:`make_schedule` builds the one a
+run's ``env.schedule`` configures and validates it; :func:`check_schedule_fits` checks it against the env.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+from nested_ac.envs.registry import NONSTATIONARY_ENVS
+from nested_ac.errors import ConfigError, unknown_choice
+
+if TYPE_CHECKING:
+    from stable_baselines3.common.vec_env import VecEnv
+
+    from nested_ac.config import RunConfig
+
+SCHEDULE_KINDS = ("every", "cyclic", "random", "explicit")
 
 
 @dataclass(frozen=True)
@@ -84,4 +96,88 @@ class Explicit:
         return "tasks " + ", ".join(f"{task} from step {at:,}" for at, task in self.switches)
 
 
-Schedule = EveryNSteps | Cyclic | RandomDraw | Explicit
+TaskSchedule = EveryNSteps | Cyclic | RandomDraw | Explicit
+
+
+def check_kind(kind: str | None) -> None:
+    """A ConfigError naming the valid kinds if ``kind`` (None: the env's default) is not one."""
+    if kind is not None and kind not in SCHEDULE_KINDS:
+        raise unknown_choice("schedule kind", kind, SCHEDULE_KINDS)
+
+
+def _task_list(tasks: list[int] | None, kind: str) -> tuple[int, ...]:
+    if tasks is None:
+        raise ConfigError(
+            f"schedule kind {kind!r} needs env.schedule.tasks, e.g. --set env.schedule.tasks=[0,1]"
+        )
+    if not tasks:
+        raise ConfigError(f"env.schedule.tasks is empty; schedule kind {kind!r} needs at least one task")
+    if min(tasks) < 0:
+        raise ConfigError(f"env.schedule.tasks must be non-negative integers, got {tasks}")
+    return tuple(tasks)
+
+
+def _switch_list(switches: list[list[int]], steps: int) -> tuple[tuple[int, int], ...]:
+    if not switches:
+        raise ConfigError("env.schedule.switches is empty; kind 'explicit' needs [[step, task], ...]")
+    pairs = []
+    for pair in switches:
+        if len(pair) != 2 or min(pair) < 0:
+            raise ConfigError(f"env.schedule.switches: each entry is [step, task] >= 0, got {pair}")
+        pairs.append((pair[0], pair[1]))
+    at = [step for step, _ in pairs]
+    if at != sorted(set(at)):
+        raise ConfigError(f"env.schedule.switches: steps must be strictly increasing, got {at}")
+    if at[-1] >= steps:
+        raise ConfigError(
+            f"env.schedule.switches: the switch at step {at[-1]:,} lies beyond the run's {steps:,} steps"
+        )
+    return tuple(pairs)
+
+
+def make_schedule(config: RunConfig) -> TaskSchedule:
+    """The configured schedule; fills the env's defaults into ``config.env.schedule`` (kind, every, tasks).
+
+    Defaults: the nested-ac env's own schedule (``nested-ac list envs``); stationary for other envs.
+    A ConfigError for an empty task set, a cyclic/random schedule without a positive ``every``, or an
+    explicit switch at or past ``steps`` (a schedule longer than the run).
+    """
+    info = NONSTATIONARY_ENVS.get(config.env.id)
+    schedule = config.env.schedule
+    if schedule.kind is None:
+        schedule.kind = info.default_kind if info else "every"
+    if schedule.every is None:
+        schedule.every = info.default_every if info else 0
+    if schedule.tasks is None and info is not None and info.default_tasks is not None:
+        schedule.tasks = list(info.default_tasks)
+    if schedule.kind == "explicit":
+        return Explicit(_switch_list(schedule.switches, config.steps))
+    if schedule.kind == "every":
+        return EveryNSteps(schedule.every)
+    tasks = _task_list(schedule.tasks, schedule.kind)
+    if schedule.every <= 0:
+        raise ConfigError(
+            f"schedule kind {schedule.kind!r} needs env.schedule.every > 0, got {schedule.every}"
+        )
+    if schedule.kind == "cyclic":
+        return Cyclic(schedule.every, tasks)
+    return RandomDraw(schedule.every, tasks, config.seed)
+
+
+def check_schedule_fits(config: RunConfig, schedule: TaskSchedule, env: VecEnv) -> None:
+    """A ConfigError if the env cannot follow ``schedule``: no ``set_task``, or a task past ``num_tasks``."""
+    tasks = schedule.tasks_before(config.steps)
+    if tasks == {0}:
+        return
+    if not env.has_attr("set_task"):
+        raise ConfigError(
+            f"env {config.env.id!r} has no set_task, so it cannot follow a schedule; make it non-stationary "
+            "with a wrapper (e.g. envs.PermuteObservation, envs.DriftAttribute) or a set_task method, or set "
+            "env.schedule.every=0 for a stationary run"
+        )
+    limit = env.get_attr("num_tasks")[0] if env.has_attr("num_tasks") else None
+    if limit is not None and max(tasks) >= limit:
+        raise ConfigError(
+            f"the schedule reaches task {max(tasks)}, but env {config.env.id!r} has {limit} tasks "
+            f"(0 … {limit - 1}); set env.schedule.tasks or env.schedule.every"
+        )

@@ -9,7 +9,9 @@ import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback, ProgressBarCallback
 
 
-class Schedule(Protocol):
+class TaskAtStep(Protocol):
+    """What the task clock needs of a schedule (:mod:`nested_ac.envs.schedules`): the task at a step."""
+
     def task_at(self, step: int) -> int: ...
 
 
@@ -24,7 +26,7 @@ class TaskClock(BaseCallback):
     the exact step of each switch; keeps ``switches``, the ``(step, task)`` list of every change.
     """
 
-    def __init__(self, schedule: Schedule, at_episode_boundary: bool = False) -> None:
+    def __init__(self, schedule: TaskAtStep, at_episode_boundary: bool = False) -> None:
         super().__init__()
         self.schedule = schedule
         self.at_episode_boundary = at_episode_boundary

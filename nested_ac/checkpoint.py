@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import pickle
 import random
-import re
 from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
@@ -46,10 +45,9 @@ from nested_ac.envs.vector import GymnasiumVecEnv
 from nested_ac.errors import ConfigError
 from nested_ac.events import DeferredOutput, event_file_sizes
 from nested_ac.interrupts import InterruptGuard
-from nested_ac.rundir import replace_atomically, writing
+from nested_ac.rundir import CHECKPOINT_NAME, checkpoint_file, replace_atomically, writing
 
 FORMAT_VERSION = 1
-CHECKPOINT_NAME = re.compile(r"^step_(\d+)\.pt$")
 
 
 class CheckpointError(ConfigError):
@@ -226,7 +224,7 @@ class CheckpointStore:
 
     def save(self, state: dict[str, Any]) -> Path:
         """Write ``state`` as ``step_<state['step']>.pt`` atomically, then drop all but the last ``keep``."""
-        path = self.directory / f"step_{state['step']}.pt"
+        path = self.directory / checkpoint_file(state['step'])
 
         def write(temporary: Path) -> None:
             with open(temporary, "wb") as file:

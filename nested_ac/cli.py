@@ -170,10 +170,9 @@ def _report_paths(paths: list, out: str | None, reference: str | None, reps: int
     from nested_ac.report import write_report
 
     report = write_report(paths, out, reference, reps)
-    skipped = [line for line in report.read_text().splitlines() if line.startswith("- skipped: ")]
-    for line in skipped:
-        print(f"nested-ac: {line[2:]}", file=sys.stderr)
-    return str(report)
+    for note in report.skipped:
+        print(f"nested-ac: skipped: {note}", file=sys.stderr)
+    return str(report.path)
 
 
 def _list(topic: str) -> int:

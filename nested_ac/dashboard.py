@@ -35,8 +35,10 @@ from tensorboard.plugins.hparams import metadata as hparams_metadata
 from tensorboard.plugins.hparams import summary_v2 as hp
 from torch.utils.tensorboard import SummaryWriter
 
+from nested_ac import rundir
 from nested_ac.config import RunConfig
 from nested_ac.diagnostics import Diagnostics
+from nested_ac.envs.schedules import make_schedule
 from nested_ac.optimizers import UtilityLogger
 from nested_ac.plasticity import ContinualBackprop, ReDo
 
@@ -129,8 +131,6 @@ def _flat(config: RunConfig) -> dict[str, Any]:
 
 def _with_env_defaults(config: RunConfig) -> RunConfig:
     """A copy of ``config`` with the schedule defaults of its env filled in, as training fills them."""
-    from nested_ac.train import make_schedule  # train imports this module
-
     filled = copy.deepcopy(config)
     make_schedule(filled)
     return filled
@@ -252,7 +252,7 @@ def add_report_images(sweep_dir: Path, report: Path) -> list[str]:
     sweep writes nothing again); returns the tags written."""
     import matplotlib.pyplot as plt
 
-    step = sum(1 for _ in sweep_dir.rglob("summary.json"))
+    step = sum(1 for _ in sweep_dir.rglob(rundir.SUMMARY_FILE))
     present = written(sweep_dir)
     figures = [report.parent / name for name in IMAGE_LINK.findall(report.read_text())]
     todo = {

@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from nested_ac import rundir
 from nested_ac.config import OptimizerConfig, RunConfig, resolve_config
 from nested_ac.continual import (
     Estimate,
@@ -91,15 +92,15 @@ def intact(event_file: Path) -> bool:
 def find_runs(paths: Sequence[str | Path]) -> tuple[list[Run], list[str]]:
     """The readable runs under ``paths`` and a note for each run skipped."""
     runs, skipped = [], []
-    directories = sorted({p.parent for path in paths for p in Path(path).rglob("config.yaml")})
-    for directory in directories:
+    for directory in rundir.find_runs(paths):
         try:
-            config = resolve_config(directory / "config.yaml")
+            config = resolve_config(directory / rundir.CONFIG_FILE)
         except ConfigError as error:
             skipped.append(f"{directory}: unreadable config.yaml ({error})")
             continue
-        if not (directory / "summary.json").is_file():
-            skipped.append(f"{directory}: no summary.json (the run has not finished)")
+        summary = rundir.read_json(directory, rundir.SUMMARY_FILE)
+        if summary is None:
+            skipped.append(f"{directory}: no {rundir.SUMMARY_FILE} (the run has not finished)")
             continue
         try:
             scalars = read_scalars(directory)
@@ -109,7 +110,6 @@ def find_runs(paths: Sequence[str | Path]) -> tuple[list[Run], list[str]]:
         for event_file in sorted(directory.glob("events.out.tfevents.*")):
             if not intact(event_file):
                 skipped.append(f"{event_file}: truncated or corrupt; its curves are read up to the damage")
-        summary = json.loads((directory / "summary.json").read_text())
         runs.append(Run(directory, config, summary, scalars))
     return runs, skipped
 
@@ -315,13 +315,21 @@ def _improvement(group: Group, ref: Reference | None, p_lates: dict[str, dict[in
     return _interval(estimate, estimate.n) + (f" ({estimate.n} paired seeds)" if estimate.n > 1 else "")
 
 
+class WrittenReport(NamedTuple):
+    """What :func:`write_report` wrote (``path``: the report.md) and the runs it skipped, one note each."""
+
+    path: Path
+    skipped: list[str]
+
+
 def write_report(
     paths: Sequence[str | Path],
     out: str | Path | None = None,
     reference: str | None = None,
     reps: int = 10_000,
-) -> Path:
-    """Write ``report.md`` and the figures for the runs under ``paths``; returns the report's path.
+) -> WrittenReport:
+    """Write ``report.md`` and the figures for the runs under ``paths``; returns the report's path and a
+    note for each run it skipped.
     ``reps``: bootstrap resamples of each interval (a figure's bands use at most 1 000)."""
     if reps < 1:
         raise ConfigError(f"the number of bootstrap resamples must be a positive integer, got {reps}")
@@ -383,4 +391,4 @@ def write_report(
         )
     lines += [f"- note: {note}" for note in notes] + [f"- skipped: {line}" for line in skipped]
     (out / "report.md").write_text("\n".join(lines) + "\n")
-    return out / "report.md"
+    return WrittenReport(out / "report.md", skipped)

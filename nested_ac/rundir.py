@@ -1,4 +1,14 @@
-"""Run directories: one writer at a time, and writes that stop cleanly when the disk is full.
+"""Run directories: their layout, one writer at a time, and writes that stop cleanly when the disk is full.
+
+**Layout.** This module alone names the files of a run directory::
+
+    <run>/config.yaml         the resolved configuration (its presence makes a directory a run)
+    <run>/versions.json       the library versions the run started with
+    <run>/events.out.tfevents.*   TensorBoard
+    <run>/checkpoints/step_<N>.pt the last checkpoints (see :mod:`nested_ac.checkpoint`)
+    <run>/summary.json        the continual metrics, written when the run finishes
+    <run>/model.zip           the final model: the run is finished
+    <run>/.lock               held by the process that trains the run
 
 **One writer.** A process that trains a run holds an exclusive OS lock (``fcntl.flock``) on the file
 ``.lock`` in the run directory for as long as it trains it; the file holds the holder's PID. The kernel
@@ -18,14 +28,79 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import json
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from nested_ac.errors import ConfigError
 
+CONFIG_FILE = "config.yaml"
+VERSIONS_FILE = "versions.json"
+SUMMARY_FILE = "summary.json"
+MODEL_FILE = "model.zip"
+CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_NAME = re.compile(r"^step_(\d+)\.pt$")
 LOCK_FILE = ".lock"
+
+
+def checkpoint_file(step: int) -> str:
+    """The name of the checkpoint taken at environment step ``step`` (it matches CHECKPOINT_NAME)."""
+    return f"step_{step}.pt"
+
+
+def create(parent: str | Path, name: str) -> Path:
+    """A new directory ``parent/name``, or ``parent/name_1``, ``_2``... if taken; never an existing one."""
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    candidate, suffix = parent / name, 0
+    while True:
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            suffix += 1
+            candidate = parent / f"{name}_{suffix}"
+
+
+def is_run(run_dir: Path) -> bool:
+    return (run_dir / CONFIG_FILE).is_file()
+
+
+def is_finished(run_dir: Path) -> bool:
+    """The run trained to its end (its final model is written)."""
+    return (run_dir / MODEL_FILE).exists()
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    checkpoints = run_dir / CHECKPOINT_DIR
+    return checkpoints.is_dir() and any(CHECKPOINT_NAME.match(path.name) for path in checkpoints.iterdir())
+
+
+def status(run_dir: Path) -> str:
+    """``done`` (finished), ``resume`` (unfinished, with a checkpoint to continue from) or ``new``."""
+    if is_finished(run_dir):
+        return "done"
+    return "resume" if has_checkpoint(run_dir) else "new"
+
+
+def find_runs(paths: list[str | Path] | tuple[str | Path, ...]) -> list[Path]:
+    """Every run directory at or under ``paths``, sorted."""
+    return sorted({config.parent for path in paths for config in Path(path).rglob(CONFIG_FILE)})
+
+
+def write_json(run_dir: Path, name: str, data: dict) -> None:
+    """Write ``data`` as the run's ``name`` file (SUMMARY_FILE, VERSIONS_FILE); a full disk is DiskFull."""
+    with writing(str(run_dir / name)):
+        (run_dir / name).write_text(json.dumps(data, indent=1))
+
+
+def read_json(run_dir: Path, name: str) -> dict | None:
+    """The run's ``name`` file (SUMMARY_FILE, VERSIONS_FILE), or None if it has none."""
+    path = run_dir / name
+    return json.loads(path.read_text()) if path.is_file() else None
 
 _held: dict[Path, tuple[int, int]] = {}  # run directory -> (lock file descriptor, hold depth)
 

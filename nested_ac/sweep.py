@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nested_ac import dashboard
+from nested_ac import dashboard, rundir
 from nested_ac.config import RunConfig, load_yaml, resolve_config
 from nested_ac.errors import ConfigError, unknown_choice
 from nested_ac.experiments import EXPERIMENTS
@@ -170,12 +170,8 @@ def load_experiment(experiment: str | Path, sweep_dir: str | Path | None = None)
 
 
 def run_status(spec: RunSpec) -> str:
-    """``done`` (model.zip), ``resume`` (a checkpoint to continue from) or ``new``."""
-    if (spec.run_dir / "model.zip").exists():
-        return "done"
-    if any((spec.run_dir / "checkpoints").glob("step_*.pt")):
-        return "resume"
-    return "new"
+    """``done`` (finished), ``resume`` (a checkpoint to continue from) or ``new``: :func:`rundir.status`."""
+    return rundir.status(spec.run_dir)
 
 
 def _clear_unstarted(run_dir: Path) -> None:

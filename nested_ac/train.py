@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import platform
 import time
 import warnings
@@ -36,19 +35,18 @@ from nested_ac import (
     continual,
     dashboard,
     envs,
+    rundir,
 )
 from nested_ac.callbacks import EpisodeStats, ProgressBar, TaskClock, Throughput
 from nested_ac.checkpoint import Checkpointer, CheckpointStore, restore
 from nested_ac.config import RunConfig, resolve_config
-from nested_ac.errors import ConfigError, unknown_choice
+from nested_ac.envs.schedules import TaskSchedule, check_kind, check_schedule_fits, make_schedule
+from nested_ac.errors import ConfigError
 from nested_ac.events import DeferredOutput, rewind_events
 from nested_ac.faults import EnvFaultCheck, NumericalFault
 from nested_ac.interrupts import InterruptGuard, TrainingInterrupted
 from nested_ac.registry import AGENTS, OPTIMIZERS
 from nested_ac.rundir import DiskFull, hold, replace_atomically, writing
-
-SCHEDULE_KINDS = ("every", "cyclic", "random", "explicit")
-CHECKPOINT_DIR = "checkpoints"
 
 
 @dataclass
@@ -68,88 +66,8 @@ def validate(config: RunConfig) -> gym.envs.registration.EnvSpec:
     """Every name in ``config`` exists (agent, optimizer, env, schedule); returns the env's spec."""
     AGENTS.get(config.agent)
     OPTIMIZERS.get(config.optimizer.name)
-    kind = config.env.schedule.kind
-    if kind is not None and kind not in SCHEDULE_KINDS:
-        raise unknown_choice("schedule kind", kind, SCHEDULE_KINDS)
+    check_kind(config.env.schedule.kind)
     return envs.resolve_env_id(config.env.id)
-
-
-def _task_list(tasks: list[int] | None, kind: str) -> tuple[int, ...]:
-    if tasks is None:
-        raise ConfigError(
-            f"schedule kind {kind!r} needs env.schedule.tasks, e.g. --set env.schedule.tasks=[0,1]"
-        )
-    if not tasks:
-        raise ConfigError(f"env.schedule.tasks is empty; schedule kind {kind!r} needs at least one task")
-    if min(tasks) < 0:
-        raise ConfigError(f"env.schedule.tasks must be non-negative integers, got {tasks}")
-    return tuple(tasks)
-
-
-def _switch_list(switches: list[list[int]], steps: int) -> tuple[tuple[int, int], ...]:
-    if not switches:
-        raise ConfigError("env.schedule.switches is empty; kind 'explicit' needs [[step, task], ...]")
-    pairs = []
-    for pair in switches:
-        if len(pair) != 2 or min(pair) < 0:
-            raise ConfigError(f"env.schedule.switches: each entry is [step, task] >= 0, got {pair}")
-        pairs.append((pair[0], pair[1]))
-    at = [step for step, _ in pairs]
-    if at != sorted(set(at)):
-        raise ConfigError(f"env.schedule.switches: steps must be strictly increasing, got {at}")
-    if at[-1] >= steps:
-        raise ConfigError(
-            f"env.schedule.switches: the switch at step {at[-1]:,} lies beyond the run's {steps:,} steps"
-        )
-    return tuple(pairs)
-
-
-def make_schedule(config: RunConfig) -> envs.Schedule:
-    """The configured schedule; fills the env's defaults into ``config.env.schedule`` (kind, every, tasks).
-
-    Defaults: the nested-ac env's own schedule (``nested-ac list envs``); stationary for other envs.
-    A ConfigError for an empty task set, a cyclic/random schedule without a positive ``every``, or an
-    explicit switch at or past ``steps`` (a schedule longer than the run).
-    """
-    info = envs.NONSTATIONARY_ENVS.get(config.env.id)
-    schedule = config.env.schedule
-    if schedule.kind is None:
-        schedule.kind = info.default_kind if info else "every"
-    if schedule.every is None:
-        schedule.every = info.default_every if info else 0
-    if schedule.tasks is None and info is not None and info.default_tasks is not None:
-        schedule.tasks = list(info.default_tasks)
-    if schedule.kind == "explicit":
-        return envs.Explicit(_switch_list(schedule.switches, config.steps))
-    if schedule.kind == "every":
-        return envs.EveryNSteps(schedule.every)
-    tasks = _task_list(schedule.tasks, schedule.kind)
-    if schedule.every <= 0:
-        raise ConfigError(
-            f"schedule kind {schedule.kind!r} needs env.schedule.every > 0, got {schedule.every}"
-        )
-    if schedule.kind == "cyclic":
-        return envs.Cyclic(schedule.every, tasks)
-    return envs.RandomDraw(schedule.every, tasks, config.seed)
-
-
-def check_schedule_fits(config: RunConfig, schedule: envs.Schedule, env: VecEnv) -> None:
-    """A ConfigError if the env cannot follow ``schedule``: no ``set_task``, or a task past ``num_tasks``."""
-    tasks = schedule.tasks_before(config.steps)
-    if tasks == {0}:
-        return
-    if not env.has_attr("set_task"):
-        raise ConfigError(
-            f"env {config.env.id!r} has no set_task, so it cannot follow a schedule; make it non-stationary "
-            "with a wrapper (e.g. envs.PermuteObservation, envs.DriftAttribute) or a set_task method, or set "
-            "env.schedule.every=0 for a stationary run"
-        )
-    limit = env.get_attr("num_tasks")[0] if env.has_attr("num_tasks") else None
-    if limit is not None and max(tasks) >= limit:
-        raise ConfigError(
-            f"the schedule reaches task {max(tasks)}, but env {config.env.id!r} has {limit} tasks "
-            f"(0 … {limit - 1}); set env.schedule.tasks or env.schedule.every"
-        )
 
 
 def make_env(config: RunConfig) -> VecEnv:
@@ -174,25 +92,10 @@ def make_env(config: RunConfig) -> VecEnv:
         raise ConfigError(f"env {config.env.id!r} rejected env.kwargs {config.env.kwargs}: {error}") from None
 
 
-def create_run_dir(parent: str | Path, name: str) -> Path:
-    """A new directory ``parent/name``, or ``parent/name_1``, ``_2``... if taken; never an existing one."""
-    parent = Path(parent)
-    parent.mkdir(parents=True, exist_ok=True)
-    candidate, suffix = parent / name, 0
-    while True:
-        try:
-            candidate.mkdir()
-            return candidate
-        except FileExistsError:
-            suffix += 1
-            candidate = parent / f"{name}_{suffix}"
-
-
 def build_agent(config: RunConfig, env: VecEnv) -> BaseAlgorithm:
     return AGENTS.get(config.agent).from_config(config, env)
 
 
-VERSIONS_FILE = "versions.json"
 LIBRARIES = ("nested-ac", "torch", "numpy", "gymnasium", "stable-baselines3")
 
 
@@ -202,10 +105,9 @@ def library_versions() -> dict[str, str]:
 
 
 def _warn_if_versions_changed(run_dir: Path) -> None:
-    path = run_dir / VERSIONS_FILE
-    if not path.is_file():
+    saved, now = rundir.read_json(run_dir, rundir.VERSIONS_FILE), library_versions()
+    if saved is None:
         return
-    saved, now = json.loads(path.read_text()), library_versions()
     changed = [f"{name} {saved[name]} -> {now.get(name)}" for name in saved if saved[name] != now.get(name)]
     if changed:
         warnings.warn(
@@ -222,7 +124,7 @@ def _training(run_dir: Path) -> Iterator[None]:
         try:
             yield
         except DiskFull as full:
-            store = CheckpointStore(run_dir / CHECKPOINT_DIR, keep=1)
+            store = CheckpointStore(run_dir / rundir.CHECKPOINT_DIR, keep=1)
             full.run_dir, full.last_checkpoint = run_dir, (store.latest() if store.paths() else None)
             raise
 
@@ -245,12 +147,12 @@ def train(config: RunConfig, hparam_keys: Sequence[str] = (), into: Path | None 
     try:
         check_schedule_fits(config, schedule, env)
         agent = build_agent(config, env)
-        run_dir = into or create_run_dir(config.run_dir, config.name or config.default_name())
+        run_dir = into or rundir.create(config.run_dir, config.name or config.default_name())
         config.name = run_dir.name
         with _training(run_dir):
             with writing(f"the configuration in {run_dir}"):
-                config.save(run_dir / "config.yaml")
-                (run_dir / VERSIONS_FILE).write_text(json.dumps(library_versions(), indent=1))
+                config.save(run_dir / rundir.CONFIG_FILE)
+                rundir.write_json(run_dir, rundir.VERSIONS_FILE, library_versions())
             return _learn(config, schedule, agent, run_dir, checkpoint=None, hparam_keys=hparam_keys)
     finally:
         env.close()
@@ -265,18 +167,18 @@ def resume(run_dir: str | Path) -> RunResult:
     dropped first (:func:`~nested_ac.events.rewind_events`).
     """
     run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise ConfigError(f"{run_dir} is not a run directory (no config.yaml)")
+    if not rundir.is_run(run_dir):
+        raise ConfigError(f"{run_dir} is not a run directory (no {rundir.CONFIG_FILE})")
     with _training(run_dir):
         return _resume(run_dir)
 
 
 def _resume(run_dir: Path) -> RunResult:
-    if (run_dir / "model.zip").exists():
-        raise ConfigError(f"run {run_dir} is complete (model.zip exists); nothing to resume")
-    config = resolve_config(run_dir / "config.yaml")
+    if rundir.is_finished(run_dir):
+        raise ConfigError(f"run {run_dir} is complete ({rundir.MODEL_FILE} exists); nothing to resume")
+    config = resolve_config(run_dir / rundir.CONFIG_FILE)
     _warn_if_versions_changed(run_dir)
-    store = CheckpointStore(run_dir / CHECKPOINT_DIR, config.checkpoint.keep)
+    store = CheckpointStore(run_dir / rundir.CHECKPOINT_DIR, config.checkpoint.keep)
     path = store.latest()
     state = store.load(path)
     validate(config)
@@ -312,8 +214,7 @@ def write_summary(
     summary = continual.summarize(
         steps, [episode_return for _, episode_return, _ in episodes], phases, R_min=R_min
     )
-    with writing(f"{run_dir / 'summary.json'}"):
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    rundir.write_json(run_dir, rundir.SUMMARY_FILE, summary)
     for pending in (logger.name_to_value, logger.name_to_count, logger.name_to_excluded):
         pending.clear()  # the last update's values, which SB3 never writes
     for (_, end, _), R, P in zip(phases, summary["R"], summary["P"], strict=True):
@@ -329,7 +230,7 @@ def write_summary(
 
 def _learn(
     config: RunConfig,
-    schedule: envs.Schedule,
+    schedule: TaskSchedule,
     agent: BaseAlgorithm,
     run_dir: Path,
     checkpoint: dict[str, Any] | None,
@@ -351,7 +252,7 @@ def _learn(
     start = time.perf_counter()
     with InterruptGuard() as guard:
         checkpointer = Checkpointer(
-            CheckpointStore(run_dir / CHECKPOINT_DIR, config.checkpoint.keep),
+            CheckpointStore(run_dir / rundir.CHECKPOINT_DIR, config.checkpoint.keep),
             config.checkpoint.every,
             (config.agent, config.env.id),
             parts,
@@ -391,7 +292,8 @@ def _learn(
         with open(temporary, "wb") as file:
             agent.save(file)
 
-    replace_atomically(run_dir / "model.zip", save_model, str(run_dir / "model.zip"))
+    model = run_dir / rundir.MODEL_FILE
+    replace_atomically(model, save_model, str(model))
     switches = clock.switches if clock is not None else []
     seconds = time.perf_counter() - start
     return RunResult(config, run_dir, episodes.episodes, switches, seconds, agent.num_timesteps)

@@ -9,8 +9,9 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 
 from nested_ac import envs
 from nested_ac.config import resolve_config
+from nested_ac.envs.schedules import make_schedule
 from nested_ac.errors import ConfigError
-from nested_ac.train import make_env, make_schedule, train
+from nested_ac.train import make_env, train
 from tests.conftest import FAST, read_scalars
 
 
