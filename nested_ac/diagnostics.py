@@ -18,7 +18,7 @@ from nested_ac.metrics import (
     singular_values,
     srank,
 )
-from nested_ac.networks import policy_networks
+from nested_ac.networks import policy_networks, probe
 
 
 class Diagnostics(PlasticityTool):
@@ -47,17 +47,9 @@ class Diagnostics(PlasticityTool):
         self.rollouts += 1
         if (self.rollouts - 1) % self.every:
             return
-        buffer, policy = model.rollout_buffer, model.policy
-        observations = torch.as_tensor(
-            buffer.observations.reshape(-1, *buffer.obs_shape)[: self.probe_size], device=policy.device
-        )
-        features = policy.extract_features(observations)
-        features = features[0] if isinstance(features, tuple) else features
+        observations, features = probe(model, self.probe_size)
         for network in networks:
-            h, activations = features, []
-            for linear, activation in zip(network.hidden, network.activations, strict=True):
-                h = activation(linear(h))
-                activations.append(h)
+            activations = network.hidden_outputs(features)
             tag = f"plasticity/{network.name}"
             if activations:
                 sigma = singular_values(activations[-1])
@@ -68,7 +60,8 @@ class Diagnostics(PlasticityTool):
             self.pending[f"{tag}/dist_from_init"] = distance_from_init(
                 network.parameters(), self.initial[network.name]
             )
-        self.pending["plasticity/policy_entropy"] = policy_entropy(policy.get_distribution(observations))
+        distribution = model.policy.get_distribution(observations)
+        self.pending["plasticity/policy_entropy"] = policy_entropy(distribution)
 
     def log(self, logger: Logger) -> None:
         for tag, value in self.pending.items():

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.policies import ActorCriticPolicy
 from torch import nn
 
@@ -34,6 +36,26 @@ class Network:
 
     def parameters(self) -> list[nn.Parameter]:
         return [p for module in (*self.hidden, self.output) for p in module.parameters()]
+
+    def hidden_outputs(self, features: torch.Tensor) -> list[torch.Tensor]:
+        """The activations of every hidden layer for the input ``features``, first layer first."""
+        h, outputs = features, []
+        for linear, activation in zip(self.hidden, self.activations, strict=True):
+            h = activation(linear(h))
+            outputs.append(h)
+        return outputs
+
+
+def probe(model: BaseAlgorithm, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A probe batch: the first ``size`` observations of the last rollout (on the policy's device) and the
+    policy's features of them (the actor's, where actor and critic have separate extractors). Call it under
+    ``torch.no_grad()``."""
+    buffer, policy = model.rollout_buffer, model.policy
+    observations = torch.as_tensor(
+        buffer.observations.reshape(-1, *buffer.obs_shape)[:size], device=policy.device
+    )
+    features = policy.extract_features(observations)
+    return observations, features[0] if isinstance(features, tuple) else features
 
 
 def mlp_network(name: str, mlp: nn.Sequential, output: nn.Linear) -> Network:

@@ -35,7 +35,7 @@ from torch import nn
 
 from nested_ac.hooks import PlasticityTool
 from nested_ac.metrics import dormant_mask
-from nested_ac.networks import Network, policy_networks
+from nested_ac.networks import Network, policy_networks, probe
 
 # Per-parameter state tensors (shaped like the parameter) of torch's optimizers; an optimizer with a
 # ``per_parameter_state_keys`` attribute (nested_ac.optim's optimizers) names its own.
@@ -416,18 +416,11 @@ class ReDo(PlasticityTool):
         self.rollouts += 1
         if self.rollouts % self.every:
             return
-        buffer = model.rollout_buffer
-        observations = buffer.observations.reshape(-1, *buffer.obs_shape)[: self.probe_size]
         policy = model.policy
-        features = policy.extract_features(torch.as_tensor(observations, device=policy.device))
-        if isinstance(features, tuple):  # separate actor and critic extractors
-            features = features[0]
+        _, features = probe(model, self.probe_size)
         for network in active_networks(model):
-            h, dormant = features, {}
-            for layer, (linear, activation) in enumerate(
-                zip(network.hidden, network.activations, strict=True)
-            ):
-                h = activation(linear(h))
+            dormant = {}
+            for layer, h in enumerate(network.hidden_outputs(features)):
                 units = torch.nonzero(dormant_mask(h, self.tau)).flatten()
                 if len(units):
                     dormant[layer] = units
