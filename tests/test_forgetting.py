@@ -58,7 +58,7 @@ def test_spg_with_full_mask_leaves_the_weight_unchanged_and_the_rest_learning():
     spg.mask = {name: torch.zeros_like(p) for name, p in parameters.items() if name != "log_std"}
     spg.mask[WEIGHT] = torch.ones_like(parameters[WEIGHT])
     before = {name: p.detach().clone() for name, p in parameters.items()}
-    model._optimizer_step(minibatch_loss(model))  # backward, clip, the tools' gradient hook, Adam's step
+    model._optimizer_step(minibatch_loss(model), {})  # backward, clip, the tools' gradient hook, Adam's step
     assert torch.equal(parameters[WEIGHT], before[WEIGHT])
     assert not torch.equal(
         parameters["mlp_extractor.policy_net.2.weight"], before["mlp_extractor.policy_net.2.weight"]
