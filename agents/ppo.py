@@ -13,9 +13,12 @@ import torch
 from gymnasium import spaces
 from stable_baselines3 import PPO
 from stable_baselines3.common.buffers import RolloutBuffer, RolloutBufferSamples
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.distributions import CategoricalDistribution, DiagGaussianDistribution
 from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
-from stable_baselines3.common.utils import explained_variance
+from stable_baselines3.common.preprocessing import preprocess_obs
+from stable_baselines3.common.torch_layers import FlattenExtractor
+from stable_baselines3.common.utils import explained_variance, obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
 
 from nested_ac.config import RunConfig
@@ -115,6 +118,37 @@ def clip_grad_norm(parameters: Iterable[torch.nn.Parameter], max_norm: float) ->
     return total_norm
 
 
+def _hooked(module: torch.nn.Module) -> bool:
+    """Whether calling ``module`` would run a hook (the condition ``nn.Module.__call__`` checks)."""
+    hooks = torch.nn.modules.module
+    return bool(
+        module._forward_hooks
+        or module._forward_pre_hooks
+        or module._backward_hooks
+        or module._backward_pre_hooks
+        or hooks._global_forward_hooks
+        or hooks._global_forward_pre_hooks
+        or hooks._global_backward_hooks
+        or hooks._global_backward_pre_hooks
+        or torch._C._get_tracing_state()
+    )
+
+
+def call(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``module(x)``, without ``nn.Module.__call__``'s per-call work when no hook is registered: a
+    ``Sequential`` (or SB3's ``FlattenExtractor``) runs its layers in turn, any other module its ``forward``.
+    The same operations, so the same numbers; a hooked module is called as usual (its hooks run)."""
+    if _hooked(module):
+        return module(x)
+    if type(module) is torch.nn.Sequential:
+        for layer in module:
+            x = call(layer, x)
+        return x
+    if type(module) is FlattenExtractor:
+        return call(module.flatten, x)
+    return module.forward(x)
+
+
 class ContinualActorCriticPolicy(ActorCriticPolicy):
     """SB3's ``ActorCriticPolicy``; with ``direct=True`` its categorical or diagonal-Gaussian action
     distribution is evaluated by formula instead of through ``torch.distributions`` objects:
@@ -144,12 +178,17 @@ class ContinualActorCriticPolicy(ActorCriticPolicy):
         )
 
     def _latents(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The actor's and the critic's last hidden layers on ``obs``."""
-        features = self.extract_features(obs)
+        """The actor's and the critic's last hidden layers on ``obs`` (SB3's modules, run by :func:`call`)."""
+        mlp = self.mlp_extractor
+        observations = preprocess_obs(obs, self.observation_space, normalize_images=self.normalize_images)
         if self.share_features_extractor:
-            return self.mlp_extractor(features)
-        pi_features, vf_features = features
-        return self.mlp_extractor.forward_actor(pi_features), self.mlp_extractor.forward_critic(vf_features)
+            if _hooked(mlp):
+                return mlp(call(self.features_extractor, observations))
+            pi_features = vf_features = call(self.features_extractor, observations)
+        else:
+            pi_features = call(self.pi_features_extractor, observations)
+            vf_features = call(self.vf_features_extractor, observations)
+        return call(mlp.policy_net, pi_features), call(mlp.value_net, vf_features)
 
     def _gaussian_log_prob(self, actions: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
         z = (actions - mean) * torch.exp(-self.log_std)
@@ -162,7 +201,7 @@ class ContinualActorCriticPolicy(ActorCriticPolicy):
         if kind is None:
             return super().forward(obs, deterministic)
         latent_pi, latent_vf = self._latents(obs)
-        out = self.action_net(latent_pi)
+        out = call(self.action_net, latent_pi)
         if kind == "categorical":
             log_probs = torch.log_softmax(out, dim=-1)
             if deterministic:
@@ -173,7 +212,7 @@ class ContinualActorCriticPolicy(ActorCriticPolicy):
         else:
             actions = out if deterministic else torch.normal(out, torch.exp(self.log_std).expand_as(out))
             log_prob = self._gaussian_log_prob(actions, out)
-        return actions.reshape((-1, *self.action_space.shape)), self.value_net(latent_vf), log_prob
+        return actions.reshape((-1, *self.action_space.shape)), call(self.value_net, latent_vf), log_prob
 
     def evaluate_actions(
         self, obs: torch.Tensor, actions: torch.Tensor
@@ -182,7 +221,7 @@ class ContinualActorCriticPolicy(ActorCriticPolicy):
         if kind is None:
             return super().evaluate_actions(obs, actions)
         latent_pi, latent_vf = self._latents(obs)
-        out = self.action_net(latent_pi)
+        out = call(self.action_net, latent_pi)
         if kind == "categorical":
             log_probs = torch.log_softmax(out, dim=-1)
             log_prob = log_probs.gather(-1, actions.long().view(-1, 1)).squeeze(-1)
@@ -191,7 +230,7 @@ class ContinualActorCriticPolicy(ActorCriticPolicy):
         else:
             log_prob = self._gaussian_log_prob(actions, out)
             entropy = (0.5 + HALF_LOG_2PI + self.log_std).sum().expand(len(out))
-        return self.value_net(latent_vf), log_prob, entropy
+        return call(self.value_net, latent_vf), log_prob, entropy
 
 
 class ContinualPPO(PPO):
@@ -264,11 +303,62 @@ class ContinualPPO(PPO):
         for tool in self.plasticity_tools:
             tool.on_task_switch(self, self.policy.optimizer, task)
 
-    def collect_rollouts(self, *args: Any, **kwargs: Any) -> bool:
-        collected = super().collect_rollouts(*args, **kwargs)
+    def collect_rollouts(
+        self, env: VecEnv, callback: BaseCallback, rollout_buffer: RolloutBuffer, n_rollout_steps: int
+    ) -> bool:
+        collect = (
+            self._collect_rollouts if self.engine == "fast" and not self.use_sde else super().collect_rollouts
+        )
+        collected = collect(env, callback, rollout_buffer, n_rollout_steps)
         for tool in self.plasticity_tools:
             tool.on_rollout_end(self)
         return collected
+
+    def _collect_rollouts(
+        self, env: VecEnv, callback: BaseCallback, rollout_buffer: RolloutBuffer, n_rollout_steps: int
+    ) -> bool:
+        """SB3's ``collect_rollouts`` (without gSDE), step for step and number for number, with less work
+        per step: the policy runs under ``torch.inference_mode`` and through :func:`call`, and only the
+        copies that finished are searched for a time limit to bootstrap (``r ← r + γ V(s_T)``)."""
+        self.policy.set_training_mode(False)
+        n_steps = 0
+        rollout_buffer.reset()
+        callback.on_rollout_start()
+        while n_steps < n_rollout_steps:
+            with torch.inference_mode():
+                actions, values, log_probs = call(self.policy, obs_as_tensor(self._last_obs, self.device))
+            actions = actions.cpu().numpy()
+            clipped_actions = actions
+            if isinstance(self.action_space, spaces.Box):
+                if self.policy.squash_output:
+                    clipped_actions = self.policy.unscale_action(clipped_actions)
+                else:
+                    clipped_actions = np.clip(actions, self.action_space.low, self.action_space.high)
+            new_obs, rewards, dones, infos = env.step(clipped_actions)
+            self.num_timesteps += env.num_envs
+            callback.update_locals(locals())
+            if not callback.on_step():
+                return False
+            self._update_info_buffer(infos, dones)
+            n_steps += 1
+            if isinstance(self.action_space, spaces.Discrete):
+                actions = actions.reshape(-1, 1)
+            for idx in np.flatnonzero(dones):
+                info = infos[idx]
+                if info.get("terminal_observation") is not None and info.get("TimeLimit.truncated", False):
+                    terminal_obs = self.policy.obs_to_tensor(info["terminal_observation"])[0]
+                    with torch.no_grad():
+                        terminal_value = self.policy.predict_values(terminal_obs)[0]
+                    rewards[idx] += self.gamma * terminal_value
+            rollout_buffer.add(self._last_obs, actions, rewards, self._last_episode_starts, values, log_probs)
+            self._last_obs = new_obs
+            self._last_episode_starts = dones
+        with torch.inference_mode():
+            values = self.policy.predict_values(obs_as_tensor(new_obs, self.device))
+        rollout_buffer.compute_returns_and_advantage(last_values=values, dones=dones)
+        callback.update_locals(locals())
+        callback.on_rollout_end()
+        return True
 
     def train(self) -> None:
         self._update()

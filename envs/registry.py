@@ -40,7 +40,7 @@ def register_nonstationary(
     entry_point: str | Callable[..., gym.Env],
     changes: str,
     default_every: int,
-    vector_entry_point: str | None = None,
+    vector_entry_point: str | Callable[..., gym.vector.VectorEnv] | None = None,
     default_kind: str = "every",
     default_tasks: tuple[int, ...] | None = None,
     return_floor: float | None = None,

@@ -97,8 +97,9 @@ class EpisodeStats(BaseCallback):
         self._rollout_start = len(self.episodes)
 
     def _on_step(self) -> bool:
-        for info in self.locals["infos"]:
-            episode = info.get("episode")
+        infos = self.locals["infos"]
+        for i in np.flatnonzero(self.locals["dones"]):  # an episode's record comes with its last step
+            episode = infos[i].get("episode")
             if episode is not None:
                 self.episodes.append((self.num_timesteps, float(episode["r"]), int(episode["l"])))
         return True

@@ -65,7 +65,7 @@ class Snapshots(PlasticityTool):
 
 
 def test_one_level_or_zero_kappa_gives_exactly_ppo():
-    config = small_config("sb3")
+    config = small_config(engine="sb3")
     kwargs = ContinualPPO.kwargs_from_config(config)
     plain = PPO("MlpPolicy", make_env(config), **{k: v for k, v in kwargs.items() if k != "engine"})
     plain.learn(384)
@@ -84,13 +84,17 @@ def test_one_level_or_zero_kappa_gives_exactly_ppo():
 @pytest.mark.parametrize("optimizer", ["upgd", "upgd-sgd"])
 def test_one_level_gives_exactly_ppo_with_upgd(optimizer):
     # UPGD seeds its noise from the global RNG: a second optimizer built for the outer critics drew again.
-    config = small_config(optimizer)
-    plain = PPO("MlpPolicy", make_env(config), **ContinualPPO.kwargs_from_config(config))
+    config = small_config(optimizer, engine="sb3")
+    kwargs = ContinualPPO.kwargs_from_config(config)
+    plain = PPO("MlpPolicy", make_env(config), **{k: v for k, v in kwargs.items() if k != "engine"})
     plain.learn(384)
     reference = base_state(plain)
-    state = base_state(trained(NestedPPO, optimizer=optimizer, levels=1))
+    state = base_state(trained(NestedPPO, optimizer=optimizer, engine="sb3", levels=1))
     assert state.keys() == reference.keys()
     assert all(torch.equal(state[key], reference[key]) for key in reference)
+    fast = base_state(trained(ContinualPPO, optimizer=optimizer))  # and on the fast engine
+    state = base_state(trained(NestedPPO, optimizer=optimizer, levels=1))
+    assert all(torch.equal(state[key], fast[key]) for key in fast)
 
 
 def test_outer_critics_move_more_slowly_than_inner():
