@@ -10,10 +10,10 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 
-from envs import register_nonstationary
-from envs.effects import ActionPermutation, ObservationOffset, TaskEffect
-from envs.vector import SameStepCartPoleVectorEnv
-from envs.wrappers import TaskWrapper, VectorTaskWrapper
+from nested_ac.envs import register_nonstationary
+from nested_ac.envs.effects import ActionPermutation, ObservationOffset, TaskEffect
+from nested_ac.envs.vector import SameStepCartPoleVectorEnv
+from nested_ac.envs.wrappers import TaskWrapper, VectorTaskWrapper
 
 
 class ObservationScale(TaskEffect):
