@@ -1,5 +1,6 @@
 """The installed package as a user meets it: one namespace in site-packages, the console script run from
-the user's own folders, and the README's plug-in example copied verbatim into a fresh folder."""
+the user's own folders, and the documented plug-in example (docs/environments.md) copied verbatim into a
+fresh folder."""
 
 from __future__ import annotations
 
@@ -75,24 +76,27 @@ def test_a_folder_with_its_own_envs_and_agents_packages(tmp_path):
     assert set(versions) - set(locked) == {"python", "nested-ac"}
 
 
-def _readme_block(language: str, first_line: str) -> str:
-    """The README's fenced ``language`` block that starts with ``first_line``."""
-    for block in re.findall(rf"```{language}\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL):
+PLUGIN_PAGE = ROOT / "docs" / "environments.md"
+
+
+def _doc_block(language: str, first_line: str) -> str:
+    """The plug-in page's fenced ``language`` block that starts with ``first_line``."""
+    for block in re.findall(rf"```{language}\n(.*?)```", PLUGIN_PAGE.read_text(), re.DOTALL):
         if block.startswith(first_line):
             return block
-    raise AssertionError(f"no {language} block starting with {first_line!r} in README.md")
+    raise AssertionError(f"no {language} block starting with {first_line!r} in {PLUGIN_PAGE}")
 
 
 def _commands(block: str) -> list[list[str]]:
     return [shlex.split(line) for line in block.replace("\\\n", " ").splitlines() if line.strip()]
 
 
-def test_readme_plugin_example_trains_and_sweeps_from_a_fresh_folder(tmp_path):
+def test_documented_plugin_example_trains_and_sweeps_from_a_fresh_folder(tmp_path):
     (tmp_path / "mypkg").mkdir()
-    (tmp_path / "mypkg" / "envs.py").write_text(_readme_block("python", "# mypkg/envs.py"))
-    (tmp_path / "windy.yaml").write_text(_readme_block("yaml", "# windy.yaml"))
-    commands = _commands(_readme_block("bash", "nested-ac train --env mypkg.envs:")) + _commands(
-        _readme_block("bash", "nested-ac sweep windy.yaml")
+    (tmp_path / "mypkg" / "envs.py").write_text(_doc_block("python", "# mypkg/envs.py"))
+    (tmp_path / "windy.yaml").write_text(_doc_block("yaml", "# windy.yaml"))
+    commands = _commands(_doc_block("bash", "nested-ac train --env mypkg.envs:")) + _commands(
+        _doc_block("bash", "nested-ac sweep windy.yaml")
     )
     assert [command[:2] for command in commands] == [["nested-ac", "train"]] * 2 + [["nested-ac", "sweep"]]
     assert commands[2][-2:] == ["--workers", "2"]
