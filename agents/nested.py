@@ -16,8 +16,8 @@ from stable_baselines3.common.utils import explained_variance
 from torch import nn
 
 from nested_ac.agents.ppo import ContinualActorCriticPolicy, ContinualPPO, clip_grad_norm
-from nested_ac.config import RunConfig
 from nested_ac.errors import ConfigError, unknown_choice
+from nested_ac.networks import Network
 
 MODES = ("distill", "polyak")
 PROBE_SIZE = 256  # states of the first rollout on which critic churn is measured
@@ -204,6 +204,15 @@ class NestedPPO(ContinualPPO):
         """True once more than ``freeze_outer_after`` environment steps have been collected."""
         return self.freeze_outer_after is not None and self.num_timesteps > self.freeze_outer_after
 
+    def trainable_networks(self) -> dict[str, Network]:
+        """PPO's networks (the actor and every critic ``critic_1`` … ``critic_K``), less the outer critics
+        while they are frozen (:meth:`outer_frozen`)."""
+        networks = super().trainable_networks()
+        if not self.outer_frozen():
+            return networks
+        outer = {f"critic_{level}" for level in range(2, self.policy.levels + 1)}
+        return {name: network for name, network in networks.items() if name not in outer}
+
     def _update_learning_rate(self, optimizers: Any) -> None:
         super()._update_learning_rate(optimizers)  # sets every group to the schedule's lr
         for group in self.policy.optimizer.param_groups:
@@ -264,25 +273,6 @@ class NestedPPO(ContinualPPO):
     def _excluded_save_params(self) -> list[str]:
         # The probe set is re-taken from the first rollout after loading.
         return [*super()._excluded_save_params(), "_probe", "_probe_values"]
-
-    @classmethod
-    def kwargs_from_config(cls, config: RunConfig) -> dict[str, Any]:
-        nested = config.nested
-        if nested.freeze_outer_after is not None and nested.freeze_outer_after > config.steps:
-            raise ConfigError(
-                f"nested.freeze_outer_after must be within the run (0 … steps = {config.steps}), "
-                f"got {nested.freeze_outer_after}"
-            )
-        return {
-            **super().kwargs_from_config(config),
-            "levels": nested.levels,
-            "kappa": nested.kappa,
-            "lr_ratio": nested.lr_ratio,
-            "mode": nested.mode,
-            "tau": nested.tau,
-            "freeze_outer_after": nested.freeze_outer_after,
-            "outer_net_arch": nested.critic,
-        }
 
 
 def check_nested(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
@@ -21,14 +20,10 @@ from stable_baselines3.common.torch_layers import FlattenExtractor
 from stable_baselines3.common.utils import explained_variance, obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
 
-from nested_ac.config import RunConfig
-from nested_ac.diagnostics import Diagnostics
-from nested_ac.errors import ConfigError, unknown_choice
+from nested_ac.errors import unknown_choice
 from nested_ac.faults import check_gradients, check_losses, check_update
-from nested_ac.forgetting import GradientProjection, NaturalContinualLearning, SoftMasking
 from nested_ac.hooks import PlasticityTool
-from nested_ac.optimizers import UtilityLogger, optimizer_from_config
-from nested_ac.plasticity import ContinualBackprop, L2Init, ReDo, ShrinkPerturb
+from nested_ac.networks import Network, policy_networks
 
 # PPO's loss terms, as logged under train/ and checked for NaN (see nested_ac/faults.py).
 LOSS_TERMS = ("policy_gradient_loss", "value_loss", "entropy_loss")
@@ -41,67 +36,6 @@ ENGINES = ("fast", "sb3")
 FUSED_OPTIMIZERS = (torch.optim.Adam, torch.optim.AdamW)
 
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
-
-ACTIVATIONS: dict[str, type[torch.nn.Module]] = {
-    "relu": torch.nn.ReLU,
-    "tanh": torch.nn.Tanh,
-    "leaky_relu": torch.nn.LeakyReLU,
-    "elu": torch.nn.ELU,
-    "gelu": torch.nn.GELU,
-}
-
-
-def policy_kwargs_from_config(config: RunConfig) -> dict[str, Any]:
-    """SB3 ``policy_kwargs`` for the configured networks and optimizer."""
-    network = config.network
-    if network.activation not in ACTIVATIONS:
-        raise unknown_choice("activation", network.activation, ACTIVATIONS)
-    optimizer_class, optimizer_kwargs = optimizer_from_config(config)
-    try:  # the optimizer's own range checks, before anything is built or written
-        optimizer_class([torch.zeros(1, requires_grad=True)], lr=config.ppo.learning_rate, **optimizer_kwargs)
-    except ValueError as error:
-        raise ConfigError(f"optimizer {config.optimizer.name!r}: {error}") from None
-    return {
-        "net_arch": {"pi": list(network.actor), "vf": list(network.critic)},
-        "activation_fn": ACTIVATIONS[network.activation],
-        "optimizer_class": optimizer_class,
-        "optimizer_kwargs": optimizer_kwargs,
-    }
-
-
-def plasticity_tools_from_config(config: RunConfig) -> list[PlasticityTool]:
-    """The plasticity tools ``config`` switches on: UPGD's utility logging with a UPGD optimizer, continual
-    backprop, Shrink & Perturb, L2-Init, ReDo, and the forgetting tools SPG, gradient projection and NCL
-    (their gradient hooks run in that order)."""
-    tools: list[PlasticityTool] = []
-    if config.diagnostics.every > 0:
-        d = config.diagnostics
-        tools.append(Diagnostics(d.every, d.probe_size, d.tau, d.delta))
-    if config.optimizer.name.startswith("upgd") and config.optimizer.log_every > 0:
-        tools.append(UtilityLogger(config.optimizer.log_every))
-    try:
-        if config.cbp.enabled:
-            cbp = config.cbp
-            tools.append(
-                ContinualBackprop(cbp.replacement_rate, cbp.maturity, cbp.decay_rate, cbp.mean_corrected)
-            )
-        if config.shrink_perturb.mode != "off":
-            sp = config.shrink_perturb
-            tools.append(ShrinkPerturb(sp.mode, sp.shrink, sp.sigma, sp.alpha))
-        if config.l2_init.coef:
-            tools.append(L2Init(config.l2_init.coef))
-        if config.redo.enabled:
-            tools.append(ReDo(config.redo.tau, config.redo.every))
-        if config.spg.enabled:
-            tools.append(SoftMasking())
-        if config.projection.enabled:
-            tools.append(GradientProjection(config.projection.memory_size))
-        if config.ncl.enabled:
-            ncl = config.ncl
-            tools.append(NaturalContinualLearning(ncl.prior, ncl.fisher_samples, ncl.max_norm))
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
-    return tools
 
 
 def clip_grad_norm(parameters: Iterable[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
@@ -239,12 +173,13 @@ class ContinualPPO(PPO):
     Maximises the clipped surrogate ``E[min(r_t(θ) Â_t, clip(r_t(θ), 1-ε, 1+ε) Â_t)]`` with
     ``r_t(θ) = π_θ(a_t|s_t) / π_θ_old(a_t|s_t)`` and GAE(λ) advantages, plus ``c_v · (V(s) - R̂)²`` and an
     entropy bonus — SB3's PPO unchanged. What it adds is the continual-learning default network
-    (separate actor and critic MLPs, 64×64 ReLU, as in the loss-of-plasticity literature) and
-    construction from a :class:`~nested_ac.config.RunConfig`, and the hooks of
+    (separate actor and critic MLPs, 64×64 ReLU, as in the loss-of-plasticity literature) and the hooks of
     :class:`~nested_ac.hooks.PlasticityTool`: each tool in ``plasticity_tools`` runs on the clipped gradients
     before every optimizer step, after every optimizer step, at every task switch, after every rollout,
-    and logs after every update. A NaN or inf in a loss, a gradient or a parameter stops the update with
-    :class:`~nested_ac.faults.NumericalFault`.
+    and logs after every update; :meth:`trainable_networks` tells tools which networks they may change.
+    A NaN or inf in a loss, a gradient or a parameter stops the update with
+    :class:`~nested_ac.faults.NumericalFault`. Like SB3's algorithms it takes plain keyword arguments
+    (``nested_ac.build`` translates a run configuration into them).
 
     ``engine="sb3"`` is SB3's PPO number for number. ``engine="fast"`` (the default) computes the same
     update with less overhead: the policy's log-density and entropy by formula
@@ -288,6 +223,12 @@ class ContinualPPO(PPO):
             for group in optimizer.param_groups:
                 group["fused"], group["foreach"] = True, False
         optimizer.register_step_post_hook(self._after_optimizer_step)
+
+    def trainable_networks(self) -> dict[str, Network]:
+        """The networks plasticity tools may change now, by name: the actor and the critic
+        (:func:`~nested_ac.networks.policy_networks`); parameters outside them, such as a Gaussian policy's
+        ``log_std``, are not part of any."""
+        return {network.name: network for network in policy_networks(self.policy)}
 
     def _before_optimizer_step(self) -> None:
         """Hand the clipped gradients to every tool's ``before_optimizer_step`` (masking, projection …)."""
@@ -511,19 +452,3 @@ class ContinualPPO(PPO):
     def _excluded_save_params(self) -> list[str]:
         # Tools hold references into the policy; their own state goes through state_dict().
         return [*super()._excluded_save_params(), "plasticity_tools", "_grad_norms"]
-
-    @classmethod
-    def from_config(cls, config: RunConfig, env: VecEnv) -> ContinualPPO:
-        tools = plasticity_tools_from_config(config)
-        return cls("MlpPolicy", env, plasticity_tools=tools, **cls.kwargs_from_config(config))
-
-    @classmethod
-    def kwargs_from_config(cls, config: RunConfig) -> dict[str, Any]:
-        """Constructor keyword arguments for ``config``; a ConfigError if they are out of range."""
-        return {
-            **dataclasses.asdict(config.ppo),
-            "policy_kwargs": policy_kwargs_from_config(config),
-            "seed": config.seed,
-            "device": config.device,
-            "verbose": 0,
-        }

@@ -22,7 +22,7 @@ import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
 
-from nested_ac.agents.ppo import policy_kwargs_from_config
+from nested_ac.build import policy_kwargs
 from nested_ac.config import RunConfig
 from nested_ac.train import train
 
@@ -37,7 +37,7 @@ def plain_sb3(config: RunConfig, out_dir: Path) -> float:
         "MlpPolicy",
         env,
         **{key: value for key, value in vars(config.ppo).items() if key != "engine"},
-        policy_kwargs=policy_kwargs_from_config(config),
+        policy_kwargs=policy_kwargs(config),
         seed=config.seed,
         device=config.device,
     )

@@ -10,7 +10,7 @@ from typing import NoReturn
 
 from nested_ac.errors import ConfigError
 
-LIST_TOPICS = ("envs", "agents", "optimizers", "presets", "experiments")
+LIST_TOPICS = ("envs", "agents", "optimizers", "tools", "presets", "experiments")
 NUMERICAL_FAULT_EXIT = 3
 DISK_FULL_EXIT = 4
 
@@ -176,14 +176,13 @@ def _report_paths(paths: list, out: str | None, reference: str | None, reps: int
 
 
 def _list(topic: str) -> int:
-    import nested_ac.optimizers  # noqa: F401
     from nested_ac import (
-        agents,  # noqa: F401
+        build,  # noqa: F401  (registers the agents, optimizers and tools)
         envs,
     )
     from nested_ac.experiments import EXPERIMENTS
     from nested_ac.presets import PRESETS
-    from nested_ac.registry import AGENTS, OPTIMIZERS
+    from nested_ac.registry import AGENTS, OPTIMIZERS, TOOLS
 
     footer = ""
     if topic == "envs":
@@ -203,6 +202,9 @@ def _list(topic: str) -> int:
             "Run one with: nested-ac sweep NAME; the files are in "
             f"{EXPERIMENTS.directory} (copy one to change it)."
         )
+    elif topic == "tools":
+        rows = [(entry.name, entry.description) for entry in TOOLS]
+        footer = "Write your own: docs/write-your-own-tool.md (a module with one TOOLS.register call)."
     else:
         registry = AGENTS if topic == "agents" else OPTIMIZERS
         rows = [(entry.name, entry.description) for entry in registry]

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from nested_ac.errors import ConfigError, closest_first
+from nested_ac.registry import TOOLS
 
 
 @dataclass
@@ -205,7 +206,12 @@ class CheckpointConfig:
 
 @dataclass
 class RunConfig:
-    """Everything a run needs; ``name`` = None picks ``<agent>-<optimizer>-<env>-s<seed>``."""
+    """Everything a run needs; ``name`` = None picks ``<agent>-<optimizer>-<env>-s<seed>``.
+
+    ``plugins``: modules imported before the configuration is read (the current directory first), so the
+    tools, agents or optimizers they register are there; a registered tool's config section that is not
+    one of the fields below is a top-level section too (``sections``, read through :meth:`section`).
+    """
 
     env: EnvConfig = field(default_factory=EnvConfig)
     agent: str = "ppo"
@@ -229,13 +235,28 @@ class RunConfig:
     device: str = "cpu"
     torch_threads: int = 1
     progress_bar: bool = True
+    plugins: list[str] = field(default_factory=list)
+    sections: dict[str, Any] = field(default_factory=dict, repr=False, metadata={"internal": True})
+
+    def __post_init__(self) -> None:
+        for name, section in plugin_sections().items():
+            self.sections.setdefault(name, section())
+
+    def section(self, name: str) -> Any:
+        """The config section ``name``: one of the fields above or a registered plug-in tool's."""
+        if name in _keys(RunConfig):
+            return getattr(self, name)
+        return self.sections[name] if name in self.sections else plugin_sections()[name]()
 
     def default_name(self) -> str:
         env_name = self.env.id.split(":")[-1].split("/")[-1]
         return f"{self.agent}-{self.optimizer.name}-{env_name}-s{self.seed}"
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Every key, plug-in sections at the top level beside the built-in ones."""
+        values = dataclasses.asdict(self)
+        values.update(values.pop("sections"))
+        return values
 
     def save(self, path: Path) -> None:
         path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
@@ -270,6 +291,17 @@ class RunConfig:
             raise ConfigError(f"optimizer.log_every must be >= 0 (0 = never), got {self.optimizer.log_every}")
         if any(width <= 0 for width in self.network.actor + self.network.critic):
             raise ConfigError("network.actor and network.critic widths must be positive integers")
+
+
+def plugin_sections() -> dict[str, type]:
+    """The config sections (key → dataclass) of registered tools that :class:`RunConfig` lacks itself."""
+    own = _keys(RunConfig)
+    return {spec.section: spec.config for spec in (e.target for e in TOOLS) if spec.section not in own}
+
+
+def _keys(cls: type) -> list[str]:
+    """The keys of config dataclass ``cls`` (not its internal fields)."""
+    return [f.name for f in dataclasses.fields(cls) if not f.metadata.get("internal")]
 
 
 def _type_name(hint: Any) -> str:
@@ -342,14 +374,19 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
 
 def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
     """An instance of dataclass ``cls`` from a (partial) mapping; missing keys keep their defaults."""
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
+    hints: dict[str, Any] = typing.get_type_hints(cls)
+    names = _keys(cls)
+    extra = plugin_sections() if cls is RunConfig else {}
+    kwargs: dict[str, Any] = {}
+    sections: dict[str, Any] = {}
     for name, value in values.items():
-        if name not in names:
-            raise _unknown_key(prefix + str(name), prefix, names)
-        kwargs[name] = _coerce(value, hints[name], prefix + name)
-    return cls(**kwargs)
+        if name in extra:
+            sections[name] = _coerce(value, extra[name], prefix + name)
+        elif name in names:
+            kwargs[name] = _coerce(value, hints[name], prefix + name)
+        else:
+            raise _unknown_key(prefix + str(name), prefix, [*names, *extra])
+    return cls(**kwargs, sections=sections) if sections else cls(**kwargs)
 
 
 def _unknown_key(key: str, prefix: str, names: list[str]) -> ConfigError:
@@ -383,10 +420,11 @@ def _check_keys(cls: type, dotted_key: str) -> None:
     """Raise a ConfigError naming ``dotted_key`` if it does not exist in dataclass ``cls``."""
     prefix = ""
     for part in dotted_key.split("."):
-        names = [f.name for f in dataclasses.fields(cls)]
-        if part not in names:
-            raise _unknown_key(prefix + part, prefix, names)
-        hint = typing.get_type_hints(cls)[part]
+        hints = typing.get_type_hints(cls)
+        keys = {name: hints[name] for name in _keys(cls)} | (plugin_sections() if cls is RunConfig else {})
+        if part not in keys:
+            raise _unknown_key(prefix + part, prefix, list(keys))
+        hint = keys[part]
         prefix += part + "."
         if not dataclasses.is_dataclass(hint):
             if prefix[:-1] != dotted_key and typing.get_origin(hint) is not dict:
@@ -440,9 +478,24 @@ def resolve_config(
     for assignment in assignments or []:
         key, value = parse_set(assignment)
         dotted[key] = value
+    import_plugins(_coerce(dotted.get("plugins", values.get("plugins", [])), list[str], "plugins"))
     for key, value in dotted.items():
         _check_keys(RunConfig, key)
         values = _merge(values, _nested(key, value))
     config = _build(RunConfig, values)
     config.check()
     return config
+
+
+def import_plugins(modules: list[str]) -> None:
+    """Import each plug-in module (the current directory first on ``sys.path``); a ConfigError if one
+    cannot be imported."""
+    from nested_ac.envs.registry import import_plugin
+
+    for module in modules:
+        try:
+            import_plugin(module)
+        except ImportError as error:
+            raise ConfigError(
+                f"cannot import plug-in module {module!r} (config key plugins): {error}"
+            ) from None

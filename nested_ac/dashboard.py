@@ -35,12 +35,13 @@ from tensorboard.plugins.hparams import metadata as hparams_metadata
 from tensorboard.plugins.hparams import summary_v2 as hp
 from torch.utils.tensorboard import SummaryWriter
 
-from nested_ac import rundir
+from nested_ac import (
+    build,  # noqa: F401  (registers the built-in tools)
+    rundir,
+)
 from nested_ac.config import RunConfig
-from nested_ac.diagnostics import Diagnostics
 from nested_ac.envs.schedules import make_schedule
-from nested_ac.optimizers import UtilityLogger
-from nested_ac.plasticity import ContinualBackprop, ReDo
+from nested_ac.registry import TOOLS
 
 LAYOUT_TAG = custom_scalars_metadata.CONFIG_SUMMARY_TAG
 SESSION_TAG = hparams_metadata.SESSION_START_INFO_TAG
@@ -69,11 +70,18 @@ def layout(agent: BaseAlgorithm, switching: bool) -> Layout:
     ``add_custom_scalars`` format: category → chart title → ``["Multiline", tag regexes]`` or
     ``["Margin", [value, lower, upper]]``. Only charts whose tags the run writes, but every category even
     if empty: TensorBoard merges the layouts of the runs it shows into the first run's (by name), and
-    charts of a category that run lacks would be dropped from the merge."""
+    charts of a category that run lacks would be dropped from the merge. A plasticity tool's charts are
+    its registration's (:class:`~nested_ac.registry.ToolSpec` ``charts``), shown when the agent has it."""
     tools = getattr(agent, "plasticity_tools", [])
+    used = [entry.target for entry in TOOLS if any(isinstance(tool, entry.target.tool) for tool in tools)]
 
-    def uses(kind: type) -> bool:
-        return any(isinstance(tool, kind) for tool in tools)
+    def charts(category: str) -> dict[str, list[Any]]:
+        return {
+            title: _multiline(tag)
+            for spec in used
+            if spec.category == category
+            for title, tag in spec.charts.items()
+        }
 
     continual: dict[str, list[Any]] = {
         "episode return (band: min–max over the rollout's episodes)": [
@@ -89,25 +97,9 @@ def layout(agent: BaseAlgorithm, switching: bool) -> Layout:
     continual["run-level: R_1, P_late, slide, final return"] = _multiline(
         f"({'|'.join(re.escape(tag) for tag in METRICS)})"
     )
-    plasticity: dict[str, list[Any]] = {}
-    if uses(Diagnostics):
-        plasticity |= {
-            "dormant fraction per network": _multiline("plasticity/.*/dormant"),
-            "srank per network": _multiline("plasticity/.*/srank"),
-            "weight size (mean |w|) per network": _multiline("plasticity/.*/weight_mean_abs"),
-            "distance from the initial weights": _multiline("plasticity/.*/dist_from_init"),
-            "policy entropy": _multiline("plasticity/policy_entropy"),
-        }
+    plasticity = charts("plasticity")
     plasticity["gradient norm before clipping"] = _multiline("train/grad_norm")
-    interventions: dict[str, list[Any]] = {}
-    if uses(UtilityLogger):
-        interventions["UPGD: mean scaled utility per network"] = _multiline("upgd/.*/utility_mean")
-        interventions["UPGD: fraction of weights with utility > 0.5"] = _multiline("upgd/.*/frac_above_half")
-    if uses(ContinualBackprop):
-        interventions["CBP: units replaced per layer"] = _multiline("cbp/.*/replaced")
-        interventions["CBP: mean unit age"] = _multiline("cbp/.*/mean_age")
-    if uses(ReDo):
-        interventions["ReDo: units reset per network"] = _multiline("redo/.*/reset")
+    interventions = charts("interventions")
     if getattr(agent.policy, "levels", 1) > 1:
         interventions["nested critics: gap to the next critic"] = _multiline(r"nested/critic_\d+/gap")
         interventions["nested critics: churn on a fixed probe"] = _multiline(r"nested/critic_\d+/churn")

@@ -1,4 +1,5 @@
-"""Plasticity diagnostics during training, logged to TensorBoard every N updates."""
+"""Plasticity diagnostics during training, logged to TensorBoard every N updates: :class:`Diagnostics`
+(every run's) and :class:`UtilityLogger` (UPGD's utilities)."""
 
 from __future__ import annotations
 
@@ -73,3 +74,41 @@ class Diagnostics(PlasticityTool):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.rollouts, self.initial = state["rollouts"], state["initial"]
+
+
+class UtilityLogger(PlasticityTool):
+    """Logs UPGD's scaled utilities ū per network every ``every`` updates.
+
+    Tags ``upgd/<network>/utility_mean`` (mean ū), ``upgd/<network>/frac_above_half`` (fraction of weights
+    with ū > 0.5, the ones UPGD protects more than it perturbs) and ``upgd/<network>/utility_hist`` (a
+    histogram of ū). The model is the one whose rollout ended last.
+    """
+
+    def __init__(self, every: int) -> None:
+        self.every = every
+        self.updates = 0
+        self.model: BaseAlgorithm | None = None
+
+    def on_rollout_end(self, model: BaseAlgorithm) -> None:
+        self.model = model
+
+    @torch.no_grad()
+    def log(self, logger: Logger) -> None:
+        self.updates += 1
+        if self.model is None or self.updates % self.every:
+            return
+        utilities = self.model.policy.optimizer.scaled_utilities()
+        for network in policy_networks(self.model.policy):
+            values = [utilities[p].flatten() for p in network.parameters() if p in utilities]
+            if not values:
+                continue
+            flat = torch.cat(values)
+            logger.record(f"upgd/{network.name}/utility_mean", float(flat.mean()))
+            logger.record(f"upgd/{network.name}/frac_above_half", float((flat > 0.5).float().mean()))
+            logger.record(f"upgd/{network.name}/utility_hist", flat.cpu(), exclude=("stdout", "log", "csv"))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"updates": self.updates}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.updates = state["updates"]

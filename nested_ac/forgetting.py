@@ -13,8 +13,8 @@ consolidate what the ending task taught, from "the ending task's data" — the l
 the switch, kept at each rollout end — and afterwards act on every gradient in ``before_optimizer_step``
 (after the backward pass and the gradient-norm clipping, before the optimizer's step), so they work with
 any optimizer (Adam, UPGD) and any agent built on ``ContinualPPO`` (``ppo``, ``nested-ppo``). As every
-plasticity tool, they touch the networks :func:`nested_ac.plasticity.active_networks` lists (the actor and
-every critic not frozen); the exact rules are in each class's docstring.
+plasticity tool, they touch the networks the agent's ``trainable_networks()`` lists (the actor and every
+critic not frozen); the exact rules are in each class's docstring.
 """
 
 from __future__ import annotations
@@ -33,16 +33,17 @@ from torch.distributions import Categorical, Distribution, Normal, kl_divergence
 
 from nested_ac.hooks import PlasticityTool
 from nested_ac.networks import policy_networks
-from nested_ac.plasticity import active_networks
 
 # The rollout buffer's arrays that make up PPO's loss on a rollout (RolloutBufferSamples, in its order).
 ROLLOUT_FIELDS = ("observations", "actions", "values", "log_probs", "advantages", "returns")
 
 
 def named_parameters(model: BaseAlgorithm) -> dict[str, nn.Parameter]:
-    """The parameters of the networks tools may change now (:func:`active_networks`), by their policy name."""
+    """The parameters of the networks tools may change now (``model.trainable_networks()``), by their
+    policy name."""
     name_of = {id(p): name for name, p in model.policy.named_parameters()}
-    return {name_of[id(p)]: p for network in active_networks(model) for p in network.parameters()}
+    networks = model.trainable_networks().values()
+    return {name_of[id(p)]: p for network in networks for p in network.parameters()}
 
 
 def network_means(model: BaseAlgorithm, values: dict[str, torch.Tensor]) -> dict[str, float]:

@@ -12,13 +12,13 @@
 L2 (weight decay) and "non-stationary Adam" (β1 = β2) are optimizer settings: ``optimizer.weight_decay``
 and ``optimizer.betas`` (presets ``cbp-paper`` and ``nonstationary-adam``).
 
-Every tool acts on the networks :func:`nested_ac.networks.policy_networks` lists — the actor and every
-critic — and on nothing else (a Gaussian policy's ``log_std`` is left alone). While a nested agent's outer
-critics are frozen (``model.outer_frozen()``), tools leave them alone (:func:`active_networks`).
+Every tool acts on the networks the agent's ``trainable_networks()`` lists — the actor and every critic
+that may change now (a nested agent's frozen outer critics are left out) — and on nothing else (a Gaussian
+policy's ``log_std`` is left alone).
 
 The unit resets (continual backprop, ReDo) zero the optimizer state of exactly the reset entries; runs
 with either use an optimizer with one step count per weight
-(:func:`nested_ac.optimizers.optimizer_from_config`), so that zeroing also restarts each reset weight's
+(:func:`nested_ac.build.optimizer_spec`), so that zeroing also restarts each reset weight's
 bias correction.
 """
 
@@ -58,16 +58,6 @@ def optimizer_state_keys(optimizer: torch.optim.Optimizer) -> tuple[str, ...]:
         f"unknown optimizer state layout of {type(optimizer).__name__}: supported are {known} and optimizers "
         "with a per_parameter_state_keys attribute (ElementwiseAdam, UPGD, AdaptiveUPGD)"
     )
-
-
-def active_networks(model: BaseAlgorithm, networks: list[Network] | None = None) -> list[Network]:
-    """The networks tools may change now: all of them (``networks``, if already listed), less a nested
-    agent's frozen outer critics."""
-    networks = policy_networks(model.policy) if networks is None else networks
-    outer_frozen = getattr(model, "outer_frozen", None)
-    if outer_frozen is not None and outer_frozen():
-        networks = [n for n in networks if n.name in ("actor", "critic", "critic_1")]
-    return networks
 
 
 @torch.no_grad()
@@ -197,7 +187,6 @@ class ContinualBackprop(PlasticityTool):
         self.decay_rate = decay_rate
         self.mean_corrected = mean_corrected
         self.recorder: ActivationRecorder | None = None
-        self.networks: list[Network] = []  # the model's networks, listed once by bind()
         # Per (network, layer): ages (host), utility U, running mean f, replacement carry, replaced count.
         self.ages: dict[tuple[str, int], np.ndarray] = {}
         self.utility: dict[tuple[str, int], torch.Tensor] = {}
@@ -222,7 +211,6 @@ class ContinualBackprop(PlasticityTool):
                     self.mean[key] = torch.zeros(units, device=linear.weight.device)
                     self.carry[key], self.replaced[key] = 0.0, 0
         optimizer_state_keys(model.policy.optimizer)  # an unknown layout fails now, not at the first reset
-        self.networks = networks
         self.recorder = ActivationRecorder(networks)
 
     def on_rollout_end(self, model: BaseAlgorithm) -> None:
@@ -232,7 +220,7 @@ class ContinualBackprop(PlasticityTool):
     def after_optimizer_step(self, model: BaseAlgorithm, optimizer: torch.optim.Optimizer) -> None:
         if self.recorder is None:
             return
-        for network in active_networks(model, self.networks):
+        for network in model.trainable_networks().values():
             # The utilities of every layer first, on the network the step produced; then the replacements.
             due = {layer: self._test(network, layer) for layer in range(len(network.hidden))}
             due = {layer: units for layer, units in due.items() if units is not None}
@@ -309,7 +297,7 @@ class ContinualBackprop(PlasticityTool):
 
 
 def _network_parameters(model: BaseAlgorithm) -> list[nn.Parameter]:
-    return [p for network in active_networks(model) for p in network.parameters()]
+    return [p for network in model.trainable_networks().values() for p in network.parameters()]
 
 
 class ShrinkPerturb(PlasticityTool):
@@ -319,8 +307,8 @@ class ShrinkPerturb(PlasticityTool):
     ``mode="switch"``: at every schedule switch (a change of task, never at the start of training)
     θ ← α·θ + (1 − α)·θ_fresh, θ_fresh a new random initialisation of the same policy (``alpha`` = α).
 
-    Both act on the networks' weights only (:func:`active_networks`: a nested agent's frozen outer critics
-    are left alone, and so is a Gaussian policy's ``log_std``).
+    Both act on the networks' weights only (``model.trainable_networks()``: a nested agent's frozen outer
+    critics are left alone, and so is a Gaussian policy's ``log_std``).
     """
 
     MODES = ("step", "switch")
@@ -418,7 +406,7 @@ class ReDo(PlasticityTool):
             return
         policy = model.policy
         _, features = probe(model, self.probe_size)
-        for network in active_networks(model):
+        for network in model.trainable_networks().values():
             dormant = {}
             for layer, h in enumerate(network.hidden_outputs(features)):
                 units = torch.nonzero(dormant_mask(h, self.tau)).flatten()

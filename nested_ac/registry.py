@@ -1,12 +1,15 @@
-"""Name → builder tables behind ``--agent``, ``--optimizer`` and ``nested-ac list``."""
+"""Name → builder tables behind ``--agent``, ``--optimizer``, the plasticity tools and ``nested-ac list``."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from nested_ac.errors import unknown_choice
+
+if TYPE_CHECKING:
+    from nested_ac.hooks import PlasticityTool
 
 T = TypeVar("T")
 
@@ -46,5 +49,41 @@ class Registry(Generic[T]):
         return iter(self._entries.values())
 
 
-AGENTS: Registry[Any] = Registry("agent")
+@dataclass(frozen=True)
+class AgentSpec:
+    """A registered agent: its class, and its constructor's keyword arguments for a run configuration
+    (``kwargs(config)``; a ConfigError if they are out of range)."""
+
+    cls: type
+    kwargs: Callable[[Any], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class ToolSpec(Generic[T]):
+    """A registered plasticity tool: the config section it reads and how to build it from that section.
+
+    ``section``: the section's key in the run configuration (``cbp``, ``redo`` …); ``config``: its
+    dataclass (the section's keys and defaults; a section that the run configuration does not define itself
+    becomes one of its top-level sections when the tool is registered); ``enabled(section)``: whether the
+    run uses the tool; ``build(section)``: the tool (a ValueError for out-of-range settings);
+    ``tool``: the class ``build`` returns. ``charts``: the TensorBoard custom-scalars charts of the tool's
+    tags (chart title → tag regex), in the dashboard's ``category``. ``changes_training``: False for a tool
+    that only observes (diagnostics): a run with it alone still counts as a baseline. ``resets_units``: the
+    tool resets units, so the optimizer keeps one step count per weight.
+    """
+
+    section: str
+    config: type[T]
+    tool: type[PlasticityTool]
+    enabled: Callable[[T], bool]
+    build: Callable[[T], PlasticityTool]
+    charts: Mapping[str, str] = field(default_factory=dict)
+    category: str = "interventions"
+    changes_training: bool = True
+    resets_units: bool = False
+
+
+AGENTS: Registry[AgentSpec] = Registry("agent")
 OPTIMIZERS: Registry[Any] = Registry("optimizer")
+# Plasticity tools, in the order their hooks run (a tool registered later runs after the ones before it).
+TOOLS: Registry[ToolSpec[Any]] = Registry("plasticity tool")

@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from nested_ac import rundir
+from nested_ac.build import enabled_tools
 from nested_ac.config import OptimizerConfig, RunConfig, resolve_config
 from nested_ac.continual import (
     Estimate,
@@ -132,14 +133,10 @@ def group_runs(runs: list[Run]) -> list[Group]:
 
 
 def _is_baseline(config: RunConfig) -> bool:
-    """PPO with Adam at its default settings, no plasticity tool: the default reference group."""
-    tools_off = not (config.cbp.enabled or config.redo.enabled or config.l2_init.coef)
-    return (
-        config.agent == "ppo"
-        and config.optimizer == OptimizerConfig()
-        and tools_off
-        and config.shrink_perturb.mode == "off"
-    )
+    """PPO with Adam at its default settings, no plasticity tool that changes training (diagnostics only
+    observe): the default reference group."""
+    tools_off = not any(tool.changes_training for tool in enabled_tools(config))
+    return config.agent == "ppo" and config.optimizer == OptimizerConfig() and tools_off
 
 
 class Reference(NamedTuple):

@@ -28,15 +28,14 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.logger import Logger, TensorBoardOutputFormat
 from stable_baselines3.common.vec_env import VecEnv
 
-import nested_ac.optimizers  # noqa: F401  (registers the optimizers)
 from nested_ac import (
-    agents,  # noqa: F401  (registers the agents)
     checkpoint,
     continual,
     dashboard,
     envs,
     rundir,
 )
+from nested_ac.build import build_agent
 from nested_ac.callbacks import EpisodeStats, ProgressBar, TaskClock, Throughput
 from nested_ac.checkpoint import Checkpointer, CheckpointStore, restore
 from nested_ac.config import RunConfig, resolve_config
@@ -90,10 +89,6 @@ def make_env(config: RunConfig) -> VecEnv:
         return make_vec_env(config.env.id, n_envs=config.env.n_envs, seed=config.seed, env_kwargs=kwargs)
     except TypeError as error:
         raise ConfigError(f"env {config.env.id!r} rejected env.kwargs {config.env.kwargs}: {error}") from None
-
-
-def build_agent(config: RunConfig, env: VecEnv) -> BaseAlgorithm:
-    return AGENTS.get(config.agent).from_config(config, env)
 
 
 LIBRARIES = ("nested-ac", "torch", "numpy", "gymnasium", "stable-baselines3")

@@ -228,7 +228,7 @@ def test_hparams_record_the_changes_from_the_defaults(tmp_path):
 def test_a_plain_run_gets_no_intervention_charts(tmp_path):
     from stable_baselines3.common.env_util import make_vec_env
 
-    from nested_ac.train import build_agent
+    from nested_ac.build import build_agent
 
     config = resolve_config(overrides={"diagnostics.every": 0, "run_dir": str(tmp_path)})
     env = make_vec_env("CartPole-v1", n_envs=1)

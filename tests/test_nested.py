@@ -11,7 +11,7 @@ from torch import nn
 
 from nested_ac import envs  # noqa: F401  (registers the permuted CartPole)
 from nested_ac.agents import ContinualPPO, NestedPPO
-from nested_ac.agents.ppo import policy_kwargs_from_config
+from nested_ac.build import build_agent, policy_kwargs, ppo_kwargs
 from nested_ac.config import RunConfig
 from nested_ac.hooks import PlasticityTool
 from nested_ac.train import make_env
@@ -38,7 +38,8 @@ def trained(
     **nested,
 ) -> ContinualPPO:
     config = small_config(optimizer, engine, **nested)
-    model = cls.from_config(config, make_env(config))
+    config.agent = "nested-ppo" if cls is NestedPPO else "ppo"
+    model = build_agent(config, make_env(config))
     model.plasticity_tools = list(tools)
     model.learn(steps)  # 384 steps: 3 updates of 2 epochs x 4 minibatches
     return model
@@ -66,7 +67,7 @@ class Snapshots(PlasticityTool):
 
 def test_one_level_or_zero_kappa_gives_exactly_ppo():
     config = small_config(engine="sb3")
-    kwargs = ContinualPPO.kwargs_from_config(config)
+    kwargs = ppo_kwargs(config)
     plain = PPO("MlpPolicy", make_env(config), **{k: v for k, v in kwargs.items() if k != "engine"})
     plain.learn(384)
     exact = base_state(trained(NestedPPO, engine="sb3", levels=1))
@@ -85,7 +86,7 @@ def test_one_level_or_zero_kappa_gives_exactly_ppo():
 def test_one_level_gives_exactly_ppo_with_upgd(optimizer):
     # UPGD seeds its noise from the global RNG: a second optimizer built for the outer critics drew again.
     config = small_config(optimizer, engine="sb3")
-    kwargs = ContinualPPO.kwargs_from_config(config)
+    kwargs = ppo_kwargs(config)
     plain = PPO("MlpPolicy", make_env(config), **{k: v for k, v in kwargs.items() if k != "engine"})
     plain.learn(384)
     reference = base_state(plain)
@@ -255,10 +256,11 @@ def test_polyak_with_differently_shaped_outer_critic_is_rejected(cli, tmp_path):
 
 def test_outer_critic_width_is_configurable():
     config = small_config(levels=2, critic=[16])
-    model = NestedPPO.from_config(config, make_env(config))
+    config.agent = "nested-ppo"
+    model = build_agent(config, make_env(config))
     mlp, _ = model.policy.critics()[1]
     assert [layer.out_features for layer in mlp if isinstance(layer, nn.Linear)] == [16]
-    assert policy_kwargs_from_config(config)["net_arch"]["vf"] == [64, 64]
+    assert policy_kwargs(config)["net_arch"]["vf"] == [64, 64]
 
 
 def test_same_seed_same_nested_run():

@@ -11,12 +11,12 @@ from stable_baselines3.common.env_util import make_vec_env
 
 from nested_ac import envs
 from nested_ac.agents import ContinualPPO, NestedPPO
+from nested_ac.build import optimizer_spec
 from nested_ac.callbacks import TaskClock
 from nested_ac.config import RunConfig
 from nested_ac.hooks import PlasticityTool
 from nested_ac.networks import policy_networks
 from nested_ac.optim import UPGD, ElementwiseAdam
-from nested_ac.optimizers import optimizer_from_config
 from nested_ac.plasticity import (
     ContinualBackprop,
     L2Init,
@@ -148,7 +148,7 @@ def test_a_reset_weight_restarts_its_optimizer_like_a_fresh_one(name, betas):
     config = RunConfig()
     config.optimizer.name, config.optimizer.betas, config.cbp.enabled = name, betas, True
     config.optimizer.sigma, config.optimizer.protect = 0.0, False  # UPGD: no noise, the gate only on noise
-    optimizer_class, kwargs = optimizer_from_config(config)
+    optimizer_class, kwargs = optimizer_spec(config)
     model = make_model(optimizer_class, activation=torch.nn.Tanh, optimizer_kwargs=kwargs)
     optimizer, lr = model.policy.optimizer, model.policy.optimizer.param_groups[0]["lr"]
     obs = observations()
@@ -183,13 +183,13 @@ def test_a_reset_weight_restarts_its_optimizer_like_a_fresh_one(name, betas):
 
 def test_per_element_steps_only_with_unit_resets():
     config = RunConfig()
-    assert optimizer_from_config(config)[0] is torch.optim.Adam
+    assert optimizer_spec(config)[0] is torch.optim.Adam
     for key in ("cbp", "redo"):
         config = RunConfig()
         getattr(config, key).enabled = True
-        assert optimizer_from_config(config)[0] is ElementwiseAdam
+        assert optimizer_spec(config)[0] is ElementwiseAdam
         config.optimizer.name = "upgd-sgd"
-        optimizer_class, kwargs = optimizer_from_config(config)
+        optimizer_class, kwargs = optimizer_spec(config)
         assert optimizer_class is UPGD and kwargs["per_element_steps"] is True
 
 

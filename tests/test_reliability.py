@@ -250,7 +250,8 @@ def test_nan_observation_from_the_env_is_reported(cli, tmp_path, monkeypatch):
 
 
 def test_non_finite_gradient_and_parameter_are_named(tmp_path):
-    from nested_ac.train import build_agent, make_env
+    from nested_ac.build import build_agent
+    from nested_ac.train import make_env
 
     config = small_config(tmp_path, "run")
     agent = build_agent(config, make_env(config))

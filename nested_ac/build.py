@@ -1,0 +1,247 @@
+"""From a run configuration to the objects it describes: the agent, its optimizer and its plasticity tools.
+
+The one module that reads :class:`~nested_ac.config.RunConfig` on behalf of agents and tools. Agents
+(``nested_ac.agents``) take plain keyword arguments, as Stable-Baselines3's algorithms do; each agent is
+registered in :data:`~nested_ac.registry.AGENTS` with the function that makes its keyword arguments, and
+each plasticity tool in :data:`~nested_ac.registry.TOOLS` with its config section and builder
+(:class:`~nested_ac.registry.ToolSpec`). Importing this module registers the built-in agents and tools; a
+new tool is its own module plus one ``TOOLS.register`` call (docs/write-your-own-tool.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.vec_env import VecEnv
+
+import nested_ac.optimizers  # noqa: F401  (registers the optimizers)
+from nested_ac.agents import ContinualPPO, NestedPPO
+from nested_ac.config import (
+    CBPConfig,
+    DiagnosticsConfig,
+    L2InitConfig,
+    NCLConfig,
+    OptimizerConfig,
+    ProjectionConfig,
+    ReDoConfig,
+    RunConfig,
+    ShrinkPerturbConfig,
+    SPGConfig,
+    import_plugins,
+)
+from nested_ac.diagnostics import Diagnostics, UtilityLogger
+from nested_ac.errors import ConfigError, unknown_choice
+from nested_ac.forgetting import GradientProjection, NaturalContinualLearning, SoftMasking
+from nested_ac.hooks import PlasticityTool
+from nested_ac.optimizers import OptimizerSpec, with_element_steps
+from nested_ac.plasticity import ContinualBackprop, L2Init, ReDo, ShrinkPerturb
+from nested_ac.registry import AGENTS, OPTIMIZERS, TOOLS, AgentSpec, ToolSpec
+
+ACTIVATIONS: dict[str, type[torch.nn.Module]] = {
+    "relu": torch.nn.ReLU,
+    "tanh": torch.nn.Tanh,
+    "leaky_relu": torch.nn.LeakyReLU,
+    "elu": torch.nn.ELU,
+    "gelu": torch.nn.GELU,
+}
+
+
+def enabled_tools(config: RunConfig) -> list[ToolSpec[Any]]:
+    """The registered tools ``config`` switches on, in registration order (the order their hooks run)."""
+    return [entry.target for entry in TOOLS if entry.target.enabled(config.section(entry.target.section))]
+
+
+def plasticity_tools(config: RunConfig) -> list[PlasticityTool]:
+    """The plasticity tools of a run of ``config``; a ConfigError for an out-of-range setting."""
+    try:
+        return [spec.build(config.section(spec.section)) for spec in enabled_tools(config)]
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+
+
+def optimizer_spec(config: RunConfig) -> OptimizerSpec:
+    """The run's optimizer class and kwargs: ``--optimizer``'s, with one step count per weight
+    (:func:`~nested_ac.optimizers.with_element_steps`) when a tool resets units (continual backprop, ReDo)
+    — so a reset weight restarts Adam's bias correction as a fresh optimizer would (Dohare et al., Nature
+    2024)."""
+    spec = OPTIMIZERS.get(config.optimizer.name)(config.optimizer)
+    resets = any(tool.resets_units for tool in enabled_tools(config))
+    return with_element_steps(spec) if resets else spec
+
+
+def policy_kwargs(config: RunConfig) -> dict[str, Any]:
+    """SB3 ``policy_kwargs`` for the configured networks and optimizer."""
+    network = config.network
+    if network.activation not in ACTIVATIONS:
+        raise unknown_choice("activation", network.activation, ACTIVATIONS)
+    optimizer_class, optimizer_kwargs = optimizer_spec(config)
+    try:  # the optimizer's own range checks, before anything is built or written
+        optimizer_class([torch.zeros(1, requires_grad=True)], lr=config.ppo.learning_rate, **optimizer_kwargs)
+    except ValueError as error:
+        raise ConfigError(f"optimizer {config.optimizer.name!r}: {error}") from None
+    return {
+        "net_arch": {"pi": list(network.actor), "vf": list(network.critic)},
+        "activation_fn": ACTIVATIONS[network.activation],
+        "optimizer_class": optimizer_class,
+        "optimizer_kwargs": optimizer_kwargs,
+    }
+
+
+def ppo_kwargs(config: RunConfig) -> dict[str, Any]:
+    """:class:`~nested_ac.agents.ContinualPPO`'s keyword arguments for ``config``."""
+    return {
+        **dataclasses.asdict(config.ppo),
+        "policy_kwargs": policy_kwargs(config),
+        "seed": config.seed,
+        "device": config.device,
+        "verbose": 0,
+    }
+
+
+def nested_ppo_kwargs(config: RunConfig) -> dict[str, Any]:
+    """:class:`~nested_ac.agents.NestedPPO`'s keyword arguments: PPO's and the ``nested`` section's."""
+    nested = config.nested
+    if nested.freeze_outer_after is not None and nested.freeze_outer_after > config.steps:
+        raise ConfigError(
+            f"nested.freeze_outer_after must be within the run (0 … steps = {config.steps}), "
+            f"got {nested.freeze_outer_after}"
+        )
+    return {
+        **ppo_kwargs(config),
+        "levels": nested.levels,
+        "kappa": nested.kappa,
+        "lr_ratio": nested.lr_ratio,
+        "mode": nested.mode,
+        "tau": nested.tau,
+        "freeze_outer_after": nested.freeze_outer_after,
+        "outer_net_arch": nested.critic,
+    }
+
+
+def build_agent(config: RunConfig, env: VecEnv) -> BaseAlgorithm:
+    """The agent of a run of ``config`` on ``env``, with its plasticity tools; a ConfigError for bad input."""
+    import_plugins(config.plugins)
+    agent = AGENTS.get(config.agent)
+    tools = plasticity_tools(config)
+    return agent.cls("MlpPolicy", env, plasticity_tools=tools, **agent.kwargs(config))
+
+
+AGENTS.register(
+    "ppo",
+    "PPO (Stable-Baselines3) with separate ReLU actor and critic MLPs",
+    AgentSpec(ContinualPPO, ppo_kwargs),
+)
+AGENTS.register(
+    "nested-ppo",
+    "PPO with K nested critics, each outer one a slowly moving learned loss for the inner (nested.*)",
+    AgentSpec(NestedPPO, nested_ppo_kwargs),
+)
+
+TOOLS.register(
+    "diagnostics",
+    "dormant units, srank, weight size, distance from init per network, every N rollouts (diagnostics.*)",
+    ToolSpec(
+        "diagnostics",
+        DiagnosticsConfig,
+        Diagnostics,
+        enabled=lambda d: d.every > 0,
+        build=lambda d: Diagnostics(d.every, d.probe_size, d.tau, d.delta),
+        charts={
+            "dormant fraction per network": "plasticity/.*/dormant",
+            "srank per network": "plasticity/.*/srank",
+            "weight size (mean |w|) per network": "plasticity/.*/weight_mean_abs",
+            "distance from the initial weights": "plasticity/.*/dist_from_init",
+            "policy entropy": "plasticity/policy_entropy",
+        },
+        category="plasticity",
+        changes_training=False,
+    ),
+)
+TOOLS.register(
+    "upgd-utility",
+    "UPGD's scaled utilities per network, every N updates (optimizer.log_every, with a UPGD optimizer)",
+    ToolSpec(
+        "optimizer",
+        OptimizerConfig,
+        UtilityLogger,
+        enabled=lambda o: o.name.startswith("upgd") and o.log_every > 0,
+        build=lambda o: UtilityLogger(o.log_every),
+        charts={
+            "UPGD: mean scaled utility per network": "upgd/.*/utility_mean",
+            "UPGD: fraction of weights with utility > 0.5": "upgd/.*/frac_above_half",
+        },
+        changes_training=False,
+    ),
+)
+TOOLS.register(
+    "cbp",
+    "continual backprop (Dohare et al., 2024): replace low-utility hidden units (cbp.*, --cbp)",
+    ToolSpec(
+        "cbp",
+        CBPConfig,
+        ContinualBackprop,
+        enabled=lambda c: c.enabled,
+        build=lambda c: ContinualBackprop(c.replacement_rate, c.maturity, c.decay_rate, c.mean_corrected),
+        charts={"CBP: units replaced per layer": "cbp/.*/replaced", "CBP: mean unit age": "cbp/.*/mean_age"},
+        resets_units=True,
+    ),
+)
+TOOLS.register(
+    "shrink-perturb",
+    "Shrink & Perturb (Ash & Adams, 2020): each step or at each task switch (shrink_perturb.*)",
+    ToolSpec(
+        "shrink_perturb",
+        ShrinkPerturbConfig,
+        ShrinkPerturb,
+        enabled=lambda s: s.mode != "off",
+        build=lambda s: ShrinkPerturb(s.mode, s.shrink, s.sigma, s.alpha),
+    ),
+)
+TOOLS.register(
+    "l2-init",
+    "L2-Init (Kumar et al., 2023): a pull toward the initial weights (l2_init.coef)",
+    ToolSpec("l2_init", L2InitConfig, L2Init, enabled=lambda c: bool(c.coef), build=lambda c: L2Init(c.coef)),
+)
+TOOLS.register(
+    "redo",
+    "ReDo (Sokar et al., 2023): reset τ-dormant units every N updates (redo.*)",
+    ToolSpec(
+        "redo",
+        ReDoConfig,
+        ReDo,
+        enabled=lambda r: r.enabled,
+        build=lambda r: ReDo(r.tau, r.every),
+        charts={"ReDo: units reset per network": "redo/.*/reset"},
+        resets_units=True,
+    ),
+)
+TOOLS.register(
+    "spg",
+    "SPG soft masking (Konishi et al., 2023): gradients scaled by 1 − accumulated importance (spg.*)",
+    ToolSpec("spg", SPGConfig, SoftMasking, enabled=lambda s: s.enabled, build=lambda s: SoftMasking()),
+)
+TOOLS.register(
+    "projection",
+    "gradient projection, A-GEM (Chaudhry et al., 2019), on a memory of past tasks (projection.*)",
+    ToolSpec(
+        "projection",
+        ProjectionConfig,
+        GradientProjection,
+        enabled=lambda p: p.enabled,
+        build=lambda p: GradientProjection(p.memory_size),
+    ),
+)
+TOOLS.register(
+    "ncl",
+    "natural continual learning, diagonal (Kao et al., 2021): Fisher-preconditioned gradients (ncl.*)",
+    ToolSpec(
+        "ncl",
+        NCLConfig,
+        NaturalContinualLearning,
+        enabled=lambda n: n.enabled,
+        build=lambda n: NaturalContinualLearning(n.prior, n.fisher_samples, n.max_norm),
+    ),
+)
