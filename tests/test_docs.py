@@ -220,7 +220,7 @@ def test_documented_list_and_train_commands_run(cli, tmp_path, monkeypatch):
         for _, line in _all_commands()
         if re.fullmatch(r"nested-ac list \w+", line)
     }
-    assert len(lists) == 5
+    assert len(lists) == 6  # envs, agents, optimizers, tools, presets, experiments
     for args in sorted(lists):
         code, out, err = cli(*args)
         assert code == 0 and out.strip(), (args, err)
