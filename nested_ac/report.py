@@ -166,8 +166,13 @@ def references(
     return refs, notes
 
 
+def _number(value: float | None) -> float:
+    """A summary's number, NaN where the summary says None (not measurable)."""
+    return math.nan if value is None else value
+
+
 def _returns(run: Run) -> np.ndarray:
-    return np.array([math.nan if r is None else r for r in run.summary["R"]], dtype=float)
+    return np.array([_number(r) for r in run.summary["R"]], dtype=float)
 
 
 def _p_late(run: Run, R_ref: float | None) -> float:
@@ -303,12 +308,13 @@ def plot(groups: list[Group], out: Path, refs: dict[tuple[str, str], Reference],
     return ["tasks.png", "returns.png", "diagnostics.png"]
 
 
-def _improvement(group: Group, ref: Reference | None, p_lates: dict[str, dict[int, float]], reps: int) -> str:
+def _improvement(group: Group, ref: Reference | None, scores: dict[str, dict[int, float]], reps: int) -> str:
+    """P(X > base) of the group's per-seed ``scores`` (higher is better) over the reference group's."""
     if ref is None:
         return "—"
     if ref.group is group:
         return "baseline"
-    estimate = probability_of_improvement(p_lates[group.label], p_lates[ref.group.label], reps)
+    estimate = probability_of_improvement(scores[group.label], scores[ref.group.label], reps)
     return _interval(estimate, estimate.n) + (f" ({estimate.n} paired seeds)" if estimate.n > 1 else "")
 
 
@@ -348,6 +354,11 @@ def write_report(
         }
         for group in groups
     }
+    forgetting = {  # per seed; NaN where no task recurred
+        group.label: {run.config.seed: _number(run.summary["forgetting_mean"]) for run in group.runs}
+        for group in groups
+    }
+    less_forgetting = {label: {s: -f for s, f in by_seed.items()} for label, by_seed in forgetting.items()}
     lines = [
         "# nested-ac report",
         "",
@@ -357,26 +368,27 @@ def write_report(
         "the seeds both ran; seeds: how many seeds' P_late contributed. Intervals: 95 % stratified "
         f"bootstrap ({reps} resamples; rliable, Agarwal et al. 2021); one seed has none. Secondary: R_1, the "
         "return at the end of the first task; slide S, late ÷ early tasks after the first switch (collapse "
-        "≤ 0.75, sustained ≥ 0.95), and late/early, both over returns above the env's floor R_min.",
+        "≤ 0.75, sustained ≥ 0.95), and late/early, both over returns above the env's floor R_min; "
+        "forgetting (recurring tasks): per run, the mean over its returns to a task of R at the end of the "
+        "previous visit minus the return early in the new one; its mean across seeds, and P(forgets less), "
+        "the probability that the group forgets less than the baseline, paired by seed like P(X > base).",
         "",
         "| group | seeds | P_late IQM | P_late mean | P(X > base) | R_1 | slide S | late/early | forgetting "
-        "| dormant (actor) | srank (actor) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| P(forgets less) | dormant (actor) | srank (actor) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for group in groups:
         iqm, mean = iqm_and_mean(list(p_lates[group.label].values()), reps)
         seeds = iqm.n if iqm.n == len(group.runs) else f"{iqm.n} of {len(group.runs)}"
-        firsts = [
-            r.summary["R"][0] if r.summary["R"] and r.summary["R"][0] is not None else math.nan
-            for r in group.runs
-        ]
+        firsts = [_number(r.summary["R"][0]) if r.summary["R"] else math.nan for r in group.runs]
         lines.append(
             f"| {group.label} | {seeds} | {_interval(iqm, iqm.n)} | {_interval(mean, mean.n)} "
             f"| {_improvement(group, refs.get(group.environment()), p_lates, reps)} "
             f"| {_interval(iqm_and_mean(firsts, reps)[1], iqm.n)} "
             f"| {_interval(iqm_and_mean([_ratio(r, slide) for r in group.runs], reps)[1], iqm.n)} "
             f"| {_mean([_ratio(r, late_early) for r in group.runs])} "
-            f"| {_mean([r.summary['forgetting_mean'] for r in group.runs])} "
+            f"| {_interval(iqm_and_mean(list(forgetting[group.label].values()), reps)[1], iqm.n)} "
+            f"| {_improvement(group, refs.get(group.environment()), less_forgetting, reps)} "
             f"| {_mean([_last(r, DIAGNOSTIC_TAGS[0]) for r in group.runs])} "
             f"| {_mean([_last(r, DIAGNOSTIC_TAGS[1]) for r in group.runs])} |"
         )

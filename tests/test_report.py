@@ -132,3 +132,27 @@ def test_reference_is_default_adam_ppo_not_a_tuned_adam(tmp_path):
 def test_bad_number_of_resamples(cli, tmp_path):
     code, _, err = cli("report", str(tmp_path), "--reps", "0")
     assert code == 2 and "bootstrap resamples must be a positive integer, got 0" in err
+
+
+def test_forgetting_is_a_mean_across_seeds_with_its_interval(cli, runs, tmp_path):
+    import shutil
+
+    shutil.copytree(runs, tmp_path / "sweep")
+    for seed, forgetting in ((0, 100.0), (1, 300.0)):
+        path = tmp_path / "sweep" / "adam" / f"seed{seed}" / "summary.json"
+        summary = json.loads(path.read_text())
+        path.write_text(json.dumps({**summary, "forgetting_mean": forgetting}))
+    code, _, err = cli("report", str(tmp_path / "sweep"), *REPS)
+    assert code == 0, err
+    rows = _rows((tmp_path / "sweep" / "report" / "report.md").read_text())
+    assert rows["adam"]["forgetting"] == "200.00 [100.00, 300.00]"
+    assert rows["adam"]["P(forgets less)"] == "baseline"
+    assert rows["cbp"]["forgetting"] == rows["cbp"]["P(forgets less)"] == "—"  # no task recurs here
+    for seed, forgetting in ((0, 50.0), (1, 250.0)):  # cbp forgets less than adam on each seed
+        path = tmp_path / "sweep" / "cbp" / f"seed{seed}" / "summary.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "forgetting_mean": forgetting}))
+    code, _, err = cli("report", str(tmp_path / "sweep"), *REPS)
+    assert code == 0, err
+    rows = _rows((tmp_path / "sweep" / "report" / "report.md").read_text())
+    # P(cbp forgets less): pairs (50 vs 100, 300), (250 vs 100, 300) -> 3 of 4 pairs.
+    assert rows["cbp"]["P(forgets less)"].startswith("0.75 [")
