@@ -26,8 +26,10 @@ Checkpoints are pickles (``torch.load(weights_only=False)``): load only your own
 
 from __future__ import annotations
 
+import io
 import pickle
 import random
+import types
 from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
@@ -48,6 +50,31 @@ from nested_ac.interrupts import InterruptGuard
 from nested_ac.rundir import CHECKPOINT_NAME, checkpoint_file, replace_atomically, writing
 
 FORMAT_VERSION = 1
+
+# Packages that were installed at the top level before they moved under nested_ac (nested_ac.envs,
+# nested_ac.agents): checkpoints written then name their classes envs.* and agents.*.
+MOVED_PACKAGES = ("envs", "agents")
+
+
+class _Unpickler(pickle.Unpickler):
+    """Unpickles a checkpoint, mapping classes of the moved packages (``envs.vector.X``) to their place
+    now (``nested_ac.envs.vector.X``), so a run checkpointed by an older nested-ac still resumes."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module.split(".", 1)[0] in MOVED_PACKAGES:
+            module = f"nested_ac.{module}"
+        return super().find_class(module, name)
+
+
+def _loads(data: bytes) -> Any:
+    """``pickle.loads`` through :class:`_Unpickler`."""
+    return _Unpickler(io.BytesIO(data)).load()
+
+
+# What torch.load needs of a pickle module, reading with _Unpickler.
+_pickle_module = types.ModuleType("nested_ac_checkpoint_pickle")
+_pickle_module.Unpickler = _Unpickler  # type: ignore[attr-defined]
+_pickle_module.load = pickle.load  # type: ignore[attr-defined]
 
 
 class CheckpointError(ConfigError):
@@ -86,11 +113,11 @@ def get_env_state(vec_env: VecEnv) -> bytes:
 def set_env_state(vec_env: VecEnv, state: bytes) -> None:
     """Put back into ``vec_env`` what :func:`get_env_state` captured."""
     if isinstance(vec_env, GymnasiumVecEnv):
-        vec_env.set_state(pickle.loads(state))
+        vec_env.set_state(_loads(state))
         return
     if not isinstance(vec_env, DummyVecEnv):
         raise CheckpointError(f"cannot restore the state of a {type(vec_env).__name__}; only DummyVecEnv")
-    restored = pickle.loads(state)
+    restored = _loads(state)
     vec_env.envs = restored["envs"]
     vec_env.reset_infos = restored["reset_infos"]
     vec_env._seeds = restored["seeds"]
@@ -247,7 +274,7 @@ class CheckpointStore:
     def load(self, path: Path) -> dict[str, Any]:
         """The checkpoint dict in ``path``; a CheckpointError naming the file if it cannot be read."""
         try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
+            state = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_pickle_module)
         except Exception as error:  # a truncated or garbage file fails in many ways inside unpickling
             older = [p.name for p in self.paths() if p != path]
             hint = f"; move it away to resume from {older[-1]}" if older else ""

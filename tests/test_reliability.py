@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import pickle
 import re
 import signal
 import subprocess
@@ -419,3 +420,14 @@ def wait_for(condition, process: subprocess.Popen, seconds: float = 120) -> None
         assert process.poll() is None, "the process ended early"
         assert time.monotonic() < deadline
         time.sleep(0.02)
+
+
+def test_checkpoints_of_the_old_top_level_packages_still_load():
+    # Before envs/ and agents/ moved under nested_ac, pickles named their classes envs.* and agents.*.
+    from nested_ac.checkpoint import _loads
+    from nested_ac.envs.schedules import EveryNSteps
+
+    old = pickle.dumps(EveryNSteps(1000), protocol=0).replace(b"nested_ac.envs.", b"envs.")
+    assert b"cnested_ac" not in old and b"envs.schedules" in old
+    restored = _loads(old)
+    assert type(restored) is EveryNSteps and restored.task_at(2500) == 2
