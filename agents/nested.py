@@ -15,7 +15,7 @@ from stable_baselines3.common.type_aliases import Schedule as LearningRateSchedu
 from stable_baselines3.common.utils import explained_variance
 from torch import nn
 
-from nested_ac.agents.ppo import ContinualActorCriticPolicy, ContinualPPO, clip_grad_norm
+from nested_ac.agents.ppo import ContinualActorCriticPolicy, ContinualPPO, LossStats, clip_grad_norm
 from nested_ac.errors import ConfigError, unknown_choice
 from nested_ac.networks import Network
 
@@ -219,11 +219,7 @@ class NestedPPO(ContinualPPO):
             group["lr"] *= group["lr_scale"]
 
     def _loss(
-        self,
-        batch: RolloutBufferSamples,
-        clip_range: float,
-        clip_range_vf: float | None,
-        stats: dict[str, list[torch.Tensor]],
+        self, batch: RolloutBufferSamples, clip_range: float, clip_range_vf: float | None, stats: LossStats
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         loss, values, approx_kl = super()._loss(batch, clip_range, clip_range_vf, stats)
         if self.policy.levels == 1:

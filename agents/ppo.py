@@ -27,6 +27,8 @@ from nested_ac.networks import Network, policy_networks
 
 # PPO's loss terms, as logged under train/ and checked for NaN (see nested_ac/faults.py).
 LOSS_TERMS = ("policy_gradient_loss", "value_loss", "entropy_loss")
+# The update's statistics by name (loss terms, clip fraction …), one detached tensor per minibatch.
+LossStats = dict[str, list[torch.Tensor]]
 
 # ``ppo.engine``: "fast" computes the same update with less framework overhead (equal to float rounding);
 # "sb3" is Stable-Baselines3's PPO number for number.
@@ -124,6 +126,11 @@ class ContinualActorCriticPolicy(ActorCriticPolicy):
             vf_features = call(self.vf_features_extractor, observations)
         return call(mlp.policy_net, pi_features), call(mlp.value_net, vf_features)
 
+    def _head(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The action head's output (logits or Gaussian mean) and the critic's latent features."""
+        latent_pi, latent_vf = self._latents(obs)
+        return call(self.action_net, latent_pi), latent_vf
+
     def _gaussian_log_prob(self, actions: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
         z = (actions - mean) * torch.exp(-self.log_std)
         return (-0.5 * z.square() - self.log_std - HALF_LOG_2PI).sum(-1)
@@ -134,8 +141,7 @@ class ContinualActorCriticPolicy(ActorCriticPolicy):
         kind = self._direct_kind()
         if kind is None:
             return super().forward(obs, deterministic)
-        latent_pi, latent_vf = self._latents(obs)
-        out = call(self.action_net, latent_pi)
+        out, latent_vf = self._head(obs)
         if kind == "categorical":
             log_probs = torch.log_softmax(out, dim=-1)
             if deterministic:
@@ -154,8 +160,7 @@ class ContinualActorCriticPolicy(ActorCriticPolicy):
         kind = self._direct_kind()
         if kind is None:
             return super().evaluate_actions(obs, actions)
-        latent_pi, latent_vf = self._latents(obs)
-        out = call(self.action_net, latent_pi)
+        out, latent_vf = self._head(obs)
         if kind == "categorical":
             log_probs = torch.log_softmax(out, dim=-1)
             log_prob = log_probs.gather(-1, actions.long().view(-1, 1)).squeeze(-1)
@@ -347,7 +352,7 @@ class ContinualPPO(PPO):
         progress = self._current_progress_remaining
         clip_range = self.clip_range(progress)
         clip_range_vf = None if self.clip_range_vf is None else self.clip_range_vf(progress)
-        stats: dict[str, list[torch.Tensor]] = defaultdict(list)
+        stats: LossStats = defaultdict(list)
         self._grad_norms.clear()
         continue_training = True
         for epoch, minibatches in enumerate(self._minibatches()):
@@ -385,11 +390,7 @@ class ContinualPPO(PPO):
             self.logger.record("train/clip_range_vf", clip_range_vf)
 
     def _loss(
-        self,
-        batch: RolloutBufferSamples,
-        clip_range: float,
-        clip_range_vf: float | None,
-        stats: dict[str, list[torch.Tensor]],
+        self, batch: RolloutBufferSamples, clip_range: float, clip_range_vf: float | None, stats: LossStats
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """PPO's minibatch loss ``-L_clip + c_e·L_entropy + c_v·E[(V(s) - R̂)²]``, computed as SB3 does.
 
