@@ -68,12 +68,42 @@ def _hooked(module: torch.nn.Module) -> bool:
     )
 
 
+def _forward_hooks_only(module: torch.nn.Module) -> bool:
+    """Whether the only hooks calling ``module`` would run are its own plain forward hooks (no keyword
+    ones), as an :class:`~nested_ac.plasticity.ActivationRecorder` registers."""
+    hooks = torch.nn.modules.module
+    return bool(
+        module._forward_hooks
+        and not module._forward_hooks_with_kwargs
+        and not module._forward_pre_hooks
+        and not module._backward_hooks
+        and not module._backward_pre_hooks
+        and not hooks._global_forward_hooks
+        and not hooks._global_forward_pre_hooks
+        and not hooks._global_backward_hooks
+        and not hooks._global_backward_pre_hooks
+        and not torch._C._get_tracing_state()
+    )
+
+
 def call(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``module(x)``, without ``nn.Module.__call__``'s per-call work when no hook is registered: a
-    ``Sequential`` (or SB3's ``FlattenExtractor``) runs its layers in turn, any other module its ``forward``.
-    The same operations, so the same numbers; a hooked module is called as usual (its hooks run)."""
+    """``module(x)``, without ``nn.Module.__call__``'s per-call work: a ``Sequential`` (or SB3's
+    ``FlattenExtractor``) runs its layers in turn, any other module its ``forward``, then its forward hooks
+    in turn as ``__call__`` runs them (a hook's non-None result replaces the output). The same operations,
+    so the same numbers; a module with any other kind of hook is called as usual."""
+    if _forward_hooks_only(module):
+        output = _call_unhooked(module, x)
+        for hook in module._forward_hooks.values():
+            result = hook(module, (x,), output)
+            if result is not None:
+                output = result
+        return output
     if _hooked(module):
         return module(x)
+    return _call_unhooked(module, x)
+
+
+def _call_unhooked(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     if type(module) is torch.nn.Sequential:
         for layer in module:
             x = call(layer, x)
@@ -214,6 +244,7 @@ class ContinualPPO(PPO):
             policy_kwargs = {**policy_kwargs, "direct": engine == "fast"}
         self.plasticity_tools = list(plasticity_tools)
         self._grad_norms: list[torch.Tensor] = []
+        self._networks: tuple[BasePolicy, dict[str, Network]] | None = None  # see trainable_networks
         super().__init__(policy, env, policy_kwargs=policy_kwargs, **kwargs)
 
     def _setup_model(self) -> None:
@@ -227,8 +258,14 @@ class ContinualPPO(PPO):
     def trainable_networks(self) -> dict[str, Network]:
         """The networks plasticity tools may change now, by name: the actor and the critic
         (:func:`~nested_ac.networks.policy_networks`); parameters outside them, such as a Gaussian policy's
-        ``log_std``, are not part of any."""
-        return {network.name: network for network in policy_networks(self.policy)}
+        ``log_std``, are not part of any. Worked out once per policy object (tools ask after every step)."""
+        cached = self._networks
+        if cached is None or cached[0] is not self.policy:
+            cached = self._networks = (
+                self.policy,
+                {network.name: network for network in policy_networks(self.policy)},
+            )
+        return dict(cached[1])
 
     def _before_optimizer_step(self) -> None:
         """Hand the clipped gradients to every tool's ``before_optimizer_step`` (masking, projection …)."""
@@ -451,4 +488,4 @@ class ContinualPPO(PPO):
 
     def _excluded_save_params(self) -> list[str]:
         # Tools hold references into the policy; their own state goes through state_dict().
-        return [*super()._excluded_save_params(), "plasticity_tools", "_grad_norms"]
+        return [*super()._excluded_save_params(), "plasticity_tools", "_grad_norms", "_networks"]

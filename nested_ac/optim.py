@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import operator
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -98,6 +99,11 @@ def _elementwise_corrected_moments(
     torch._foreach_div_(denominator, root_correction2)
     _add_scalar_(denominator, group["eps"])
     return corrected, denominator
+
+
+def _log(beta: float) -> float:
+    """``ln β`` (-inf for β = 0, so that ``β^t = exp(t·ln β)`` is 0 for every t ≥ 1)."""
+    return math.log(beta) if beta > 0 else -math.inf
 
 
 def _check_adam_hyperparameters(values: dict[str, Any]) -> None:
@@ -684,12 +690,14 @@ class AdaptiveUPGD(_UtilityOptimizer):
 class _FlatAdamState:
     """One flat tensor each for ``step``, ``exp_avg`` and ``exp_avg_sq`` of some parameters (one device and
     dtype), whose per-parameter state tensors are views into them: a step does its arithmetic on three
-    tensors, and a tool that zeroes entries through ``optimizer.state[p][key]`` zeroes them here."""
+    tensors, and a tool that zeroes entries through ``optimizer.state[p][key]`` zeroes them here. ``grad``
+    and ``update`` are flat work buffers, with ``grads`` and ``updates`` their views shaped like the
+    parameters."""
 
-    __slots__ = ("params", "sizes", "views", "step", "exp_avg", "exp_avg_sq")
+    __slots__ = ("params", "views", "step", "exp_avg", "exp_avg_sq", "grad", "grads", "update", "updates")
 
     def __init__(self, params: list[Tensor], states: list[dict[str, Any]]) -> None:
-        self.params, self.sizes = params, [p.numel() for p in params]
+        self.params, sizes = params, [p.numel() for p in params]
         for key in ElementwiseAdam.per_parameter_state_keys:  # current values (zero for new state)
             flat = torch.cat(
                 [
@@ -697,15 +705,21 @@ class _FlatAdamState:
                     for p, state in zip(params, states, strict=True)
                 ]
             )
-            for p, state, view in zip(params, states, flat.split(self.sizes), strict=True):
+            for p, state, view in zip(params, states, flat.split(sizes), strict=True):
                 state[key] = view.view_as(p)
             setattr(self, key, flat)
         self.views = [state[key] for state in states for key in ElementwiseAdam.per_parameter_state_keys]
+        for key in ("grad", "update"):
+            flat = params[0].new_empty(sum(sizes))
+            setattr(self, key, flat)
+            setattr(
+                self, f"{key}s", [view.view_as(p) for p, view in zip(params, flat.split(sizes), strict=True)]
+            )
 
     def holds(self, states: list[dict[str, Any]]) -> bool:
         """True while every state tensor of these parameters is still the view this layout made."""
-        current = (state.get(key) for state in states for key in ElementwiseAdam.per_parameter_state_keys)
-        return all(a is b for a, b in zip(current, self.views, strict=True))
+        current = [state.get(key) for state in states for key in ElementwiseAdam.per_parameter_state_keys]
+        return all(map(operator.is_, current, self.views))
 
 
 class ElementwiseAdam(Optimizer):
@@ -796,18 +810,19 @@ class ElementwiseAdam(Optimizer):
 
     @staticmethod
     def _step(group: dict[str, Any], flat: _FlatAdamState) -> None:
+        """The step of the parameters of ``flat``: ``1 - β^t`` as ``-expm1(t·ln β)``, on the flat tensors."""
         params, (beta1, beta2) = flat.params, group["betas"]
-        grad = torch.cat([p.grad.reshape(-1) for p in params])
+        torch._foreach_copy_(flat.grads, [p.grad for p in params])
+        grad = flat.grad
         flat.step.add_(1.0)
         flat.exp_avg.lerp_(grad, 1.0 - beta1)
         flat.exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
-        corrected = flat.exp_avg / torch.pow(beta1, flat.step).neg_().add_(1.0)  # m̂
-        root_correction2 = torch.pow(beta2, flat.step).neg_().add_(1.0).sqrt_()  # √(1-β2^t)
+        minus_correction1 = torch.mul(flat.step, _log(beta1)).expm1_()  # -(1 - β1^t)
+        root_correction2 = torch.mul(flat.step, _log(beta2)).expm1_().neg_().sqrt_()  # √(1 - β2^t)
         denominator = flat.exp_avg_sq.sqrt().div_(root_correction2).add_(group["eps"])  # √v̂ + ε
-        update = corrected.div_(denominator).mul_(-group["lr"])
+        # -lr·m̂/(√v̂ + ε) = lr·m/(-(1 - β1^t))/(√v̂ + ε)
+        torch.div(flat.exp_avg, minus_correction1, out=flat.update).div_(denominator).mul_(group["lr"])
         if group["weight_decay"]:  # decoupled: w ← (1 - lr·λ)·w
             decay = 1.0 - group["lr"] * group["weight_decay"]
             torch._foreach_mul_(params, _scalar(decay, params[0]))
-        torch._foreach_add_(
-            params, [u.view_as(p) for u, p in zip(update.split(flat.sizes), params, strict=True)]
-        )
+        torch._foreach_add_(params, flat.updates)
