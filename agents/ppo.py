@@ -54,9 +54,15 @@ def clip_grad_norm(parameters: Iterable[torch.nn.Parameter], max_norm: float) ->
 
 def _hooked(module: torch.nn.Module) -> bool:
     """Whether calling ``module`` would run a hook (the condition ``nn.Module.__call__`` checks)."""
+    return bool(module._forward_hooks) or _other_hooks(module)
+
+
+def _other_hooks(module: torch.nn.Module) -> bool:
+    """Whether calling ``module`` would run a hook other than its own plain forward hooks (those an
+    :class:`~nested_ac.plasticity.ActivationRecorder` registers), or is traced."""
     hooks = torch.nn.modules.module
     return bool(
-        module._forward_hooks
+        module._forward_hooks_with_kwargs
         or module._forward_pre_hooks
         or module._backward_hooks
         or module._backward_pre_hooks
@@ -68,39 +74,19 @@ def _hooked(module: torch.nn.Module) -> bool:
     )
 
 
-def _forward_hooks_only(module: torch.nn.Module) -> bool:
-    """Whether the only hooks calling ``module`` would run are its own plain forward hooks (no keyword
-    ones), as an :class:`~nested_ac.plasticity.ActivationRecorder` registers."""
-    hooks = torch.nn.modules.module
-    return bool(
-        module._forward_hooks
-        and not module._forward_hooks_with_kwargs
-        and not module._forward_pre_hooks
-        and not module._backward_hooks
-        and not module._backward_pre_hooks
-        and not hooks._global_forward_hooks
-        and not hooks._global_forward_pre_hooks
-        and not hooks._global_backward_hooks
-        and not hooks._global_backward_pre_hooks
-        and not torch._C._get_tracing_state()
-    )
-
-
 def call(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``module(x)``, without ``nn.Module.__call__``'s per-call work: a ``Sequential`` (or SB3's
-    ``FlattenExtractor``) runs its layers in turn, any other module its ``forward``, then its forward hooks
-    in turn as ``__call__`` runs them (a hook's non-None result replaces the output). The same operations,
-    so the same numbers; a module with any other kind of hook is called as usual."""
-    if _forward_hooks_only(module):
-        output = _call_unhooked(module, x)
-        for hook in module._forward_hooks.values():
-            result = hook(module, (x,), output)
-            if result is not None:
-                output = result
-        return output
-    if _hooked(module):
+    ``FlattenExtractor``) runs its layers in turn, any other module its ``forward``, then its plain forward
+    hooks in turn as ``__call__`` runs them (a hook's non-None result replaces the output). The same
+    operations, so the same numbers; a module with any other kind of hook is called as usual."""
+    if _other_hooks(module):
         return module(x)
-    return _call_unhooked(module, x)
+    output = _call_unhooked(module, x)
+    for hook in module._forward_hooks.values():
+        result = hook(module, (x,), output)
+        if result is not None:
+            output = result
+    return output
 
 
 def _call_unhooked(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:

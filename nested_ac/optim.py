@@ -101,11 +101,6 @@ def _elementwise_corrected_moments(
     return corrected, denominator
 
 
-def _log(beta: float) -> float:
-    """``ln β`` (-inf for β = 0, so that ``β^t = exp(t·ln β)`` is 0 for every t ≥ 1)."""
-    return math.log(beta) if beta > 0 else -math.inf
-
-
 def _check_adam_hyperparameters(values: dict[str, Any]) -> None:
     """ValueError naming the first Adam setting of ``values`` (lr, betas, eps, weight_decay) out of range."""
     _check_range("lr", values["lr"], 0.0)
@@ -687,14 +682,43 @@ class AdaptiveUPGD(_UtilityOptimizer):
                 torch._foreach_addcmul_(params, noise, gates, value=-lr)
 
 
+class _CorrectionTable:
+    """Adam's bias corrections ``-(1 - β1^t)`` and ``√(1 - β2^t)`` for t = 0, 1, 2, … (worked out in float64,
+    kept in the parameters' dtype and device), looked up by step count: a step costs two lookups instead of
+    two powers per weight. The table grows by whole chunks, each worked out alike, so an entry has the same
+    bits however large the table has grown (a resumed run looks up what the uninterrupted run did)."""
+
+    CHUNK = 4096
+
+    def __init__(self, betas: tuple[float, float], like: Tensor) -> None:
+        self.betas, self.like = betas, like
+        self.minus_correction1, self.root_correction2 = like.new_empty(0), like.new_empty(0)
+
+    def covering(self, max_step: int) -> tuple[Tensor, Tensor]:
+        """The two tables, with entries for every step count up to ``max_step``."""
+        while len(self.minus_correction1) <= max_step:
+            start = len(self.minus_correction1)
+            t = torch.arange(start, start + self.CHUNK, dtype=torch.float64)
+            beta1, beta2 = self.betas
+            minus_correction1 = torch.pow(beta1, t).sub_(1.0).to(self.like)
+            root_correction2 = torch.pow(beta2, t).neg_().add_(1.0).sqrt_().to(self.like)
+            self.minus_correction1 = torch.cat([self.minus_correction1, minus_correction1])
+            self.root_correction2 = torch.cat([self.root_correction2, root_correction2])
+        return self.minus_correction1, self.root_correction2
+
+
 class _FlatAdamState:
     """One flat tensor each for ``step``, ``exp_avg`` and ``exp_avg_sq`` of some parameters (one device and
     dtype), whose per-parameter state tensors are views into them: a step does its arithmetic on three
     tensors, and a tool that zeroes entries through ``optimizer.state[p][key]`` zeroes them here. ``grad``
     and ``update`` are flat work buffers, with ``grads`` and ``updates`` their views shaped like the
-    parameters."""
+    parameters; ``index``, ``correction1`` and ``denominator`` work buffers; ``max_step`` a bound on every
+    step count (tools only lower them)."""
 
-    __slots__ = ("params", "views", "step", "exp_avg", "exp_avg_sq", "grad", "grads", "update", "updates")
+    __slots__ = (
+        "params", "views", "step", "exp_avg", "exp_avg_sq", "grad", "grads", "update", "updates",
+        "index", "correction1", "denominator", "max_step",
+    )  # fmt: skip
 
     def __init__(self, params: list[Tensor], states: list[dict[str, Any]]) -> None:
         self.params, sizes = params, [p.numel() for p in params]
@@ -715,6 +739,9 @@ class _FlatAdamState:
             setattr(
                 self, f"{key}s", [view.view_as(p) for p, view in zip(params, flat.split(sizes), strict=True)]
             )
+        self.index = torch.empty_like(self.step, dtype=torch.long)
+        self.correction1, self.denominator = torch.empty_like(self.step), torch.empty_like(self.step)
+        self.max_step = int(self.step.max()) if len(self.step) else 0
 
     def holds(self, states: list[dict[str, Any]]) -> bool:
         """True while every state tensor of these parameters is still the view this layout made."""
@@ -759,6 +786,7 @@ class ElementwiseAdam(Optimizer):
         _check_adam_hyperparameters(defaults)
         super().__init__(params, defaults)
         self._flat: dict[tuple[int, ...], _FlatAdamState] = {}  # by the ids of the parameters it holds
+        self._corrections: dict[tuple[Any, ...], _CorrectionTable] = {}  # by betas, dtype and device
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Torch's ``add_param_group``, with the group's own hyperparameters checked like the defaults."""
@@ -779,7 +807,7 @@ class ElementwiseAdam(Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
-        self._flat = {}
+        self._flat, self._corrections = {}, {}
 
     def _flat_state(self, params: list[Tensor]) -> _FlatAdamState:
         """The flat state of ``params`` (one device and dtype), laid out anew if it is missing or stale."""
@@ -808,20 +836,28 @@ class ElementwiseAdam(Optimizer):
                 self._step(group, self._flat_state(params))
         return loss
 
-    @staticmethod
-    def _step(group: dict[str, Any], flat: _FlatAdamState) -> None:
-        """The step of the parameters of ``flat``: ``1 - β^t`` as ``-expm1(t·ln β)``, on the flat tensors."""
+    def _step(self, group: dict[str, Any], flat: _FlatAdamState) -> None:
+        """The step of the parameters of ``flat``, on the flat tensors."""
         params, (beta1, beta2) = flat.params, group["betas"]
         torch._foreach_copy_(flat.grads, [p.grad for p in params])
         grad = flat.grad
         flat.step.add_(1.0)
+        flat.max_step += 1
         flat.exp_avg.lerp_(grad, 1.0 - beta1)
         flat.exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
-        minus_correction1 = torch.mul(flat.step, _log(beta1)).expm1_()  # -(1 - β1^t)
-        root_correction2 = torch.mul(flat.step, _log(beta2)).expm1_().neg_().sqrt_()  # √(1 - β2^t)
-        denominator = flat.exp_avg_sq.sqrt().div_(root_correction2).add_(group["eps"])  # √v̂ + ε
+        table = self._corrections.get((beta1, beta2, grad.dtype, grad.device))
+        if table is None:
+            table = self._corrections[(beta1, beta2, grad.dtype, grad.device)] = _CorrectionTable(
+                (beta1, beta2), grad
+            )
+        minus_correction1, root_correction2 = table.covering(flat.max_step)
+        flat.index.copy_(flat.step)
+        torch.index_select(minus_correction1, 0, flat.index, out=flat.correction1)  # -(1 - β1^t)
+        torch.index_select(root_correction2, 0, flat.index, out=flat.denominator)  # √(1 - β2^t)
+        torch.sqrt(flat.exp_avg_sq, out=flat.update).div_(flat.denominator)
+        denominator = torch.add(flat.update, group["eps"], out=flat.denominator)  # √v̂ + ε
         # -lr·m̂/(√v̂ + ε) = lr·m/(-(1 - β1^t))/(√v̂ + ε)
-        torch.div(flat.exp_avg, minus_correction1, out=flat.update).div_(denominator).mul_(group["lr"])
+        torch.div(flat.exp_avg, flat.correction1, out=flat.update).div_(denominator).mul_(group["lr"])
         if group["weight_decay"]:  # decoupled: w ← (1 - lr·λ)·w
             decay = 1.0 - group["lr"] * group["weight_decay"]
             torch._foreach_mul_(params, _scalar(decay, params[0]))

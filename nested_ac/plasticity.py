@@ -123,6 +123,9 @@ def reset_layers(
         reset_units(network, layer, units_by_layer[layer], optimizer, ortho_init)
 
 
+NONNEGATIVE_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Sigmoid)  # outputs ≥ 0 (or -0): mean |h| = mean h
+
+
 class ActivationRecorder:
     """Keeps the last training-time output (under autograd, so not rollouts or probes) of each activation."""
 
@@ -248,10 +251,17 @@ class ContinualBackprop(PlasticityTool):
         h = h.reshape(-1, h.shape[-1])
         ages = self.ages[key]
         ages += 1
-        self.mean[key].lerp_(h.mean(0), 1 - eta)
+        batch_mean = h.mean(0)
+        self.mean[key].lerp_(batch_mean, 1 - eta)
         if self.mean_corrected:
-            h = h - self.corrected_mean(key)
-        contribution = h.abs().mean(0).mul_(network.outgoing(layer).weight.abs().sum(0))
+            magnitude = (h - self.corrected_mean(key)).abs().mean(0)
+        elif type(network.activations[layer]) in NONNEGATIVE_ACTIVATIONS:
+            magnitude = (
+                batch_mean  # |h| = h up to the sign of a zero, which a sum from +0 drops: the same bits
+            )
+        else:
+            magnitude = h.abs().mean(0)
+        contribution = magnitude.mul_(network.outgoing(layer).weight.abs().sum(0))
         self.utility[key].lerp_(contribution, 1 - eta)
         mature = ages > self.maturity
         self.carry[key] += self.replacement_rate * int(np.count_nonzero(mature))
