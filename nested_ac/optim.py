@@ -769,7 +769,8 @@ class ElementwiseAdam(Optimizer):
     Layout: the state tensors of the parameters of a group that share a device and dtype are views into
     one flat tensor per key, so a step costs a handful of operations on three tensors whatever the number
     of parameters; state replaced from outside (``load_state_dict``, assignment) is re-flattened, values
-    kept, at the next step.
+    kept, at the next step. The bias corrections are looked up by step count in a table worked out once
+    in float64.
     """
 
     per_parameter_state_keys = ("step", "exp_avg", "exp_avg_sq")

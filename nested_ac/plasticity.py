@@ -227,6 +227,8 @@ class ContinualBackprop(PlasticityTool):
             # The utilities of every layer first, on the network the step produced; then the replacements.
             due = {layer: self._test(network, layer) for layer in range(len(network.hidden))}
             due = {layer: units for layer, units in due.items() if units is not None}
+            if not due:
+                continue
             means = {layer: self.corrected_mean((network.name, layer))[units] for layer, units in due.items()}
             reset_layers(network, due, optimizer, model.policy.ortho_init, means)
             for layer, units in due.items():
