@@ -81,22 +81,20 @@ def call(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     operations, so the same numbers; a module with any other kind of hook is called as usual."""
     if _other_hooks(module):
         return module(x)
-    output = _call_unhooked(module, x)
-    for hook in module._forward_hooks.values():
-        result = hook(module, (x,), output)
-        if result is not None:
-            output = result
-    return output
-
-
-def _call_unhooked(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     if type(module) is torch.nn.Sequential:
+        output = x
         for layer in module:
-            x = call(layer, x)
-        return x
-    if type(module) is FlattenExtractor:
-        return call(module.flatten, x)
-    return module.forward(x)
+            output = call(layer, output)
+    elif type(module) is FlattenExtractor:
+        output = call(module.flatten, x)
+    else:
+        output = module.forward(x)
+    if module._forward_hooks:
+        for hook in module._forward_hooks.values():
+            result = hook(module, (x,), output)
+            if result is not None:
+                output = result
+    return output
 
 
 class ContinualActorCriticPolicy(ActorCriticPolicy):
