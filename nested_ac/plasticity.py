@@ -150,6 +150,10 @@ class ActivationRecorder:
             handle.remove()
 
 
+LayerKey = tuple[str, int]  # (network name, hidden layer)
+ByLayer = dict[LayerKey, torch.Tensor]
+
+
 class _NetworkTrace:
     """Continual backprop's running means f and utilities U of every layer of one network as views into one
     flat tensor each (``mean``, ``utility``), with flat work buffers for the batch means, the outgoing weight
@@ -161,12 +165,7 @@ class _NetworkTrace:
         "magnitude", "magnitudes",
     )  # fmt: skip
 
-    def __init__(
-        self,
-        keys: list[tuple[str, int]],
-        means: dict[tuple[str, int], torch.Tensor],
-        utilities: dict[tuple[str, int], torch.Tensor],
-    ) -> None:
+    def __init__(self, keys: list[LayerKey], means: ByLayer, utilities: ByLayer) -> None:
         sizes = [len(means[key]) for key in keys]
         for name, values in (("mean", means), ("utility", utilities)):  # current values kept
             flat = torch.cat([values[key] for key in keys])
@@ -182,12 +181,7 @@ class _NetworkTrace:
             setattr(self, name, flat)
             setattr(self, by_layer, list(flat.split(sizes)))
 
-    def holds(
-        self,
-        keys: list[tuple[str, int]],
-        means: dict[tuple[str, int], torch.Tensor],
-        utilities: dict[tuple[str, int], torch.Tensor],
-    ) -> bool:
+    def holds(self, keys: list[LayerKey], means: ByLayer, utilities: ByLayer) -> bool:
         """True while the running means and utilities of ``keys`` are still the views this layout made."""
         current = [means.get(key) for key in keys] + [utilities.get(key) for key in keys]
         return len(current) == len(self.views) and all(map(operator.is_, current, self.views))
