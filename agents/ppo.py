@@ -56,9 +56,15 @@ def clip_grad_norm(parameters: Iterable[torch.nn.Parameter], max_norm: float) ->
 
 def _hooked(module: torch.nn.Module) -> bool:
     """Whether calling ``module`` would run a hook (the condition ``nn.Module.__call__`` checks)."""
+    return bool(module._forward_hooks) or _other_hooks(module)
+
+
+def _other_hooks(module: torch.nn.Module) -> bool:
+    """Whether calling ``module`` would run a hook other than its own plain forward hooks (those an
+    :class:`~nested_ac.plasticity.ActivationRecorder` registers), or is traced."""
     hooks = torch.nn.modules.module
     return bool(
-        module._forward_hooks
+        module._forward_hooks_with_kwargs
         or module._forward_pre_hooks
         or module._backward_hooks
         or module._backward_pre_hooks
@@ -71,18 +77,26 @@ def _hooked(module: torch.nn.Module) -> bool:
 
 
 def call(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``module(x)``, without ``nn.Module.__call__``'s per-call work when no hook is registered: a
-    ``Sequential`` (or SB3's ``FlattenExtractor``) runs its layers in turn, any other module its ``forward``.
-    The same operations, so the same numbers; a hooked module is called as usual (its hooks run)."""
-    if _hooked(module):
+    """``module(x)``, without ``nn.Module.__call__``'s per-call work: a ``Sequential`` (or SB3's
+    ``FlattenExtractor``) runs its layers in turn, any other module its ``forward``, then its plain forward
+    hooks in turn as ``__call__`` runs them (a hook's non-None result replaces the output). The same
+    operations, so the same numbers; a module with any other kind of hook is called as usual."""
+    if _other_hooks(module):
         return module(x)
     if type(module) is torch.nn.Sequential:
+        output = x
         for layer in module:
-            x = call(layer, x)
-        return x
-    if type(module) is FlattenExtractor:
-        return call(module.flatten, x)
-    return module.forward(x)
+            output = call(layer, output)
+    elif type(module) is FlattenExtractor:
+        output = call(module.flatten, x)
+    else:
+        output = module.forward(x)
+    if module._forward_hooks:
+        for hook in module._forward_hooks.values():
+            result = hook(module, (x,), output)
+            if result is not None:
+                output = result
+    return output
 
 
 class ContinualActorCriticPolicy(ActorCriticPolicy):
@@ -219,6 +233,7 @@ class ContinualPPO(PPO):
             policy_kwargs = {**policy_kwargs, "direct": engine == "fast"}
         self.plasticity_tools = list(plasticity_tools)
         self._grad_norms: list[torch.Tensor] = []
+        self._networks: tuple[BasePolicy, dict[str, Network]] | None = None  # see trainable_networks
         super().__init__(policy, env, policy_kwargs=policy_kwargs, **kwargs)
 
     def _setup_model(self) -> None:
@@ -232,8 +247,14 @@ class ContinualPPO(PPO):
     def trainable_networks(self) -> dict[str, Network]:
         """The networks plasticity tools may change now, by name: the actor and the critic
         (:func:`~nested_ac.networks.policy_networks`); parameters outside them, such as a Gaussian policy's
-        ``log_std``, are not part of any."""
-        return {network.name: network for network in policy_networks(self.policy)}
+        ``log_std``, are not part of any. Worked out once per policy object (tools ask after every step)."""
+        cached = self._networks
+        if cached is None or cached[0] is not self.policy:
+            cached = self._networks = (
+                self.policy,
+                {network.name: network for network in policy_networks(self.policy)},
+            )
+        return dict(cached[1])
 
     def _before_optimizer_step(self) -> None:
         """Hand the clipped gradients to every tool's ``before_optimizer_step`` (masking, projection …)."""
@@ -452,4 +473,4 @@ class ContinualPPO(PPO):
 
     def _excluded_save_params(self) -> list[str]:
         # Tools hold references into the policy; their own state goes through state_dict().
-        return [*super()._excluded_save_params(), "plasticity_tools", "_grad_norms"]
+        return [*super()._excluded_save_params(), "plasticity_tools", "_grad_norms", "_networks"]

@@ -25,6 +25,7 @@ bias correction.
 from __future__ import annotations
 
 import math
+import operator
 from typing import Any
 
 import numpy as np
@@ -123,6 +124,9 @@ def reset_layers(
         reset_units(network, layer, units_by_layer[layer], optimizer, ortho_init)
 
 
+NONNEGATIVE_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Sigmoid)  # outputs ≥ 0 (or -0): mean |h| = mean h
+
+
 class ActivationRecorder:
     """Keeps the last training-time output (under autograd, so not rollouts or probes) of each activation."""
 
@@ -144,6 +148,43 @@ class ActivationRecorder:
     def remove(self) -> None:
         for handle in self._handles:
             handle.remove()
+
+
+LayerKey = tuple[str, int]  # (network name, hidden layer)
+ByLayer = dict[LayerKey, torch.Tensor]
+
+
+class _NetworkTrace:
+    """Continual backprop's running means f and utilities U of every layer of one network as views into one
+    flat tensor each (``mean``, ``utility``), with flat work buffers for the batch means, the outgoing weight
+    mass Σ_k |W_out[k, i]| and the magnitudes mean |h_i| (``batch_means`` … their views by layer): the
+    elementwise updates of all layers are one operation each."""
+
+    __slots__ = (
+        "views", "mean", "utility", "batch_mean", "batch_means", "weight_mass", "weight_masses",
+        "magnitude", "magnitudes",
+    )  # fmt: skip
+
+    def __init__(self, keys: list[LayerKey], means: ByLayer, utilities: ByLayer) -> None:
+        sizes = [len(means[key]) for key in keys]
+        for name, values in (("mean", means), ("utility", utilities)):  # current values kept
+            flat = torch.cat([values[key] for key in keys])
+            values.update(zip(keys, flat.split(sizes), strict=True))
+            setattr(self, name, flat)
+        self.views = [means[key] for key in keys] + [utilities[key] for key in keys]
+        for name, by_layer in (
+            ("batch_mean", "batch_means"),
+            ("weight_mass", "weight_masses"),
+            ("magnitude", "magnitudes"),
+        ):
+            flat = torch.empty_like(self.mean)
+            setattr(self, name, flat)
+            setattr(self, by_layer, list(flat.split(sizes)))
+
+    def holds(self, keys: list[LayerKey], means: ByLayer, utilities: ByLayer) -> bool:
+        """True while the running means and utilities of ``keys`` are still the views this layout made."""
+        current = [means.get(key) for key in keys] + [utilities.get(key) for key in keys]
+        return len(current) == len(self.views) and all(map(operator.is_, current, self.views))
 
 
 class ContinualBackprop(PlasticityTool):
@@ -193,6 +234,7 @@ class ContinualBackprop(PlasticityTool):
         self.mean: dict[tuple[str, int], torch.Tensor] = {}
         self.carry: dict[tuple[str, int], float] = {}
         self.replaced: dict[tuple[str, int], int] = {}
+        self._traces: dict[str, _NetworkTrace] = {}  # by network name: flat views of mean and utility
 
     def bind(self, model: BaseAlgorithm) -> None:
         """Start recording the hidden activations of every network of ``model`` (idempotent)."""
@@ -222,8 +264,9 @@ class ContinualBackprop(PlasticityTool):
             return
         for network in model.trainable_networks().values():
             # The utilities of every layer first, on the network the step produced; then the replacements.
-            due = {layer: self._test(network, layer) for layer in range(len(network.hidden))}
-            due = {layer: units for layer, units in due.items() if units is not None}
+            due = self._test(network)
+            if not due:
+                continue
             means = {layer: self.corrected_mean((network.name, layer))[units] for layer, units in due.items()}
             reset_layers(network, due, optimizer, model.policy.ortho_init, means)
             for layer, units in due.items():
@@ -239,29 +282,61 @@ class ContinualBackprop(PlasticityTool):
         ages = torch.as_tensor(self.ages[key], dtype=self.mean[key].dtype, device=self.mean[key].device)
         return self.mean[key] / (1 - self.decay_rate**ages).clamp_min(torch.finfo(ages.dtype).tiny)
 
-    def _test(self, network: Network, layer: int) -> torch.Tensor | None:
-        """Update layer ``layer``'s ages, mean activations and utilities; the units to replace now or None."""
-        key, eta = (network.name, layer), self.decay_rate
-        h = self.recorder.outputs.get(key) if self.recorder is not None else None
-        if h is None:
-            return None
-        h = h.reshape(-1, h.shape[-1])
-        ages = self.ages[key]
-        ages += 1
-        self.mean[key].lerp_(h.mean(0), 1 - eta)
-        if self.mean_corrected:
-            h = h - self.corrected_mean(key)
-        contribution = h.abs().mean(0).mul_(network.outgoing(layer).weight.abs().sum(0))
-        self.utility[key].lerp_(contribution, 1 - eta)
+    def _trace(self, network: Network) -> _NetworkTrace:
+        """The flat running means and utilities of ``network``, laid out anew if missing or stale."""
+        keys = [(network.name, layer) for layer in range(len(network.hidden))]
+        trace = self._traces.get(network.name)
+        if trace is None or not trace.holds(keys, self.mean, self.utility):
+            trace = self._traces[network.name] = _NetworkTrace(keys, self.mean, self.utility)
+        return trace
+
+    def _test(self, network: Network) -> dict[int, torch.Tensor]:
+        """Update the ages, mean activations and utilities of every layer of ``network`` (none before its
+        first recorded training forward); the units to replace now, by layer."""
+        outputs = [self.recorder.outputs.get((network.name, layer)) for layer in range(len(network.hidden))]
+        if any(h is None for h in outputs):
+            return {}
+        eta, trace = self.decay_rate, self._trace(network)
+        outputs = [h.reshape(-1, h.shape[-1]) for h in outputs]
+        for layer, h in enumerate(outputs):
+            self.ages[(network.name, layer)] += 1
+            torch.mean(h, 0, out=trace.batch_means[layer])
+            torch.sum(network.outgoing(layer).weight.abs(), 0, out=trace.weight_masses[layer])
+        trace.mean.lerp_(trace.batch_mean, 1 - eta)
+        nonnegative = [type(activation) in NONNEGATIVE_ACTIVATIONS for activation in network.activations]
+        if all(nonnegative) and not self.mean_corrected:
+            magnitude = trace.batch_mean  # |h| = h up to the sign of a zero, which a sum from +0 drops
+        else:
+            magnitude = trace.magnitude
+            for layer, h in enumerate(outputs):
+                if self.mean_corrected:
+                    torch.mean(
+                        (h - self.corrected_mean((network.name, layer))).abs(), 0, out=trace.magnitudes[layer]
+                    )
+                elif nonnegative[layer]:
+                    trace.magnitudes[layer].copy_(trace.batch_means[layer])
+                else:
+                    torch.mean(h.abs(), 0, out=trace.magnitudes[layer])
+        trace.utility.lerp_(magnitude.mul_(trace.weight_mass), 1 - eta)  # U ← η·U + (1 − η)·c
+        due = {}
+        for layer in range(len(outputs)):
+            units = self._due((network.name, layer))
+            if units is not None:
+                due[layer] = units
+        return due
+
+    def _due(self, key: tuple[str, int]) -> torch.Tensor | None:
+        """The mature units of layer ``key`` to replace now (the lowest corrected utility), or None."""
+        ages, eta, utility = self.ages[key], self.decay_rate, self.utility[key]
         mature = ages > self.maturity
         self.carry[key] += self.replacement_rate * int(np.count_nonzero(mature))
         count = math.floor(self.carry[key])
         if count < 1:
             return None
         self.carry[key] -= count
-        correction = 1 - eta ** torch.as_tensor(ages, dtype=h.dtype, device=h.device)
+        correction = 1 - eta ** torch.as_tensor(ages, dtype=utility.dtype, device=utility.device)
         corrected = torch.where(
-            torch.as_tensor(mature, device=h.device), self.utility[key] / correction, math.inf
+            torch.as_tensor(mature, device=utility.device), utility / correction, math.inf
         )
         return torch.topk(corrected, count, largest=False).indices
 

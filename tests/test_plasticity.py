@@ -11,6 +11,7 @@ from stable_baselines3.common.env_util import make_vec_env
 
 from nested_ac import envs
 from nested_ac.agents import ContinualPPO, NestedPPO
+from nested_ac.agents.ppo import call
 from nested_ac.build import optimizer_spec
 from nested_ac.callbacks import TaskClock
 from nested_ac.config import RunConfig
@@ -211,6 +212,35 @@ def test_replacement_count_follows_rate_with_carry():
     for _ in range(3):
         training_step(model, obs)
     assert cbp_half.replaced[("actor", 0)] == 1 and cbp_half.carry[("actor", 0)] == pytest.approx(0.44)
+
+
+@pytest.mark.parametrize("activation", [torch.nn.ReLU, torch.nn.Tanh])
+def test_contribution_utility_is_mean_absolute_activation_times_outgoing_weight_mass(activation):
+    """c_i = mean_batch |h_i| · Σ_k |W_out[k, i]|, bit for bit (ReLU: mean h serves as mean |h|)."""
+    model = make_model(activation=activation)
+    cbp = ContinualBackprop(replacement_rate=0.0, decay_rate=0.9)
+    model.plasticity_tools = [cbp]
+    cbp.bind(model)
+    training_step(model, observations())
+    for network in policy_networks(model.policy):
+        for layer in range(len(network.hidden)):
+            h = cbp.recorder.outputs[(network.name, layer)]
+            contribution = h.abs().mean(0) * network.outgoing(layer).weight.abs().sum(0)
+            expected = torch.zeros_like(contribution).lerp_(contribution, 1 - 0.9)
+            assert torch.equal(cbp.utility[(network.name, layer)], expected)
+            assert torch.equal(cbp.mean[(network.name, layer)], torch.zeros_like(h[0]).lerp_(h.mean(0), 0.1))
+
+
+def test_the_fast_engine_runs_forward_hooks_as_module_call_does():
+    torch.manual_seed(0)
+    mlp = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    x, seen = torch.randn(5, 4), []
+    mlp[1].register_forward_hook(lambda module, inputs, output: seen.append(inputs[0]) or output * 2)
+    mlp[2].register_forward_hook(lambda module, inputs, output: None)
+    assert torch.equal(call(mlp, x), mlp(x))
+    assert len(seen) == 2 and torch.equal(seen[0], seen[1])
+    mlp[0].register_forward_pre_hook(lambda module, inputs: (inputs[0] + 1,))  # other hooks: __call__ itself
+    assert torch.equal(call(mlp, x), mlp(x))
 
 
 def test_immature_units_are_never_replaced():

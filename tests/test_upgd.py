@@ -12,7 +12,7 @@ import pytest
 import torch
 from stable_baselines3 import PPO
 
-from nested_ac.optim import UPGD, AdaptiveUPGD
+from nested_ac.optim import UPGD, AdaptiveUPGD, ElementwiseAdam
 
 FORMS = [("sgd", UPGD), ("adam", AdaptiveUPGD)]
 
@@ -345,6 +345,46 @@ def test_adaptive_form_reduces_to_adamw(protect, weight_decay):
         adam, _ = run(torch.optim.Adam, params, grads, lr=0.01, betas=(0.8, 0.99), eps=1e-6)
         for g, w in zip(got, adam, strict=True):
             torch.testing.assert_close(g, w, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("betas", [(0.8, 0.99), (0.0, 0.999), (0.9, 0.0)])
+@pytest.mark.parametrize("weight_decay", [0.0, 0.05])
+def test_elementwise_adam_is_adamw_while_nothing_is_reset(betas, weight_decay):
+    params, grads = random_problem(steps=8)
+    kwargs = dict(lr=0.01, betas=betas, eps=1e-6, weight_decay=weight_decay)
+    got, optimizer = run(ElementwiseAdam, params, grads, **kwargs)
+    want, _ = run(torch.optim.AdamW, params, grads, **kwargs)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-6, atol=1e-7)
+    assert all(torch.all(state["step"] == 8) for state in optimizer.state.values())
+
+
+def test_elementwise_adam_bias_corrections_past_the_first_table_chunk():
+    params, grads = random_problem(steps=1)
+    grads = grads * 4200  # more steps than one chunk of the bias-correction table holds
+    got, _ = run(ElementwiseAdam, params, grads, lr=1e-3, betas=(0.9, 0.9999))
+    want, _ = run(torch.optim.Adam, params, grads, lr=1e-3, betas=(0.9, 0.9999))
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
+
+
+def test_elementwise_adam_state_is_views_of_flat_tensors_and_survives_replacement_and_reloading():
+    params, grads = random_problem(steps=6)
+    uninterrupted, _ = run(ElementwiseAdam, params, grads, lr=0.01)
+    first, optimizer = run(ElementwiseAdam, params, grads[:3], lr=0.01)
+    states = list(optimizer.state.values())
+    assert len({state["exp_avg"].untyped_storage().data_ptr() for state in states}) == 1  # one flat tensor
+    states[0]["exp_avg_sq"] = states[0]["exp_avg_sq"].clone()  # replaced from outside: its values are kept
+    restored = [torch.nn.Parameter(p.clone()) for p in first]
+    reloaded = ElementwiseAdam(restored, lr=0.01)
+    reloaded.load_state_dict(copy.deepcopy(optimizer.state_dict()))
+    for tensors, opt in ((first, optimizer), (restored, reloaded)):
+        tensors = list(opt.param_groups[0]["params"])
+        for step_grads in grads[3:]:
+            set_grads(tensors, step_grads)
+            opt.step()
+    for a, b, c in zip(uninterrupted, optimizer.param_groups[0]["params"], restored, strict=True):
+        assert torch.equal(a, b.detach()) and torch.equal(a, c.detach())  # bit for bit
 
 
 def test_non_protecting_adaptive_form_without_noise_is_adamw_whatever_the_utility():
