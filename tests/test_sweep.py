@@ -234,11 +234,32 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.mark.parametrize(
     "path",
-    sorted((REPO / "examples").glob("*.yaml")) + sorted((REPO / "bench" / "collapse_search").glob("*.yaml")),
-    ids=lambda path: path.name,
+    [
+        *sorted((REPO / "examples").glob("*.yaml")),
+        *sorted((REPO / "bench" / "collapse_search").glob("*.yaml")),
+        *sorted((REPO / "bench" / "headline_tuning").glob("*.yaml")),
+    ],  # bench/world_search's files need its plug-in worlds, which would stay registered in this process
+    ids=lambda path: f"{path.parent.name}/{path.name}",
 )
 def test_experiment_files_in_the_repository_are_valid(path, tmp_path):
     assert load_experiment(path, tmp_path).runs
+
+
+def test_world_search_files_are_valid_with_their_plugin_worlds(tmp_path):
+    # In a child process, as the folder's README runs them (PYTHONPATH=bench/world_search).
+    folder = REPO / "bench" / "world_search"
+    check = "; ".join(
+        [
+            "import sys",
+            "from nested_ac.sweep import load_experiment",
+            "print(sum(len(load_experiment(p, sys.argv[1]).runs) for p in sys.argv[2:]))",
+        ]
+    )
+    files = sorted(str(p) for p in folder.glob("*.yaml"))
+    env = {**os.environ, "PYTHONPATH": str(folder)}
+    done = subprocess.run([sys.executable, "-c", check, str(tmp_path), *files], env=env, capture_output=True)
+    assert done.returncode == 0, done.stderr.decode()
+    assert len(files) == 2 and int(done.stdout) == 8 + 4  # search-1: 4 worlds x 2 seeds; search-2: 4 seeds
 
 
 def start_sweep(path: Path, sweep_dir: Path) -> subprocess.Popen:
