@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+import operator
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -23,7 +24,8 @@ from stable_baselines3.common.vec_env import VecEnv
 from nested_ac.errors import unknown_choice
 from nested_ac.faults import check_gradients, check_losses, check_update
 from nested_ac.hooks import PlasticityTool
-from nested_ac.networks import Network, policy_networks
+from nested_ac.networks import Network, mlp_network, policy_networks
+from nested_ac.optim import FlatAdam
 
 # PPO's loss terms, as logged under train/ and checked for NaN (see nested_ac/faults.py).
 LOSS_TERMS = ("policy_gradient_loss", "value_loss", "entropy_loss")
@@ -34,10 +36,22 @@ LossStats = dict[str, list[torch.Tensor]]
 # "sb3" is Stable-Baselines3's PPO number for number.
 ENGINES = ("fast", "sb3")
 
-# Optimizers with a fused kernel that the fast engine switches on (other optimizers step as they are).
-FUSED_OPTIMIZERS = (torch.optim.Adam, torch.optim.AdamW)
+# Optimizers with a fused kernel that the fast engine switches on (other optimizers step as they are; where
+# FlatAdam cannot take a step, it takes torch's fused one).
+FUSED_OPTIMIZERS = (FlatAdam, torch.optim.AdamW)
 
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+# What ContinualActorCriticPolicy.prepare_by_hand keeps: the actor and the critic, the parameters, and
+# their gradients' views of one flat tensor.
+ByHand = tuple[tuple[Network, Network], list[torch.nn.Parameter], list[torch.Tensor]]
+
+# ∂loss/∂z of an activation h = f(z), from ∂loss/∂h and h, for the activations the hand-written backward knows
+# (the kernels autograd itself runs for them).
+ACTIVATION_BACKWARD: dict[type[torch.nn.Module], Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    torch.nn.ReLU: lambda grad, output: torch.ops.aten.threshold_backward(grad, output, 0),
+    torch.nn.Tanh: torch.ops.aten.tanh_backward,
+}
 
 
 def clip_grad_norm(parameters: Iterable[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
@@ -51,6 +65,13 @@ def clip_grad_norm(parameters: Iterable[torch.nn.Parameter], max_norm: float) ->
         return torch.tensor(0.0)
     total_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
     torch._foreach_mul_(grads, torch.clamp(max_norm / (total_norm + 1e-6), max=1.0))
+    return total_norm
+
+
+def clip_flat_grad_norm(flat_grad: torch.Tensor, max_norm: float) -> torch.Tensor:
+    """:func:`clip_grad_norm` for gradients that are all views of one flat tensor, on that tensor."""
+    total_norm = torch.linalg.vector_norm(flat_grad)
+    flat_grad.mul_(torch.clamp(max_norm / (total_norm + 1e-6), max=1.0))
     return total_norm
 
 
@@ -73,6 +94,14 @@ def _other_hooks(module: torch.nn.Module) -> bool:
         or hooks._global_backward_hooks
         or hooks._global_backward_pre_hooks
         or torch._C._get_tracing_state()
+    )
+
+
+def _observers_only(module: torch.nn.Module) -> bool:
+    """Whether every hook on ``module`` is a plain forward hook marked ``observes_only`` (one that reads the
+    output and never replaces it, as an :class:`~nested_ac.plasticity.ActivationRecorder`'s)."""
+    return not _other_hooks(module) and all(
+        getattr(hook, "observes_only", False) for hook in module._forward_hooks.values()
     )
 
 
@@ -114,6 +143,10 @@ class ContinualActorCriticPolicy(ActorCriticPolicy):
 
     def __init__(self, *args: Any, direct: bool = False, **kwargs: Any) -> None:
         self.direct = direct
+        # prepare_by_hand's networks, parameters and gradient views (None: not prepared or not applicable)
+        self._by_hand: ByHand | None = None
+        self._saved: tuple[Any, ...] = ()  # what the last evaluate_actions_by_hand keeps for the backward
+        self.flat_grad = torch.zeros(0)
         super().__init__(*args, **kwargs)
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
@@ -185,6 +218,140 @@ class ContinualActorCriticPolicy(ActorCriticPolicy):
             entropy = (0.5 + HALF_LOG_2PI + self.log_std).sum().expand(len(out))
         return call(self.value_net, latent_vf), log_prob, entropy
 
+    def prepare_by_hand(self) -> bool:
+        """Whether :meth:`evaluate_actions_by_hand` and :meth:`backward_by_hand` apply now (ask before each
+        update: tools add hooks): a direct distribution, actor and critic plain MLPs
+        (:class:`~nested_ac.networks.Network`) of activations :data:`ACTIVATION_BACKWARD` knows, no
+        parameters outside them but a Gaussian's ``log_std``, and no hook on the way but observers on the
+        activations. The gradients are then written into one flat tensor, :attr:`flat_grad`, each
+        parameter's ``.grad`` a view of it."""
+        networks = self._by_hand_networks()
+        if networks is None:
+            self._by_hand = None
+            return False
+        parameters = list(self.parameters())
+        kept = self._by_hand
+        if kept is None or kept[0] != networks or not _same_objects(kept[1], parameters):
+            self.flat_grad = torch.zeros(sum(p.numel() for p in parameters), device=self.device)
+            views = self.flat_grad.split([p.numel() for p in parameters])
+            shaped = [view.view_as(p) for view, p in zip(views, parameters, strict=True)]
+            self._by_hand = (networks, parameters, shaped)
+        return True
+
+    def _by_hand_networks(self) -> tuple[Network, Network] | None:
+        if self._direct_kind() is None:
+            return None
+        try:
+            actor = mlp_network("actor", self.mlp_extractor.policy_net, self.action_net)
+            critic = mlp_network("critic", self.mlp_extractor.value_net, self.value_net)
+        except ValueError:
+            return None
+        networks = (actor, critic)
+        extractors = {self.features_extractor, self.pi_features_extractor, self.vf_features_extractor}
+        mlps = (self.mlp_extractor, self.mlp_extractor.policy_net, self.mlp_extractor.value_net)
+        layers = [layer for network in networks for layer in (*network.hidden, network.output)]
+        activations = [activation for network in networks for activation in network.activations]
+        covered = {id(p) for network in networks for p in network.parameters()}
+        if hasattr(self, "log_std"):
+            covered.add(id(self.log_std))
+        if (
+            any(type(activation) not in ACTIVATION_BACKWARD for activation in activations)
+            or any(_hooked(module) for module in (self, *extractors, *mlps, *layers))
+            or not all(_observers_only(activation) for activation in activations)
+            or any(id(p) not in covered for p in self.parameters())
+        ):
+            return None
+        return networks
+
+    def evaluate_actions_by_hand(
+        self, obs: torch.Tensor, actions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`evaluate_actions` without autograd (the same operations on detached parameters), keeping
+        what :meth:`backward_by_hand` needs; only where :meth:`prepare_by_hand` said yes."""
+        (actor, critic), _, _ = self._by_hand
+        observations = preprocess_obs(obs, self.observation_space, normalize_images=self.normalize_images)
+        if self.share_features_extractor:
+            pi_features = vf_features = call(self.features_extractor, observations)
+        else:
+            pi_features = call(self.pi_features_extractor, observations)
+            vf_features = call(self.vf_features_extractor, observations)
+        out, actor_inputs = _mlp_forward(actor, pi_features)
+        values, critic_inputs = _mlp_forward(critic, vf_features)
+        if self._direct_kind() == "categorical":
+            log_probs = torch.log_softmax(out, dim=-1)
+            log_prob = log_probs.gather(-1, actions.long().view(-1, 1)).squeeze(-1)
+            finite = log_probs.clamp(min=torch.finfo(log_probs.dtype).min)  # 0·log 0 = 0, not NaN
+            probs = log_probs.exp()
+            entropy = -(probs * finite).sum(-1)
+            head = (actions.long().view(-1, 1), probs, finite, entropy)
+        else:
+            log_std = self.log_std.detach()
+            inverse_std = torch.exp(-log_std)
+            z = (actions - out) * inverse_std
+            log_prob = (-0.5 * z.square() - log_std - HALF_LOG_2PI).sum(-1)
+            entropy = (0.5 + HALF_LOG_2PI + log_std).sum().expand(len(out))
+            head = (z, inverse_std)
+        self._saved = (actor_inputs, critic_inputs, head)
+        return values, log_prob, entropy
+
+    def backward_by_hand(
+        self, d_log_prob: torch.Tensor, d_entropy: torch.Tensor, d_values: torch.Tensor
+    ) -> None:
+        """Write ∂loss/∂θ into every parameter's ``.grad`` (views of :attr:`flat_grad`), given the loss's
+        partial derivatives per sample with respect to the last :meth:`evaluate_actions_by_hand`'s
+        log-probabilities, entropies and values — the chain rule written out:
+
+            categorical:  ∂loss/∂z = g_logπ (onehot(a) − π) − g_H π (log π + H)             (z: the logits)
+            Gaussian:     ∂loss/∂μ = g_logπ (a − μ)/σ²,   ∂loss/∂log σ = Σ_n [g_logπ ((a − μ)²/σ² − 1) + g_H]
+
+        then back through each MLP, layer by layer (∂W = δᵀx, ∂b = Σ δ, δ_in = f'(z) ⊙ δ W).
+        """
+        (actor, critic), parameters, views = self._by_hand
+        for parameter, view in zip(parameters, views, strict=True):
+            if parameter.grad is not view:  # e.g. set to None by zero_grad()
+                parameter.grad = view
+        actor_inputs, critic_inputs, head = self._saved
+        d_log_prob = d_log_prob.unsqueeze(-1)
+        if self._direct_kind() == "categorical":
+            actions, probs, finite, entropy = head
+            d_out = (finite + entropy.unsqueeze(-1)).mul_(probs).mul_(-d_entropy.unsqueeze(-1))
+            d_out.addcmul_(probs, d_log_prob, value=-1).scatter_add_(-1, actions, d_log_prob)
+        else:
+            z, inverse_std = head
+            d_out = z * inverse_std * d_log_prob
+            torch.sum((z.square() - 1).mul_(d_log_prob), 0, out=self.log_std.grad).add_(d_entropy.sum())
+        _mlp_backward(actor, actor_inputs, d_out)
+        _mlp_backward(critic, critic_inputs, d_values.unsqueeze(-1))
+
+
+def _same_objects(these: Sequence[object], those: Sequence[object]) -> bool:
+    return len(these) == len(those) and all(map(operator.is_, these, those))
+
+
+def _mlp_forward(network: Network, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The network's output on ``x`` computed from detached parameters (no graph), and each layer's input.
+    Activations run through :func:`call`, so their observers see the outputs as on the autograd path."""
+    inputs = []
+    for linear, activation in zip(network.hidden, network.activations, strict=True):
+        inputs.append(x)
+        x = call(activation, torch.nn.functional.linear(x, linear.weight.detach(), linear.bias.detach()))
+    inputs.append(x)
+    output = network.output
+    return torch.nn.functional.linear(x, output.weight.detach(), output.bias.detach()), inputs
+
+
+def _mlp_backward(network: Network, inputs: list[torch.Tensor], d_out: torch.Tensor) -> None:
+    """Write ∂loss/∂θ into the ``.grad`` of every layer of ``network`` from ∂loss/∂output and the inputs
+    of its layers (see :func:`_mlp_forward`)."""
+    layers = (*network.hidden, network.output)
+    for index in range(len(layers) - 1, -1, -1):
+        layer, x = layers[index], inputs[index]
+        torch.mm(d_out.t(), x, out=layer.weight.grad)
+        torch.sum(d_out, 0, out=layer.bias.grad)
+        if index:
+            backward = ACTIVATION_BACKWARD[type(network.activations[index - 1])]
+            d_out = backward(d_out.mm(layer.weight.detach()), x)
+
 
 class ContinualPPO(PPO):
     """Proximal Policy Optimization (Schulman et al., 2017) for continual RL, on Stable-Baselines3.
@@ -234,11 +401,15 @@ class ContinualPPO(PPO):
         self.plasticity_tools = list(plasticity_tools)
         self._grad_norms: list[torch.Tensor] = []
         self._networks: tuple[BasePolicy, dict[str, Network]] | None = None  # see trainable_networks
+        self._by_hand = False  # see _by_hand_applies
+        self._loss_derivatives: tuple[torch.Tensor, torch.Tensor, torch.Tensor] = ()
         super().__init__(policy, env, policy_kwargs=policy_kwargs, **kwargs)
 
     def _setup_model(self) -> None:
         super()._setup_model()
         optimizer = self.policy.optimizer
+        if self.engine == "fast" and type(optimizer) is torch.optim.Adam:  # the same Adam, on flat tensors
+            optimizer = self.policy.optimizer = FlatAdam(optimizer.param_groups, **optimizer.defaults)
         if self.engine == "fast" and type(optimizer) in FUSED_OPTIMIZERS:
             for group in optimizer.param_groups:
                 group["fused"], group["foreach"] = True, False
@@ -375,11 +546,13 @@ class ContinualPPO(PPO):
         clip_range_vf = None if self.clip_range_vf is None else self.clip_range_vf(progress)
         stats: LossStats = defaultdict(list)
         self._grad_norms.clear()
+        self._by_hand = self._by_hand_applies()
+        by_hand = {"by_hand": True} if self._by_hand else {}  # only ContinualPPO's own _loss takes it
         continue_training = True
         for epoch, minibatches in enumerate(self._minibatches()):
             approx_kl_divs = []
             for batch in minibatches:
-                loss, _, approx_kl_div = self._loss(batch, clip_range, clip_range_vf, stats)
+                loss, _, approx_kl_div = self._loss(batch, clip_range, clip_range_vf, stats, **by_hand)
                 approx_kl_divs.append(approx_kl_div)
                 if self.target_kl is not None and (kl := approx_kl_div.item()) > 1.5 * self.target_kl:
                     continue_training = False
@@ -411,17 +584,25 @@ class ContinualPPO(PPO):
             self.logger.record("train/clip_range_vf", clip_range_vf)
 
     def _loss(
-        self, batch: RolloutBufferSamples, clip_range: float, clip_range_vf: float | None, stats: LossStats
+        self,
+        batch: RolloutBufferSamples,
+        clip_range: float,
+        clip_range_vf: float | None,
+        stats: LossStats,
+        by_hand: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """PPO's minibatch loss ``-L_clip + c_e·L_entropy + c_v·E[(V(s) - R̂)²]``, computed as SB3 does.
 
         Returns the loss, the critic's predictions ``V(s)`` on the minibatch (with their graph) and the
-        approximate KL divergence; appends the loss terms (detached tensors) to ``stats``.
+        approximate KL divergence; appends the loss terms (detached tensors) to ``stats``. ``by_hand``
+        (the update's own call, where :meth:`_by_hand_applies`): no graph; instead the loss's derivatives
+        per sample with respect to log π, H and V are kept for the policy's ``backward_by_hand``.
         """
         actions = batch.actions
         if isinstance(self.action_space, spaces.Discrete):
             actions = batch.actions.long().flatten()
-        values, log_prob, entropy = self.policy.evaluate_actions(batch.observations, actions)
+        evaluate = self.policy.evaluate_actions_by_hand if by_hand else self.policy.evaluate_actions
+        values, log_prob, entropy = evaluate(batch.observations, actions)
         values = values.flatten()
         advantages = batch.advantages
         if self.normalize_advantage and len(advantages) > 1:
@@ -448,6 +629,17 @@ class ContinualPPO(PPO):
                 stats[name].append(value.detach())
             stats["clip_fraction"].append(torch.mean((torch.abs(ratio - 1) > clip_range).float()))
             approx_kl_div = torch.mean((ratio - 1) - log_ratio)  # ratio = exp(log_ratio), as SB3 computes it
+            if by_hand:
+                n = len(values)
+                unclipped = policy_loss_1 <= policy_loss_2  # where min() takes Â r (its ∂/∂log π: Â r)
+                in_range = 1.0
+                if clip_range_vf is not None:
+                    in_range = (values - batch.old_values).abs() <= clip_range_vf
+                self._loss_derivatives = (  # ∂loss/∂log π, ∂loss/∂H, ∂loss/∂V
+                    unclipped * policy_loss_1 * (-1 / n),
+                    torch.full_like(values, -self.ent_coef / n),
+                    (values_pred - batch.returns) * in_range * (2 * self.vf_coef / n),
+                )
         return loss, values, approx_kl_div
 
     def _optimizer_step(self, loss: torch.Tensor, losses: dict[str, torch.Tensor]) -> None:
@@ -456,21 +648,47 @@ class ContinualPPO(PPO):
         Between clipping and ``optimizer.step()`` is the one place where the gradient is final: the fault
         check runs there (``losses``, this minibatch's loss terms, name a non-finite loss first).
         """
-        self.policy.optimizer.zero_grad()
-        loss.backward()
+        if self._by_hand:
+            self.policy.backward_by_hand(*self._loss_derivatives)
+        else:
+            self.policy.optimizer.zero_grad()
+            loss.backward()
         total_norm = self._clip_gradients()
         check_gradients(self, total_norm, losses)
         self._grad_norms.append(total_norm)
         self._before_optimizer_step()
         self.policy.optimizer.step()
 
+    def _by_hand_applies(self) -> bool:
+        """Whether this update's gradients are written by hand
+        (:meth:`ContinualActorCriticPolicy.backward_by_hand`) rather than by autograd: on the fast engine, for
+        PPO's own loss and step (a subclass that changes them takes autograd), on a policy that can."""
+        cls, policy = type(self), self.policy
+        own = cls._loss is ContinualPPO._loss and cls._optimizer_step is ContinualPPO._optimizer_step
+        optimized = {id(p) for group in policy.optimizer.param_groups for p in group["params"]}
+        return (
+            self.engine == "fast"
+            and own
+            and isinstance(policy, ContinualActorCriticPolicy)
+            and optimized == {id(p) for p in policy.parameters()}
+            and policy.prepare_by_hand()
+        )
+
     def _clip_gradients(self) -> torch.Tensor:
         """Clip the gradient norm to ``max_grad_norm``; returns the norm before clipping (no sync).
 
         The optimizer holds every policy parameter in ``policy.parameters()``'s order (SB3 builds it so)."""
+        if self._by_hand:  # every gradient is a view of one flat tensor
+            return clip_flat_grad_norm(self.policy.flat_grad, self.max_grad_norm)
         groups = self.policy.optimizer.param_groups
         return clip_grad_norm([p for group in groups for p in group["params"]], self.max_grad_norm)
 
     def _excluded_save_params(self) -> list[str]:
         # Tools hold references into the policy; their own state goes through state_dict().
-        return [*super()._excluded_save_params(), "plasticity_tools", "_grad_norms", "_networks"]
+        return [
+            *super()._excluded_save_params(),
+            "plasticity_tools",
+            "_grad_norms",
+            "_networks",
+            "_loss_derivatives",
+        ]

@@ -24,7 +24,8 @@ with ``per_element_steps``, tensors shaped like the parameters).
 
 Also :class:`ElementwiseAdam`: Adam(W) with one step count per weight, for continual backprop (Dohare et
 al., "Loss of plasticity in deep continual learning", Nature 2024), whose replaced weights restart their
-optimizer state — step count and bias correction included — as a fresh optimizer would.
+optimizer state — step count and bias correction included — as a fresh optimizer would; and
+:class:`FlatAdam`, torch's Adam stepped on flat tensors, for the fast PPO engine.
 """
 
 from __future__ import annotations
@@ -863,3 +864,112 @@ class ElementwiseAdam(Optimizer):
             decay = 1.0 - group["lr"] * group["weight_decay"]
             torch._foreach_mul_(params, _scalar(decay, params[0]))
         torch._foreach_add_(params, flat.updates)
+
+
+class FlatAdam(torch.optim.Adam):
+    """``torch.optim.Adam`` (Kingma & Ba, ICLR 2015) — the same update, state and checkpoints — stepped on
+    one flat tensor per state key instead of one tensor per parameter. With ``t`` the group's step count:
+
+        m ← β1·m + (1-β1)·g,   v ← β2·v + (1-β2)·g²,   w ← w - lr/(1-β1^t) · m/(√v/√(1-β2^t) + ε)
+
+    For a network of a dozen small tensors, torch's per-tensor work (even its fused kernel's) costs several
+    times the arithmetic; here a step is a handful of operations on flat tensors. Each parameter's
+    ``exp_avg``, ``exp_avg_sq`` and ``step`` are views into them (so tools and ``state_dict`` see torch's
+    layout); state replaced from outside (``load_state_dict``) is re-flattened, values kept, at the next
+    step. A group without any gradient is skipped, as torch skips it; where this layout does not cover a
+    group (weight decay, amsgrad, maximize, differentiable or capturable, sparse gradients or only some
+    missing, mixed devices or dtypes, unequal step counts), the step is torch's own.
+    """
+
+    per_parameter_state_keys = ("exp_avg", "exp_avg_sq")  # torch Adam's; zeroing entries zeroes flat state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._flat: dict[int, _FlatAdamGroup] = {}
+
+    def __init__(self, params: ParamsT, **kwargs: Any) -> None:
+        super().__init__(params, **kwargs)
+        self._flat = {}  # by group index
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        stepped = [
+            (group, self._flat_group(index, group))
+            for index, group in enumerate(self.param_groups)
+            if any(p.grad is not None for p in group["params"])  # torch steps no parameter without one
+        ]
+        if closure is not None or any(flat is None for _, flat in stepped):
+            return super().step(closure)
+        for group, flat in stepped:
+            beta1, beta2 = group["betas"]
+            torch._foreach_copy_(flat.grads, [p.grad for p in flat.params])
+            flat.steps.add_(1.0)
+            flat.count += 1
+            flat.exp_avg.lerp_(flat.grad, 1.0 - beta1)
+            flat.exp_avg_sq.mul_(beta2).addcmul_(flat.grad, flat.grad, value=1.0 - beta2)
+            correction1, root_correction2 = 1.0 - beta1**flat.count, math.sqrt(1.0 - beta2**flat.count)
+            denominator = (
+                torch.sqrt(flat.exp_avg_sq, out=flat.update).div_(root_correction2).add_(group["eps"])
+            )
+            torch.div(flat.exp_avg, denominator, out=flat.update).mul_(-group["lr"] / correction1)
+            torch._foreach_add_(flat.params, flat.updates)
+        return None
+
+    def _flat_group(self, index: int, group: dict[str, Any]) -> _FlatAdamGroup | None:
+        """The flat layout of group ``index``, made anew if missing or stale; None where it does not apply."""
+        params = group["params"]
+        flat = self._flat.get(index)
+        if flat is not None and flat.holds(params, self.state):
+            return flat
+        self._flat.pop(index, None)
+        if (
+            not params
+            or group["weight_decay"]
+            or any(group[key] for key in ("amsgrad", "maximize", "differentiable", "capturable"))
+            or any(p.grad is None or p.grad.is_sparse for p in params)
+            or len({(p.device, p.dtype) for p in params}) > 1
+        ):
+            return None
+        steps = {float(self.state[p]["step"]) if "step" in self.state[p] else 0.0 for p in params}
+        if len(steps) > 1:
+            return None
+        self._flat[index] = flat = _FlatAdamGroup(params, self.state, int(steps.pop()))
+        return flat
+
+
+class _FlatAdamGroup:
+    """A :class:`FlatAdam` group's state as flat tensors (``exp_avg``, ``exp_avg_sq``, and ``steps`` with one
+    entry per parameter), each parameter's state tensors views into them; ``grad`` and ``update`` flat work
+    buffers, ``grads`` and ``updates`` their views shaped like the parameters; ``count`` the step count."""
+
+    KEYS = ("exp_avg", "exp_avg_sq", "step")
+    __slots__ = (
+        "params", "views", "exp_avg", "exp_avg_sq", "steps", "grad", "grads", "update", "updates", "count",
+    )  # fmt: skip
+
+    def __init__(self, params: list[Tensor], state: dict[Tensor, dict[str, Any]], count: int) -> None:
+        self.params, self.count, sizes = list(params), count, [p.numel() for p in params]
+        for key in ("exp_avg", "exp_avg_sq"):  # current values (zero for new state)
+            flat = torch.cat([state[p].get(key, torch.zeros_like(p)).reshape(-1) for p in params])
+            for p, view in zip(params, flat.split(sizes), strict=True):
+                state[p][key] = view.view_as(p)
+            setattr(self, key, flat)
+        self.steps = torch.full((len(params),), float(count), dtype=torch.float32)
+        for p, step in zip(params, self.steps.unbind(), strict=True):
+            state[p]["step"] = step
+        for key in ("grad", "update"):
+            flat = params[0].new_empty(sum(sizes))
+            setattr(self, key, flat)
+            views = [view.view_as(p) for p, view in zip(params, flat.split(sizes), strict=True)]
+            setattr(self, f"{key}s", views)
+        self.views = [state[p][key] for p in params for key in self.KEYS]
+
+    def holds(self, params: list[Tensor], state: dict[Tensor, dict[str, Any]]) -> bool:
+        """While the group has the same parameters, each with a gradient, and the state views made here."""
+        current = [state[p].get(key) for p in params for key in self.KEYS]
+        return (
+            len(params) == len(self.params)
+            and all(map(operator.is_, params, self.params))
+            and all(p.grad is not None for p in params)
+            and all(map(operator.is_, current, self.views))
+        )

@@ -143,6 +143,9 @@ class ActivationRecorder:
             if torch.is_grad_enabled():
                 self.outputs[key] = output.detach()
 
+        record.observes_only = (
+            True  # reads the output, never replaces it (the fast engine's backward relies on it)
+        )
         return record
 
     def remove(self) -> None:

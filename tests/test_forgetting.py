@@ -111,8 +111,8 @@ def test_projection_memory_holds_the_then_policy_and_constrains_only_other_tasks
     after_a_switch(projection, model)
     memory = projection.memory[0]
     assert memory["observations"].shape == (16, 4) and memory["values"].shape == (16,)
-    loss = projection.reference_loss(model)  # the policy has not moved since: L_ref = 0
-    assert loss is not None and loss.item() == pytest.approx(0.0, abs=1e-10)
+    loss = projection.reference_loss(model)  # the policy has not moved since: L_ref = 0 (to float rounding:
+    assert loss is not None and loss.item() == pytest.approx(0.0, abs=1e-7)  # Categorical renormalises)
     projection.load_state_dict({**projection.state_dict(), "task": 0})  # back on task 0: its own memory
     assert projection.reference_loss(model) is None
 

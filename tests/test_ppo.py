@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
+
 import numpy as np
 import pytest
 import torch
@@ -40,8 +42,8 @@ def test_continual_ppo_matches_sb3_ppo_with_value_clipping_and_target_kl():
         assert torch.equal(p, q)
 
 
-def untrained(engine: str, **kwargs) -> ContinualPPO:
-    env = make_vec_env("CartPole-v1", n_envs=8, seed=0)
+def untrained(engine: str, env_id: str = "CartPole-v1", **kwargs) -> ContinualPPO:
+    env = make_vec_env(env_id, n_envs=8, seed=0)
     return ContinualPPO("MlpPolicy", env, engine=engine, policy_kwargs=NETS, **{**SMALL, **kwargs})
 
 
@@ -58,12 +60,15 @@ def one_update(engine: str, **kwargs) -> ContinualPPO:
     return model
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"ent_coef": 0.01, "clip_range_vf": 0.2}])
+@pytest.mark.parametrize(
+    "kwargs", [{}, {"ent_coef": 0.01, "clip_range_vf": 0.2}, {"env_id": "Pendulum-v1", "ent_coef": 0.01}]
+)
 def test_fast_engine_update_equals_the_exact_one_to_float_rounding(kwargs):
     fast, exact = one_update("fast", **kwargs), one_update("sb3", **kwargs)
     start = untrained("sb3", **kwargs).policy.state_dict()
     assert fast.policy.optimizer.param_groups[0]["fused"]
     assert not exact.policy.optimizer.param_groups[0]["fused"]
+    assert fast._by_hand and not exact._by_hand  # the fast engine's gradient is written by hand
     for name, p in fast.policy.state_dict().items():
         q = exact.policy.state_dict()[name]
         assert not torch.equal(q, start[name])  # the update moved every tensor
@@ -89,3 +94,41 @@ def test_direct_log_density_and_entropy_equal_sb3_distributions(env_id):
     evaluated = direct.evaluate_actions(obs, actions), sb3.evaluate_actions(obs, actions)
     for ours, theirs in zip(*evaluated, strict=True):  # values, log-probabilities, entropies
         assert ours.shape == theirs.shape and torch.allclose(ours, theirs, atol=1e-5)
+
+
+def gradients(model: ContinualPPO, by_hand: bool, clip_values: bool) -> dict[str, torch.Tensor]:
+    """The gradient of PPO's loss on the rollout buffer's first minibatch, by hand or by autograd; with
+    ``clip_values``, the value clip range is the median change of V, so that half the values are clipped."""
+    assert model._by_hand_applies()
+    batch = next(iter(next(model._minibatches())))
+    clip_range_vf = None
+    if clip_values:
+        with torch.no_grad():
+            change = model.policy.predict_values(batch.observations).flatten() - batch.old_values
+        clip_range_vf = change.abs().median().item()
+    loss, _, _ = model._loss(batch, 0.2, clip_range_vf, defaultdict(list), by_hand=by_hand)
+    assert (loss.grad_fn is None) == by_hand
+    if by_hand:
+        model.policy.backward_by_hand(*model._loss_derivatives)
+    else:
+        model.policy.optimizer.zero_grad()
+        loss.backward()
+    return {name: p.grad.clone() for name, p in model.policy.named_parameters()}
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
+@pytest.mark.parametrize("activation", [torch.nn.ReLU, torch.nn.Tanh])
+@pytest.mark.parametrize("ent_coef, clip_values", [(0.0, False), (0.05, True)])
+def test_gradient_by_hand_equals_autograd(env_id, activation, ent_coef, clip_values):
+    env = make_vec_env(env_id, n_envs=8, seed=0)
+    nets = {**NETS, "activation_fn": activation}
+    model = ContinualPPO("MlpPolicy", env, policy_kwargs=nets, ent_coef=ent_coef, **{**SMALL, "n_epochs": 3})
+    model.learn(1024)  # a few updates: ratios away from 1, some clipped
+    model.set_logger(Logger(None, []))
+    np.random.seed(2)
+    by_hand = gradients(model, True, clip_values)
+    np.random.seed(2)
+    autograd = gradients(model, False, clip_values)
+    for name, grad in autograd.items():
+        assert torch.linalg.vector_norm(grad) > 0, name
+        assert torch.linalg.vector_norm(by_hand[name] - grad) <= 1e-5 * torch.linalg.vector_norm(grad), name

@@ -209,16 +209,20 @@ def assert_fault_keeps_checkpoint(err: str, run_dir: Path, where: str) -> int:
 
 
 def test_nan_in_the_loss_stops_with_a_message_and_a_good_checkpoint(cli, tmp_path, monkeypatch):
-    original = ContinualActorCriticPolicy.evaluate_actions
+    def poisoned(original):
+        def evaluate_actions(self, obs, actions):
+            values, log_prob, entropy = original(self, obs, actions)
+            if self.poison:
+                values = values * float("nan")
+            return values, log_prob, entropy
 
-    def evaluate_actions(self, obs, actions):
-        values, log_prob, entropy = original(self, obs, actions)
-        if self.poison:
-            values = values * float("nan")
-        return values, log_prob, entropy
+        return evaluate_actions
 
     monkeypatch.setattr(ContinualActorCriticPolicy, "poison", False, raising=False)
-    monkeypatch.setattr(ContinualActorCriticPolicy, "evaluate_actions", evaluate_actions)
+    for name in ("evaluate_actions", "evaluate_actions_by_hand"):  # autograd's path and the fast engine's
+        monkeypatch.setattr(
+            ContinualActorCriticPolicy, name, poisoned(getattr(ContinualActorCriticPolicy, name))
+        )
     rollout_end = Throughput._on_rollout_end
 
     def poison_after(self) -> None:

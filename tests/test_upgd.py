@@ -12,7 +12,7 @@ import pytest
 import torch
 from stable_baselines3 import PPO
 
-from nested_ac.optim import UPGD, AdaptiveUPGD, ElementwiseAdam
+from nested_ac.optim import UPGD, AdaptiveUPGD, ElementwiseAdam, FlatAdam
 
 FORMS = [("sgd", UPGD), ("adam", AdaptiveUPGD)]
 
@@ -385,6 +385,42 @@ def test_elementwise_adam_state_is_views_of_flat_tensors_and_survives_replacemen
             opt.step()
     for a, b, c in zip(uninterrupted, optimizer.param_groups[0]["params"], restored, strict=True):
         assert torch.equal(a, b.detach()) and torch.equal(a, c.detach())  # bit for bit
+
+
+@pytest.mark.parametrize("betas", [(0.8, 0.99), (0.9, 0.999)])
+def test_flat_adam_is_torch_adam_on_flat_tensors(betas):
+    params, grads = random_problem(steps=8)
+    got, optimizer = run(FlatAdam, params, grads, lr=0.01, betas=betas, eps=1e-6)
+    want, reference = run(torch.optim.Adam, params, grads, lr=0.01, betas=betas, eps=1e-6)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-6, atol=1e-7)
+    assert optimizer._flat  # the flat step ran, not torch's
+    states = list(optimizer.state.values())
+    assert len({state["exp_avg_sq"].untyped_storage().data_ptr() for state in states}) == 1  # one flat tensor
+    for ours, torchs in zip(states, reference.state.values(), strict=True):  # torch's state, torch's layout
+        assert ours.keys() == torchs.keys() and float(ours["step"]) == float(torchs["step"]) == 8
+        torch.testing.assert_close(ours["exp_avg_sq"], torchs["exp_avg_sq"], rtol=1e-6, atol=1e-9)
+
+
+def test_flat_adam_resumes_from_its_own_and_torch_adams_state_and_falls_back_where_flat_does_not_apply():
+    params, grads = random_problem(steps=6)
+    uninterrupted, _ = run(FlatAdam, params, grads, lr=0.01)
+    for first_class in (FlatAdam, torch.optim.Adam):
+        first, optimizer = run(first_class, params, grads[:3], lr=0.01)
+        restored = [torch.nn.Parameter(p.clone()) for p in first]
+        reloaded = FlatAdam(restored, lr=0.01)
+        reloaded.load_state_dict(copy.deepcopy(optimizer.state_dict()))
+        for step_grads in grads[3:]:
+            set_grads(restored, step_grads)
+            reloaded.step()
+        for a, b in zip(uninterrupted, restored, strict=True):
+            torch.testing.assert_close(a, b.detach(), rtol=1e-6, atol=1e-7)
+    # Adam's weight decay (L2 in the gradient) takes torch's own step
+    decayed, optimizer = run(FlatAdam, params, grads, lr=0.01, weight_decay=0.1)
+    want, _ = run(torch.optim.Adam, params, grads, lr=0.01, weight_decay=0.1)
+    assert not optimizer._flat
+    for g, w in zip(decayed, want, strict=True):
+        assert torch.equal(g, w)
 
 
 def test_non_protecting_adaptive_form_without_noise_is_adamw_whatever_the_utility():
