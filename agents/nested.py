@@ -15,7 +15,13 @@ from stable_baselines3.common.type_aliases import Schedule as LearningRateSchedu
 from stable_baselines3.common.utils import explained_variance
 from torch import nn
 
-from nested_ac.agents.ppo import ContinualActorCriticPolicy, ContinualPPO, LossStats, clip_grad_norm
+from nested_ac.agents.ppo import (
+    ContinualActorCriticPolicy,
+    ContinualPPO,
+    LossStats,
+    clip_flat_grad_norm,
+    clip_grad_norm,
+)
 from nested_ac.errors import ConfigError, unknown_choice
 from nested_ac.networks import Network
 
@@ -41,6 +47,25 @@ def nested_critic_terms(values: list[torch.Tensor], kappa: float) -> list[torch.
             term = term + kappa * mse(value, values[k + 1].detach())
         terms.append(term)
     return terms
+
+
+def nested_critic_derivatives(
+    values: list[torch.Tensor], kappa: float, every_level: bool
+) -> list[torch.Tensor | None]:
+    """∂/∂V_k(s) per sample of the sum of :func:`nested_critic_terms` (``every_level``; else of ``term_1``
+    alone, the outer critics getting None): ``2κ(V_1 - V_2)/n`` for V_1 and
+    ``2(V_k - V_{k-1})/n + 2κ(V_k - V_{k+1})/n`` (no κ part for k = K) for k > 1."""
+    n, last = len(values[0]), len(values) - 1
+    derivatives: list[torch.Tensor | None] = []
+    for k, value in enumerate(values):
+        if k > 0 and not every_level:
+            derivatives.append(None)
+            continue
+        derivative = (value - values[k - 1]) * (2 / n) if k > 0 else torch.zeros_like(value)
+        if k < last:
+            derivative = derivative + (value - values[k + 1]) * (2 * kappa / n)
+        derivatives.append(derivative)
+    return derivatives
 
 
 class NestedActorCriticPolicy(ContinualActorCriticPolicy):
@@ -219,24 +244,53 @@ class NestedPPO(ContinualPPO):
             group["lr"] *= group["lr_scale"]
 
     def _loss(
-        self, batch: RolloutBufferSamples, clip_range: float, clip_range_vf: float | None, stats: LossStats
+        self,
+        batch: RolloutBufferSamples,
+        clip_range: float,
+        clip_range_vf: float | None,
+        stats: LossStats,
+        by_hand: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        loss, values, approx_kl = super()._loss(batch, clip_range, clip_range_vf, stats)
+        """PPO's loss plus ``c_v·`` the nested terms (:func:`nested_critic_terms`; with ``by_hand``, their
+        derivatives, :func:`nested_critic_derivatives`, join PPO's)."""
+        loss, values, approx_kl = super()._loss(batch, clip_range, clip_range_vf, stats, by_hand=by_hand)
         if self.policy.levels == 1:
             return loss, values, approx_kl
         distill = self.mode == "distill" and not self.outer_frozen()
-        with torch.set_grad_enabled(distill):
-            outer = self.policy.outer_values(batch.observations)
+        if by_hand:
+            outer_networks = self.policy.by_hand_networks()[2:]
+            outer = [self.policy.values_by_hand(network, batch.observations) for network in outer_networks]
+        else:
+            with torch.set_grad_enabled(distill):
+                outer = self.policy.outer_values(batch.observations)
         terms = nested_critic_terms([values, *outer], self.kappa)
         for level, term in enumerate(terms, start=1):
             stats[f"nested/critic_{level}/loss"].append(term.detach())
         nested = sum(terms[1:], terms[0]) if distill else terms[0]
+        if by_hand:
+            d_log_prob, d_entropy, d_values, _ = self._loss_derivatives
+            inner, *others = nested_critic_derivatives([values, *outer], self.kappa, distill)
+            self._loss_derivatives = (
+                d_log_prob,
+                d_entropy,
+                d_values + self.vf_coef * inner,
+                {
+                    network.name: None if derivative is None else self.vf_coef * derivative
+                    for network, derivative in zip(outer_networks, others, strict=True)
+                },
+            )
         return loss + self.vf_coef * nested, values, approx_kl
 
     def _clip_gradients(self) -> torch.Tensor:
-        """Each level clipped on its own; returns the norm before clipping over every level's gradients."""
-        groups = self.policy.optimizer.param_groups
-        norms = [clip_grad_norm(group["params"], self.max_grad_norm) for group in groups]
+        """Each level clipped on its own; returns the norm before clipping over every level's gradients.
+        Written by hand, a level's gradients are a run of one flat tensor, clipped on that run."""
+        norms = []
+        for group in self.policy.optimizer.param_groups:
+            flat = self.policy.flat_grad_of(group["params"]) if self._by_hand else None
+            if flat is None or any(p.grad is None for p in group["params"]):
+                norms.append(clip_grad_norm(group["params"], self.max_grad_norm))
+            else:
+                norms.append(clip_flat_grad_norm(flat, self.max_grad_norm))
         return torch.linalg.vector_norm(torch.stack(norms))
 
     def _optimizer_step(self, loss: torch.Tensor, losses: dict[str, torch.Tensor]) -> None:

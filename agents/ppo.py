@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import operator
 from collections import defaultdict
@@ -24,7 +25,7 @@ from stable_baselines3.common.vec_env import VecEnv
 from nested_ac.errors import unknown_choice
 from nested_ac.faults import check_gradients, check_losses, check_update
 from nested_ac.hooks import PlasticityTool
-from nested_ac.networks import Network, mlp_network, policy_networks
+from nested_ac.networks import Network, policy_networks
 from nested_ac.optim import FlatAdam
 
 # PPO's loss terms, as logged under train/ and checked for NaN (see nested_ac/faults.py).
@@ -42,9 +43,9 @@ FUSED_OPTIMIZERS = (FlatAdam, torch.optim.AdamW)
 
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
-# What ContinualActorCriticPolicy.prepare_by_hand keeps: the actor and the critic, the parameters, and
+# What ContinualActorCriticPolicy.prepare_by_hand keeps: the actor and every critic, the parameters, and
 # their gradients' views of one flat tensor.
-ByHand = tuple[tuple[Network, Network], list[torch.nn.Parameter], list[torch.Tensor]]
+ByHand = tuple[tuple[Network, ...], list[torch.nn.Parameter], list[torch.Tensor]]
 
 # ∂loss/∂z of an activation h = f(z), from ∂loss/∂h and h, for the activations the hand-written backward knows
 # (the kernels autograd itself runs for them).
@@ -146,6 +147,7 @@ class ContinualActorCriticPolicy(ActorCriticPolicy):
         # prepare_by_hand's networks, parameters and gradient views (None: not prepared or not applicable)
         self._by_hand: ByHand | None = None
         self._saved: tuple[Any, ...] = ()  # what the last evaluate_actions_by_hand keeps for the backward
+        self._saved_outer: dict[str, list[torch.Tensor]] = {}  # and values_by_hand, by critic
         self.flat_grad = torch.zeros(0)
         super().__init__(*args, **kwargs)
 
@@ -238,17 +240,15 @@ class ContinualActorCriticPolicy(ActorCriticPolicy):
             self._by_hand = (networks, parameters, shaped)
         return True
 
-    def _by_hand_networks(self) -> tuple[Network, Network] | None:
+    def _by_hand_networks(self) -> tuple[Network, ...] | None:
         if self._direct_kind() is None:
             return None
         try:
-            actor = mlp_network("actor", self.mlp_extractor.policy_net, self.action_net)
-            critic = mlp_network("critic", self.mlp_extractor.value_net, self.value_net)
+            networks = tuple(policy_networks(self))  # the actor, then every critic, inner first
         except ValueError:
             return None
-        networks = (actor, critic)
         extractors = {self.features_extractor, self.pi_features_extractor, self.vf_features_extractor}
-        mlps = (self.mlp_extractor, self.mlp_extractor.policy_net, self.mlp_extractor.value_net)
+        mlps = (self.mlp_extractor, *(m for m in self.modules() if isinstance(m, torch.nn.Sequential)))
         layers = [layer for network in networks for layer in (*network.hidden, network.output)]
         activations = [activation for network in networks for activation in network.activations]
         covered = {id(p) for network in networks for p in network.parameters()}
@@ -268,7 +268,7 @@ class ContinualActorCriticPolicy(ActorCriticPolicy):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """:meth:`evaluate_actions` without autograd (the same operations on detached parameters), keeping
         what :meth:`backward_by_hand` needs; only where :meth:`prepare_by_hand` said yes."""
-        (actor, critic), _, _ = self._by_hand
+        (actor, critic, *_), _, _ = self._by_hand
         observations = preprocess_obs(obs, self.observation_space, normalize_images=self.normalize_images)
         if self.share_features_extractor:
             pi_features = vf_features = call(self.features_extractor, observations)
@@ -294,22 +294,60 @@ class ContinualActorCriticPolicy(ActorCriticPolicy):
         self._saved = (actor_inputs, critic_inputs, head)
         return values, log_prob, entropy
 
+    def flat_grad_of(self, parameters: Sequence[torch.nn.Parameter]) -> torch.Tensor | None:
+        """The slice of :attr:`flat_grad` that holds exactly the gradients of ``parameters`` (in that
+        order), or None if they are not such a run of it."""
+        _, held, _ = self._by_hand
+        start = next((i for i, p in enumerate(held) if p is parameters[0]), None) if parameters else None
+        if start is None or not _same_objects(held[start : start + len(parameters)], parameters):
+            return None
+        offset = sum(p.numel() for p in held[:start])
+        return self.flat_grad[offset : offset + sum(p.numel() for p in parameters)]
+
+    def by_hand_networks(self) -> tuple[Network, ...]:
+        """The actor and every critic (inner first), as :meth:`prepare_by_hand` found them."""
+        return self._by_hand[0]
+
+    def values_by_hand(self, network: Network, obs: torch.Tensor) -> torch.Tensor:
+        """A critic's values V(s) on ``obs`` without autograd, keeping its layers' inputs for
+        :meth:`backward_by_hand` (``outer_derivatives``); only where :meth:`prepare_by_hand` said yes."""
+        features = call(
+            self.vf_features_extractor,
+            preprocess_obs(obs, self.observation_space, normalize_images=self.normalize_images),
+        )
+        values, inputs = _mlp_forward(network, features)
+        self._saved_outer[network.name] = inputs
+        return values.flatten()
+
     def backward_by_hand(
-        self, d_log_prob: torch.Tensor, d_entropy: torch.Tensor, d_values: torch.Tensor
+        self,
+        d_log_prob: torch.Tensor,
+        d_entropy: torch.Tensor,
+        d_values: torch.Tensor,
+        outer_derivatives: dict[str, torch.Tensor | None] | None = None,
     ) -> None:
         """Write ∂loss/∂θ into every parameter's ``.grad`` (views of :attr:`flat_grad`), given the loss's
         partial derivatives per sample with respect to the last :meth:`evaluate_actions_by_hand`'s
-        log-probabilities, entropies and values — the chain rule written out:
+        log-probabilities, entropies and values, and (``outer_derivatives``, by network name) to the values
+        of each further critic from :meth:`values_by_hand` — None for a critic that gets no gradient (its
+        ``.grad`` is None, as autograd leaves it). The chain rule written out:
 
             categorical:  ∂loss/∂z = g_logπ (onehot(a) − π) − g_H π (log π + H)             (z: the logits)
             Gaussian:     ∂loss/∂μ = g_logπ (a − μ)/σ²,   ∂loss/∂log σ = Σ_n [g_logπ ((a − μ)²/σ² − 1) + g_H]
 
         then back through each MLP, layer by layer (∂W = δᵀx, ∂b = Σ δ, δ_in = f'(z) ⊙ δ W).
         """
-        (actor, critic), parameters, views = self._by_hand
+        (actor, critic, *outer), parameters, views = self._by_hand
         for parameter, view in zip(parameters, views, strict=True):
             if parameter.grad is not view:  # e.g. set to None by zero_grad()
                 parameter.grad = view
+        for network in outer:
+            derivative = (outer_derivatives or {}).get(network.name)
+            if derivative is None:
+                for parameter in network.parameters():
+                    parameter.grad = None
+            else:
+                _mlp_backward(network, self._saved_outer[network.name], derivative.unsqueeze(-1))
         actor_inputs, critic_inputs, head = self._saved
         d_log_prob = d_log_prob.unsqueeze(-1)
         if self._direct_kind() == "categorical":
@@ -402,7 +440,7 @@ class ContinualPPO(PPO):
         self._grad_norms: list[torch.Tensor] = []
         self._networks: tuple[BasePolicy, dict[str, Network]] | None = None  # see trainable_networks
         self._by_hand = False  # see _by_hand_applies
-        self._loss_derivatives: tuple[torch.Tensor, torch.Tensor, torch.Tensor] = ()
+        self._loss_derivatives: tuple[Any, ...] = ()  # see _loss(by_hand=True)
         super().__init__(policy, env, policy_kwargs=policy_kwargs, **kwargs)
 
     def _setup_model(self) -> None:
@@ -547,7 +585,7 @@ class ContinualPPO(PPO):
         stats: LossStats = defaultdict(list)
         self._grad_norms.clear()
         self._by_hand = self._by_hand_applies()
-        by_hand = {"by_hand": True} if self._by_hand else {}  # only ContinualPPO's own _loss takes it
+        by_hand = {"by_hand": True} if self._by_hand else {}  # a subclass's _loss may not take it
         continue_training = True
         for epoch, minibatches in enumerate(self._minibatches()):
             approx_kl_divs = []
@@ -635,10 +673,11 @@ class ContinualPPO(PPO):
                 in_range = 1.0
                 if clip_range_vf is not None:
                     in_range = (values - batch.old_values).abs() <= clip_range_vf
-                self._loss_derivatives = (  # ∂loss/∂log π, ∂loss/∂H, ∂loss/∂V
+                self._loss_derivatives = (  # ∂loss/∂log π, ∂loss/∂H, ∂loss/∂V, and further critics' (none)
                     unclipped * policy_loss_1 * (-1 / n),
                     torch.full_like(values, -self.ent_coef / n),
                     (values_pred - batch.returns) * in_range * (2 * self.vf_coef / n),
+                    {},
                 )
         return loss, values, approx_kl_div
 
@@ -662,13 +701,13 @@ class ContinualPPO(PPO):
     def _by_hand_applies(self) -> bool:
         """Whether this update's gradients are written by hand
         (:meth:`ContinualActorCriticPolicy.backward_by_hand`) rather than by autograd: on the fast engine, for
-        PPO's own loss and step (a subclass that changes them takes autograd), on a policy that can."""
-        cls, policy = type(self), self.policy
-        own = cls._loss is ContinualPPO._loss and cls._optimizer_step is ContinualPPO._optimizer_step
+        a :meth:`_loss` that takes ``by_hand`` (a subclass whose loss does not takes autograd), on a policy
+        that can."""
+        policy = self.policy
         optimized = {id(p) for group in policy.optimizer.param_groups for p in group["params"]}
         return (
             self.engine == "fast"
-            and own
+            and "by_hand" in inspect.signature(self._loss).parameters
             and isinstance(policy, ContinualActorCriticPolicy)
             and optimized == {id(p) for p in policy.parameters()}
             and policy.prepare_by_hand()

@@ -65,21 +65,14 @@ class Snapshots(PlasticityTool):
         self.taken.append([critic_vector(model, k) for k in range(1, model.policy.levels + 1)])
 
 
-def autograd_ppo(monkeypatch, **kwargs) -> dict[str, torch.Tensor]:
-    """ContinualPPO on the fast engine with autograd's gradient (the path nested-ppo takes), not by hand."""
-    with monkeypatch.context() as patch:
-        patch.setattr(ContinualPPO, "_by_hand_applies", lambda self: False)
-        return base_state(trained(ContinualPPO, **kwargs))
-
-
-def test_one_level_or_zero_kappa_gives_exactly_ppo(monkeypatch):
+def test_one_level_or_zero_kappa_gives_exactly_ppo():
     config = small_config(engine="sb3")
     kwargs = ppo_kwargs(config)
     plain = PPO("MlpPolicy", make_env(config), **{k: v for k, v in kwargs.items() if k != "engine"})
     plain.learn(384)
     exact = base_state(trained(NestedPPO, engine="sb3", levels=1))
     assert all(torch.equal(exact[key], value) for key, value in base_state(plain).items())
-    reference = autograd_ppo(monkeypatch)  # the fast engine: nested-ppo equals its ppo
+    reference = base_state(trained(ContinualPPO))  # the fast engine: nested-ppo equals its ppo
     for nested in ({"levels": 1}, {"levels": 2, "kappa": 0.0}, {"levels": 3, "kappa": 0.0, "mode": "polyak"}):
         state = base_state(trained(NestedPPO, **nested))
         assert state.keys() == reference.keys()
@@ -90,7 +83,7 @@ def test_one_level_or_zero_kappa_gives_exactly_ppo(monkeypatch):
 
 
 @pytest.mark.parametrize("optimizer", ["upgd", "upgd-sgd"])
-def test_one_level_gives_exactly_ppo_with_upgd(optimizer, monkeypatch):
+def test_one_level_gives_exactly_ppo_with_upgd(optimizer):
     # UPGD seeds its noise from the global RNG: a second optimizer built for the outer critics drew again.
     config = small_config(optimizer, engine="sb3")
     kwargs = ppo_kwargs(config)
@@ -100,7 +93,7 @@ def test_one_level_gives_exactly_ppo_with_upgd(optimizer, monkeypatch):
     state = base_state(trained(NestedPPO, optimizer=optimizer, engine="sb3", levels=1))
     assert state.keys() == reference.keys()
     assert all(torch.equal(state[key], reference[key]) for key in reference)
-    fast = autograd_ppo(monkeypatch, optimizer=optimizer)  # and on the fast engine
+    fast = base_state(trained(ContinualPPO, optimizer=optimizer))  # and on the fast engine
     state = base_state(trained(NestedPPO, optimizer=optimizer, levels=1))
     assert all(torch.equal(state[key], fast[key]) for key in fast)
 
@@ -276,3 +269,34 @@ def test_same_seed_same_nested_run():
         first.policy.state_dict().items(), second.policy.state_dict().values(), strict=True
     ):
         assert torch.equal(p, q), key
+
+
+@pytest.mark.parametrize(
+    "nested",
+    [
+        {"levels": 3, "kappa": 0.5},  # every critic trained (distillation)
+        {"levels": 2, "kappa": 0.5, "mode": "polyak"},  # the outer critic moved by Polyak steps only
+        {"levels": 2, "kappa": 0.5, "freeze_outer_after": 0},  # the outer critic frozen
+    ],
+)
+def test_nested_gradient_by_hand_equals_autograd(nested):
+    model = trained(NestedPPO, **nested)  # 3 updates: the critics apart, some ratios clipped
+    assert model._by_hand_applies()
+    batch = next(iter(next(model._minibatches())))
+    gradients = []
+    for by_hand in (True, False):
+        loss, _, _ = model._loss(batch, 0.2, None, defaultdict(list), by_hand=by_hand)
+        if by_hand:
+            model.policy.backward_by_hand(*model._loss_derivatives)
+        else:
+            model.policy.optimizer.zero_grad()
+            loss.backward()
+        gradients.append({name: p.grad for name, p in model.policy.named_parameters()})
+    by_hand, autograd = gradients
+    trains_outer = nested.get("mode", "distill") == "distill" and "freeze_outer_after" not in nested
+    for name, grad in autograd.items():
+        if name.startswith("outer_") and not trains_outer:
+            assert grad is None and by_hand[name] is None, name
+            continue
+        assert torch.linalg.vector_norm(grad) > 0, name
+        assert torch.linalg.vector_norm(by_hand[name] - grad) <= 1e-5 * torch.linalg.vector_norm(grad), name

@@ -193,12 +193,25 @@ def test_shipped_experiments_are_listed_and_run_by_name(tmp_path, cli, monkeypat
 
 
 # What each variant of a shipped experiment may change relative to its first variant (PPO with Adam):
-# its own intervention and nothing else.
-INTERVENTION_KEYS = {
+# its own intervention (with its tuned settings) and nothing else; and the experiment's seeds.
+SLIPPERY_ANT_INTERVENTIONS = {
     "ppo-upgd": ("optimizer.", "ppo.learning_rate"),  # UPGD's settings; its lr is the shared lr x 2
     "ppo-cbp": ("cbp.",),
     "nested-ppo": ("agent",),
     "nonstationary-adam": ("optimizer.betas",),
+}
+SHIPPED = {
+    "collapse": (
+        set(range(10)),
+        {
+            "ppo-cbp": ("cbp.",),
+            "ppo-upgd": ("optimizer.", "ppo.learning_rate"),
+            "nested-ppo": ("agent", "nested."),
+            "ppo-shrink-perturb": ("shrink_perturb.",),
+            "ppo-l2-init": ("l2_init.",),
+        },
+    ),
+    "slippery-ant": (set(range(5)), SLIPPERY_ANT_INTERVENTIONS),
 }
 
 
@@ -212,15 +225,16 @@ def _flat(mapping: dict, prefix: str = "") -> dict:
     return flat
 
 
-@pytest.mark.parametrize("name", ["collapse", "slippery-ant"])
+@pytest.mark.parametrize("name", list(SHIPPED))
 def test_shipped_experiment_variants_differ_only_in_their_intervention(name, tmp_path):
     experiment = load_experiment(name, tmp_path)
-    assert {run.seed for run in experiment.runs} == {0, 1, 2, 3, 4}
+    seeds, interventions = SHIPPED[name]
+    assert {run.seed for run in experiment.runs} == seeds
     by_variant = {run.variant: run.config for run in experiment.runs if run.seed == 0}
-    assert list(by_variant) == ["ppo-adam", *INTERVENTION_KEYS]
+    assert list(by_variant) == ["ppo-adam", *interventions]
     baseline = _flat(by_variant["ppo-adam"].to_dict())
     assert baseline["agent"] == "ppo" and baseline["optimizer.name"] == "adam"
-    for variant, allowed in INTERVENTION_KEYS.items():
+    for variant, allowed in interventions.items():
         config = _flat(by_variant[variant].to_dict())
         changed = {key for key in config if config[key] != baseline[key] and key not in ("run_dir",)}
         assert changed, f"{variant} is the baseline"
