@@ -407,10 +407,14 @@ class ContinualPPO(PPO):
 
     ``engine="sb3"`` is SB3's PPO number for number. ``engine="fast"`` (the default) computes the same
     update with less overhead: the policy's log-density and entropy by formula
-    (:class:`ContinualActorCriticPolicy`, in the rollout and the update) and torch's fused Adam/AdamW
-    kernel; the two agree to float rounding. Both engines share the rest: minibatches indexed from tensors
-    made once per update (SB3's permutation and values), loss statistics kept as tensors and read once per
-    update, and foreach gradient clipping.
+    (:class:`ContinualActorCriticPolicy`, in the rollout and the update); the gradient written by hand
+    where :meth:`_by_hand_applies` — ``_loss(by_hand=True)`` gives the loss's derivatives with respect to
+    log π, H and V per sample and the policy takes them back through its networks
+    (:meth:`ContinualActorCriticPolicy.backward_by_hand`) into one flat gradient tensor, clipped on that
+    tensor; and torch's Adam stepped on flat tensors (:class:`~nested_ac.optim.FlatAdam`) or its fused
+    AdamW kernel. The two agree to float rounding. Both engines share the rest: minibatches indexed from
+    tensors made once per update (SB3's permutation and values), loss statistics kept as tensors and read
+    once per update, and foreach gradient clipping.
     """
 
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
