@@ -222,7 +222,7 @@ class ContinualActorCriticPolicy(ActorCriticPolicy):
 
     def prepare_by_hand(self) -> bool:
         """Whether :meth:`evaluate_actions_by_hand` and :meth:`backward_by_hand` apply now (ask before each
-        update: tools add hooks): a direct distribution, actor and critic plain MLPs
+        update: tools add hooks): a direct distribution, the actor and every critic plain MLPs
         (:class:`~nested_ac.networks.Network`) of activations :data:`ACTIVATION_BACKWARD` knows, no
         parameters outside them but a Gaussian's ``log_std``, and no hook on the way but observers on the
         activations. The gradients are then written into one flat tensor, :attr:`flat_grad`, each
