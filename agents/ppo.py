@@ -26,7 +26,7 @@ from nested_ac.errors import unknown_choice
 from nested_ac.faults import check_gradients, check_losses, check_update
 from nested_ac.hooks import PlasticityTool
 from nested_ac.networks import Network, policy_networks
-from nested_ac.optim import FlatAdam
+from nested_ac.optim import FlatAdam, shaped_views
 
 # PPO's loss terms, as logged under train/ and checked for NaN (see nested_ac/faults.py).
 LOSS_TERMS = ("policy_gradient_loss", "value_loss", "entropy_loss")
@@ -65,15 +65,20 @@ def clip_grad_norm(parameters: Iterable[torch.nn.Parameter], max_norm: float) ->
     if not grads:  # e.g. an outer critic moved only by Polyak steps
         return torch.tensor(0.0)
     total_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-    torch._foreach_mul_(grads, torch.clamp(max_norm / (total_norm + 1e-6), max=1.0))
+    torch._foreach_mul_(grads, _clip_factor(total_norm, max_norm))
     return total_norm
 
 
 def clip_flat_grad_norm(flat_grad: torch.Tensor, max_norm: float) -> torch.Tensor:
     """:func:`clip_grad_norm` for gradients that are all views of one flat tensor, on that tensor."""
     total_norm = torch.linalg.vector_norm(flat_grad)
-    flat_grad.mul_(torch.clamp(max_norm / (total_norm + 1e-6), max=1.0))
+    flat_grad.mul_(_clip_factor(total_norm, max_norm))
     return total_norm
+
+
+def _clip_factor(total_norm: torch.Tensor, max_norm: float) -> torch.Tensor:
+    """min(1, c / (‖g‖₂ + 1e-6)), as ``torch.nn.utils.clip_grad_norm_`` computes it."""
+    return torch.clamp(max_norm / (total_norm + 1e-6), max=1.0)
 
 
 def _hooked(module: torch.nn.Module) -> bool:
@@ -235,9 +240,7 @@ class ContinualActorCriticPolicy(ActorCriticPolicy):
         kept = self._by_hand
         if kept is None or kept[0] != networks or not _same_objects(kept[1], parameters):
             self.flat_grad = torch.zeros(sum(p.numel() for p in parameters), device=self.device)
-            views = self.flat_grad.split([p.numel() for p in parameters])
-            shaped = [view.view_as(p) for view, p in zip(views, parameters, strict=True)]
-            self._by_hand = (networks, parameters, shaped)
+            self._by_hand = (networks, parameters, shaped_views(self.flat_grad, parameters))
         return True
 
     def _by_hand_networks(self) -> tuple[Network, ...] | None:

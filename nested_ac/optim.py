@@ -33,7 +33,7 @@ from __future__ import annotations
 import hashlib
 import math
 import operator
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -708,6 +708,28 @@ class _CorrectionTable:
         return self.minus_correction1, self.root_correction2
 
 
+def shaped_views(flat: Tensor, like: Sequence[Tensor]) -> list[Tensor]:
+    """Views of consecutive runs of ``flat``, shaped like each tensor of ``like`` in turn."""
+    return [view.view_as(t) for t, view in zip(like, flat.split([t.numel() for t in like]), strict=True)]
+
+
+def flatten_state(params: Sequence[Tensor], states: Sequence[dict[str, Any]], key: str) -> Tensor:
+    """One flat tensor of every state's ``key`` (zeros where a state has none yet), each state's ``key``
+    replaced by its view of it: the values kept, the storage shared."""
+    flat = torch.cat(
+        [state.get(key, torch.zeros_like(p)).reshape(-1) for p, state in zip(params, states, strict=True)]
+    )
+    for state, view in zip(states, shaped_views(flat, params), strict=True):
+        state[key] = view
+    return flat
+
+
+def _work_buffer(params: Sequence[Tensor]) -> tuple[Tensor, list[Tensor]]:
+    """A flat buffer the size of ``params`` and its views shaped like them."""
+    flat = params[0].new_empty(sum(p.numel() for p in params))
+    return flat, shaped_views(flat, params)
+
+
 class _FlatAdamState:
     """One flat tensor each for ``step``, ``exp_avg`` and ``exp_avg_sq`` of some parameters (one device and
     dtype), whose per-parameter state tensors are views into them: a step does its arithmetic on three
@@ -722,24 +744,12 @@ class _FlatAdamState:
     )  # fmt: skip
 
     def __init__(self, params: list[Tensor], states: list[dict[str, Any]]) -> None:
-        self.params, sizes = params, [p.numel() for p in params]
-        for key in ElementwiseAdam.per_parameter_state_keys:  # current values (zero for new state)
-            flat = torch.cat(
-                [
-                    (state[key] if key in state else torch.zeros_like(p)).reshape(-1)
-                    for p, state in zip(params, states, strict=True)
-                ]
-            )
-            for p, state, view in zip(params, states, flat.split(sizes), strict=True):
-                state[key] = view.view_as(p)
-            setattr(self, key, flat)
+        self.params = params
+        for key in ElementwiseAdam.per_parameter_state_keys:
+            setattr(self, key, flatten_state(params, states, key))
         self.views = [state[key] for state in states for key in ElementwiseAdam.per_parameter_state_keys]
-        for key in ("grad", "update"):
-            flat = params[0].new_empty(sum(sizes))
-            setattr(self, key, flat)
-            setattr(
-                self, f"{key}s", [view.view_as(p) for p, view in zip(params, flat.split(sizes), strict=True)]
-            )
+        self.grad, self.grads = _work_buffer(params)
+        self.update, self.updates = _work_buffer(params)
         self.index = torch.empty_like(self.step, dtype=torch.long)
         self.correction1, self.denominator = torch.empty_like(self.step), torch.empty_like(self.step)
         self.max_step = int(self.step.max()) if len(self.step) else 0
@@ -948,21 +958,16 @@ class _FlatAdamGroup:
     )  # fmt: skip
 
     def __init__(self, params: list[Tensor], state: dict[Tensor, dict[str, Any]], count: int) -> None:
-        self.params, self.count, sizes = list(params), count, [p.numel() for p in params]
-        for key in ("exp_avg", "exp_avg_sq"):  # current values (zero for new state)
-            flat = torch.cat([state[p].get(key, torch.zeros_like(p)).reshape(-1) for p in params])
-            for p, view in zip(params, flat.split(sizes), strict=True):
-                state[p][key] = view.view_as(p)
-            setattr(self, key, flat)
+        self.params, self.count = list(params), count
+        states = [state[p] for p in params]
+        self.exp_avg = flatten_state(params, states, "exp_avg")
+        self.exp_avg_sq = flatten_state(params, states, "exp_avg_sq")
         self.steps = torch.full((len(params),), float(count), dtype=torch.float32)
-        for p, step in zip(params, self.steps.unbind(), strict=True):
-            state[p]["step"] = step
-        for key in ("grad", "update"):
-            flat = params[0].new_empty(sum(sizes))
-            setattr(self, key, flat)
-            views = [view.view_as(p) for p, view in zip(params, flat.split(sizes), strict=True)]
-            setattr(self, f"{key}s", views)
-        self.views = [state[p][key] for p in params for key in self.KEYS]
+        for parameter_state, step in zip(states, self.steps.unbind(), strict=True):
+            parameter_state["step"] = step
+        self.grad, self.grads = _work_buffer(params)
+        self.update, self.updates = _work_buffer(params)
+        self.views = [parameter_state[key] for parameter_state in states for key in self.KEYS]
 
     def holds(self, params: list[Tensor], state: dict[Tensor, dict[str, Any]]) -> bool:
         """While the group has the same parameters, each with a gradient, and the state views made here."""
