@@ -55,6 +55,17 @@ ACTIVATION_BACKWARD: dict[type[torch.nn.Module], Callable[[torch.Tensor, torch.T
 }
 
 
+OptimizerClass = type[torch.optim.Optimizer]
+
+
+def engine_optimizer(engine: str, optimizer_class: OptimizerClass) -> OptimizerClass:
+    """The class ``engine`` steps ``optimizer_class`` with: Adam as :class:`~nested_ac.optim.FlatAdam` on the
+    fast engine and as ``torch.optim.Adam`` on ``sb3`` (SB3's numbers); any other optimizer as it is."""
+    if optimizer_class in (torch.optim.Adam, FlatAdam):
+        return FlatAdam if engine == "fast" else torch.optim.Adam
+    return optimizer_class
+
+
 def clip_grad_norm(parameters: Iterable[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
     """``g ← g·min(1, c / (‖g‖₂ + 1e-6))`` over all gradients together; returns ``‖g‖₂`` before clipping.
 
@@ -451,10 +462,13 @@ class ContinualPPO(PPO):
         super().__init__(policy, env, policy_kwargs=policy_kwargs, **kwargs)
 
     def _setup_model(self) -> None:
+        kwargs = self.policy_kwargs
+        optimizer_class = engine_optimizer(self.engine, kwargs.get("optimizer_class", torch.optim.Adam))
+        if optimizer_class is FlatAdam and kwargs.get("optimizer_kwargs") is None:
+            kwargs = {**kwargs, "optimizer_kwargs": {"eps": 1e-5}}  # what SB3 gives its Adam by default
+        self.policy_kwargs = {**kwargs, "optimizer_class": optimizer_class}
         super()._setup_model()
         optimizer = self.policy.optimizer
-        if self.engine == "fast" and type(optimizer) is torch.optim.Adam:  # the same Adam, on flat tensors
-            optimizer = self.policy.optimizer = FlatAdam(optimizer.param_groups, **optimizer.defaults)
         if self.engine == "fast" and type(optimizer) in FUSED_OPTIMIZERS:
             for group in optimizer.param_groups:
                 group["fused"], group["foreach"] = True, False

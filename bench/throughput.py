@@ -37,7 +37,7 @@ def plain_sb3(config: RunConfig, out_dir: Path) -> float:
         "MlpPolicy",
         env,
         **{key: value for key, value in vars(config.ppo).items() if key != "engine"},
-        policy_kwargs=policy_kwargs(config),
+        policy_kwargs={**policy_kwargs(config), "optimizer_class": torch.optim.Adam},  # SB3's own Adam
         seed=config.seed,
         device=config.device,
     )

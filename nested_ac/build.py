@@ -19,6 +19,7 @@ from stable_baselines3.common.vec_env import VecEnv
 
 import nested_ac.optimizers  # noqa: F401  (registers the optimizers)
 from nested_ac.agents import ContinualPPO, NestedPPO
+from nested_ac.agents.ppo import engine_optimizer
 from nested_ac.config import (
     CBPConfig,
     DiagnosticsConfig,
@@ -73,11 +74,12 @@ def optimizer_spec(config: RunConfig) -> OptimizerSpec:
 
 
 def policy_kwargs(config: RunConfig) -> dict[str, Any]:
-    """SB3 ``policy_kwargs`` for the configured networks and optimizer."""
+    """SB3 ``policy_kwargs`` for the configured networks and optimizer (the class the engine steps with)."""
     network = config.network
     if network.activation not in ACTIVATIONS:
         raise unknown_choice("activation", network.activation, ACTIVATIONS)
     optimizer_class, optimizer_kwargs = optimizer_spec(config)
+    optimizer_class = engine_optimizer(config.ppo.engine, optimizer_class)
     try:  # the optimizer's own range checks, before anything is built or written
         optimizer_class([torch.zeros(1, requires_grad=True)], lr=config.ppo.learning_rate, **optimizer_kwargs)
     except ValueError as error:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections import defaultdict
 
 import numpy as np
@@ -58,6 +60,29 @@ def one_update(engine: str, **kwargs) -> ContinualPPO:
     np.random.seed(1)
     model.train()
     return model
+
+
+TRAIN_AND_SAVE = """
+import sys
+from nested_ac.config import RunConfig
+from nested_ac.train import train
+config = RunConfig(seed=0, steps=1024, run_dir=sys.argv[1], progress_bar=False)
+config.env.n_envs, config.ppo.n_steps, config.ppo.batch_size, config.ppo.n_epochs = 2, 256, 128, 2
+config.optimizer.name, config.cbp.enabled = sys.argv[2], sys.argv[3] == "cbp"
+config.checkpoint.every = 512
+train(config)  # checkpoints and the final model saved: the optimizer's state_dict written
+print("torch._dynamo" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize(("optimizer", "tool"), [("adam", "-"), ("adam", "cbp"), ("upgd", "-")])
+def test_training_with_our_optimizers_does_not_import_torchs_compiler(tmp_path, optimizer, tool):
+    """torch marks four Optimizer methods with torch._disable_dynamo, whose first call imports torch._dynamo
+    (≈ 1 s of a short run); nested-ac's optimizers (FlatAdam, ElementwiseAdam, UPGD) run them unmarked."""
+    command = [sys.executable, "-c", TRAIN_AND_SAVE, str(tmp_path / "runs"), optimizer, tool]
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    assert result.stdout.splitlines()[-1] == "False", result.stdout + result.stderr
+    assert list(tmp_path.glob("runs/*/checkpoints/*.pt")) and list(tmp_path.glob("runs/*/model.zip"))
 
 
 @pytest.mark.parametrize(
