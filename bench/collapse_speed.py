@@ -7,7 +7,8 @@ script with the same hyperparameters and network on ``CartPole-v1`` (SB3's ``mak
 alternate for ``--rounds`` rounds (the machine's noise hits both alike); the median ratio of wall-clock
 steps per second is reported, and beside it the ratio of CPU time (user + system of the whole process),
 which other processes on a shared machine disturb far less. Target: ≥ 1.8× (the goal 2.5×).
-``--engine sb3`` measures the exact engine instead.
+``--steps 3000000`` runs the configuration's full length (its task switches and checkpoints included; about
+2.5 min a round); ``--engine sb3`` measures the exact engine instead.
 
     .venv/bin/python bench/collapse_speed.py [--steps 300000] [--rounds 3] [--engine fast|sb3]
 """
