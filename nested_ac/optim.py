@@ -20,7 +20,10 @@ corresponds to lr 6e-4 here), and η is the maximum of the bias-corrected trace.
 Implementation: a step works on lists of tensors with ``torch._foreach_*`` kernels, draws the noise of all
 parameters with one call into a reused flat buffer, and applies the guard with ``torch.where``: nothing is
 read back from an accelerator during a step (step counts are CPU tensors, as in ``torch.optim.Adam``, or,
-with ``per_element_steps``, tensors shaped like the parameters).
+with ``per_element_steps``, tensors shaped like the parameters). Where every parameter has a gradient and
+all share one step count (the usual PPO step), the state tensors are views into one flat tensor per key and
+the same arithmetic runs on one tensor per group — the same numbers, bit for bit, at a fraction of the
+per-tensor overhead.
 
 Also :class:`ElementwiseAdam`: Adam(W) with one step count per weight, for continual backprop (Dohare et
 al., "Loss of plasticity in deep continual learning", Nature 2024), whose replaced weights restart their
@@ -187,6 +190,77 @@ class _Bucket:
         return [state[key] for state in self.states]
 
 
+class _FlatUtilityLayout:
+    """A :class:`_UtilityOptimizer`'s state laid out flat, for steps where every parameter has a gradient and
+    one shared step count (not ``per_element_steps``): each state tensor (``state_tensor_keys``) of every
+    parameter, and its ``step``, is a view into one flat tensor per key; ``weight`` and ``grad`` are flat
+    work buffers (``weights``, ``grads``: their views shaped like the parameters). Each group is one
+    :class:`_Bucket` whose "parameters", gradients and state are its runs of these flat tensors, so a step
+    runs the same arithmetic on one tensor per group instead of one per parameter, then copies ``weight``
+    back into the parameters."""
+
+    __slots__ = ("params", "views", "steps", "count", "weight", "weights", "grad", "grads", "buckets")
+
+    def __init__(self, optimizer: _UtilityOptimizer, count: int) -> None:
+        groups = optimizer.param_groups
+        self.params = [p for group in groups for p in group["params"]]
+        states = [optimizer.state[p] for p in self.params]
+        keys = optimizer.state_tensor_keys
+        flat = {key: flatten_state(self.params, states, key) for key in keys}
+        self.steps = torch.full((len(self.params),), float(count), dtype=torch.float64)
+        for state, step in zip(states, self.steps.unbind(), strict=True):
+            state["step"] = step
+        self.views = [state[key] for state in states for key in (*keys, "step")]
+        self.count = count
+        self.weight, self.weights = _work_buffer(self.params)
+        self.grad, self.grads = _work_buffer(self.params)
+        sizes = [sum(p.numel() for p in group["params"]) for group in groups]
+        runs = {
+            name: tensor.split(sizes)
+            for name, tensor in (*flat.items(), ("w", self.weight), ("g", self.grad))
+        }
+        self.buckets = []
+        for index, group in enumerate(groups):
+            bucket = _Bucket(group, count)
+            bucket.params, bucket.grads = [runs["w"][index]], [runs["g"][index]]
+            bucket.states = [{key: runs[key][index] for key in keys}]
+            bucket.traces = bucket.state_list("utility_trace")
+            self.buckets.append(bucket)
+
+    @staticmethod
+    def applies(optimizer: _UtilityOptimizer) -> int | None:
+        """The shared step count if a layout can hold ``optimizer`` now, else None."""
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        if (
+            optimizer.per_element_steps
+            or not params
+            or any(not group["params"] for group in optimizer.param_groups)
+        ):
+            return None
+        if any(p.grad is None or p.grad.is_sparse for p in params):
+            return None
+        if len({(p.device, p.dtype) for p in params}) > 1:
+            return None
+        states = [optimizer.state.get(p) for p in params]
+        keys = (*optimizer.state_tensor_keys, "step")
+        if not all(state and all(key in state for key in keys) for state in states):
+            return None
+        steps = {float(state["step"]) for state in states}
+        return int(steps.pop()) if len(steps) == 1 else None
+
+    def holds(self, optimizer: _UtilityOptimizer) -> bool:
+        """While the optimizer holds the same parameters, each with a gradient, and the views made here."""
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        keys = (*optimizer.state_tensor_keys, "step")
+        current = [state.get(key) for state in map(optimizer.state.__getitem__, params) for key in keys]
+        return (
+            len(params) == len(self.params)
+            and all(map(operator.is_, params, self.params))
+            and all(p.grad is not None for p in params)
+            and all(map(operator.is_, current, self.views))
+        )
+
+
 class _UtilityOptimizer(WithoutDynamoImport, Optimizer):
     """Shared machinery of both UPGD forms: utility traces, the global scale η, the gate ``1 - ū``, the noise.
 
@@ -228,6 +302,7 @@ class _UtilityOptimizer(WithoutDynamoImport, Optimizer):
         self.noise_generator: torch.Generator = generator
         # (id, shape) of the noisy parameters -> flat noise buffer, per-bucket segments, per-parameter views
         self._noise_buffers: dict[tuple[Any, ...], tuple[Tensor, list[Tensor], list[list[Tensor]]]] = {}
+        self._flat: _FlatUtilityLayout | None = None
 
     @property
     def per_element_steps(self) -> bool:
@@ -281,7 +356,7 @@ class _UtilityOptimizer(WithoutDynamoImport, Optimizer):
                     state["step"] = state["step"].to(device=p.device, dtype=p.dtype)
                 else:
                     state["step"] = torch.as_tensor(state["step"], dtype=torch.float64).cpu()
-        self._noise_buffers = {}
+        self._noise_buffers, self._flat = {}, None
         if generator_state is None:
             return
         if generator_device == self.noise_generator.device.type:
@@ -305,7 +380,7 @@ class _UtilityOptimizer(WithoutDynamoImport, Optimizer):
         # A copy or an unpickled optimizer owns its generator (it is no longer the caller's object).
         self._owns_generator = True
         self.noise_generator = _restore_generator(*saved) if saved is not None else torch.Generator()
-        self._noise_buffers = {}
+        self._noise_buffers, self._flat = {}, None
 
     def _new_state(self, p: Tensor) -> dict[str, Any]:
         state = self.state[p]
@@ -533,7 +608,8 @@ class _UtilityOptimizer(WithoutDynamoImport, Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        buckets, utilities_by_key = self._buckets()
+        flat = self._flat_layout()
+        buckets, utilities_by_key = (flat.buckets, {}) if flat is not None else self._buckets()
         if not buckets:
             return loss
         for bucket in buckets:  # U ← β_u·U + (1 - β_u)·(-g ⊙ w), with w before this step
@@ -555,7 +631,26 @@ class _UtilityOptimizer(WithoutDynamoImport, Optimizer):
                 decay = 1.0 - group["lr"] * group["weight_decay"]
                 torch._foreach_mul_(bucket.params, _scalar(decay, bucket.params[0]))
             self._update(bucket, gates, noise)
+        if flat is not None:
+            torch._foreach_copy_(flat.params, flat.weights)
         return loss
+
+    def _flat_layout(self) -> _FlatUtilityLayout | None:
+        """The flat layout for this step, with the gradients and weights copied in and the step counted (made
+        anew if missing or stale); None where it does not apply (see :class:`_FlatUtilityLayout`)."""
+        flat = self._flat
+        if flat is None or not flat.holds(self):
+            count = _FlatUtilityLayout.applies(self)
+            flat = self._flat = None if count is None else _FlatUtilityLayout(self, count)
+            if flat is None:
+                return None
+        torch._foreach_copy_(flat.grads, [p.grad for p in flat.params])
+        torch._foreach_copy_(flat.weights, flat.params)
+        flat.steps.add_(1.0)
+        flat.count += 1
+        for bucket in flat.buckets:
+            bucket.step = flat.count
+        return flat
 
     def _update(self, bucket: _Bucket, gates: list[Tensor] | None, noise: list[Tensor] | None) -> None:
         """``w ← w - lr·(...)`` for one bucket, after the weight decay; ``gates`` is ``1 - ū``.

@@ -452,6 +452,42 @@ def test_state_layout(kind, cls):
     assert state["step"].shape == weight.shape and torch.all(state["step"] == 1)
 
 
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+@pytest.mark.parametrize("protect", [True, False])
+@pytest.mark.parametrize("kind, cls", FORMS)
+def test_flat_steps_equal_per_parameter_steps_bit_for_bit(kind, cls, protect, weight_decay):
+    """Where every parameter has a gradient and all share one step count, a step runs on flat views of the
+    state (one tensor per group); it must give exactly the numbers of the per-parameter step, noise
+    included. Two groups, one without noise; then a step where one parameter has no gradient, after which
+    the step counts differ and the per-parameter step takes over."""
+    shapes = [(8, 4), (8,), (8, 8), (8,), (2, 8), (2,)]
+
+    def run(flat: bool):
+        torch.manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(shape)) for shape in shapes]
+        groups = [{"params": params[:4]}, {"params": params[4:], "lr": 1e-3, "sigma": 0.0}]
+        optimizer = cls(groups, lr=1e-2, sigma=1e-2, protect=protect, weight_decay=weight_decay, seed=1)
+        if not flat:
+            optimizer._flat_layout = lambda: None
+        generator = torch.Generator().manual_seed(2)
+        used = []
+        for step in range(14):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=generator)
+            if step == 10:
+                params[4].grad = None
+            optimizer.step()
+            used.append(optimizer._flat is not None)
+        return params, optimizer, used
+
+    (flat_params, flat, used), (params, reference, _) = run(flat=True), run(flat=False)
+    assert used == [False] + [True] * 9 + [False] * 4  # the first step makes the state
+    assert all(torch.equal(p, q) for p, q in zip(flat_params, params, strict=True))
+    ours, theirs = flat.state_dict()["state"], reference.state_dict()["state"]
+    assert all(torch.equal(ours[i][key], theirs[i][key]) for i in theirs for key in theirs[i])
+    assert float(ours[4]["step"]) == 13 and float(ours[0]["step"]) == 14
+
+
 def continue_with(optimizer, tensors, grads_per_step):
     for grads in grads_per_step:
         set_grads(tensors, grads)
