@@ -190,77 +190,6 @@ class _Bucket:
         return [state[key] for state in self.states]
 
 
-class _FlatUtilityLayout:
-    """A :class:`_UtilityOptimizer`'s state laid out flat, for steps where every parameter has a gradient and
-    one shared step count (not ``per_element_steps``): each state tensor (``state_tensor_keys``) of every
-    parameter, and its ``step``, is a view into one flat tensor per key; ``weight`` and ``grad`` are flat
-    work buffers (``weights``, ``grads``: their views shaped like the parameters). Each group is one
-    :class:`_Bucket` whose "parameters", gradients and state are its runs of these flat tensors, so a step
-    runs the same arithmetic on one tensor per group instead of one per parameter, then copies ``weight``
-    back into the parameters."""
-
-    __slots__ = ("params", "views", "steps", "count", "weight", "weights", "grad", "grads", "buckets")
-
-    def __init__(self, optimizer: _UtilityOptimizer, count: int) -> None:
-        groups = optimizer.param_groups
-        self.params = [p for group in groups for p in group["params"]]
-        states = [optimizer.state[p] for p in self.params]
-        keys = optimizer.state_tensor_keys
-        flat = {key: flatten_state(self.params, states, key) for key in keys}
-        self.steps = torch.full((len(self.params),), float(count), dtype=torch.float64)
-        for state, step in zip(states, self.steps.unbind(), strict=True):
-            state["step"] = step
-        self.views = [state[key] for state in states for key in (*keys, "step")]
-        self.count = count
-        self.weight, self.weights = _work_buffer(self.params)
-        self.grad, self.grads = _work_buffer(self.params)
-        sizes = [sum(p.numel() for p in group["params"]) for group in groups]
-        runs = {
-            name: tensor.split(sizes)
-            for name, tensor in (*flat.items(), ("w", self.weight), ("g", self.grad))
-        }
-        self.buckets = []
-        for index, group in enumerate(groups):
-            bucket = _Bucket(group, count)
-            bucket.params, bucket.grads = [runs["w"][index]], [runs["g"][index]]
-            bucket.states = [{key: runs[key][index] for key in keys}]
-            bucket.traces = bucket.state_list("utility_trace")
-            self.buckets.append(bucket)
-
-    @staticmethod
-    def applies(optimizer: _UtilityOptimizer) -> int | None:
-        """The shared step count if a layout can hold ``optimizer`` now, else None."""
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        if (
-            optimizer.per_element_steps
-            or not params
-            or any(not group["params"] for group in optimizer.param_groups)
-        ):
-            return None
-        if any(p.grad is None or p.grad.is_sparse for p in params):
-            return None
-        if len({(p.device, p.dtype) for p in params}) > 1:
-            return None
-        states = [optimizer.state.get(p) for p in params]
-        keys = (*optimizer.state_tensor_keys, "step")
-        if not all(state and all(key in state for key in keys) for state in states):
-            return None
-        steps = {float(state["step"]) for state in states}
-        return int(steps.pop()) if len(steps) == 1 else None
-
-    def holds(self, optimizer: _UtilityOptimizer) -> bool:
-        """While the optimizer holds the same parameters, each with a gradient, and the views made here."""
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        keys = (*optimizer.state_tensor_keys, "step")
-        current = [state.get(key) for state in map(optimizer.state.__getitem__, params) for key in keys]
-        return (
-            len(params) == len(self.params)
-            and all(map(operator.is_, params, self.params))
-            and all(p.grad is not None for p in params)
-            and all(map(operator.is_, current, self.views))
-        )
-
-
 class _UtilityOptimizer(WithoutDynamoImport, Optimizer):
     """Shared machinery of both UPGD forms: utility traces, the global scale η, the gate ``1 - ū``, the noise.
 
@@ -637,17 +566,22 @@ class _UtilityOptimizer(WithoutDynamoImport, Optimizer):
 
     def _flat_layout(self) -> _FlatUtilityLayout | None:
         """The flat layout for this step, with the gradients and weights copied in and the step counted (made
-        anew if missing or stale); None where it does not apply (see :class:`_FlatUtilityLayout`)."""
+        anew if missing or stale); None where it does not apply: with per-element step counts, an empty
+        group, a parameter whose state is not made yet, or where :meth:`_FlatState.shared_step` says no."""
+        params = [p for group in self.param_groups for p in group["params"]]
+        states = [self.state.get(p, {}) for p in params]
         flat = self._flat
-        if flat is None or not flat.holds(self):
-            count = _FlatUtilityLayout.applies(self)
-            flat = self._flat = None if count is None else _FlatUtilityLayout(self, count)
+        if flat is None or not flat.holds(params, states):
+            keys = (*self.state_tensor_keys, "step")
+            count = None
+            if not self.per_element_steps and all(group["params"] for group in self.param_groups):
+                if all(key in state for state in states for key in keys):
+                    count = _FlatState.shared_step(params, states)
+            flat = self._flat = None if count is None else _FlatUtilityLayout(self, states, count)
             if flat is None:
                 return None
-        torch._foreach_copy_(flat.grads, [p.grad for p in flat.params])
+        flat.count_step()
         torch._foreach_copy_(flat.weights, flat.params)
-        flat.steps.add_(1.0)
-        flat.count += 1
         for bucket in flat.buckets:
             bucket.step = flat.count
         return flat
@@ -857,6 +791,92 @@ def _work_buffer(params: Sequence[Tensor]) -> tuple[Tensor, list[Tensor]]:
     return flat, shaped_views(flat, params)
 
 
+class _FlatState:
+    """The state tensors ``keys`` of ``params`` as views into one flat tensor per key (``tensors``), and the
+    step count ``count`` they all share, each parameter's ``step`` a 0-d view into ``steps`` (in
+    ``step_dtype``: float32 as torch's Adam keeps it, float64 as UPGD does); ``grad`` a flat work buffer
+    (``grads``: its views shaped like the parameters). The flat layout of :class:`FlatAdam`'s groups and of
+    UPGD's common step: a step does its arithmetic on one tensor per key, and a tool that zeroes entries
+    through ``optimizer.state[p][key]`` zeroes them here."""
+
+    __slots__ = ("params", "keys", "tensors", "steps", "count", "views", "grad", "grads")
+
+    def __init__(
+        self,
+        params: list[Tensor],
+        states: list[dict[str, Any]],
+        keys: Sequence[str],
+        count: int,
+        step_dtype: torch.dtype,
+    ) -> None:
+        self.params, self.keys, self.count = list(params), tuple(keys), count
+        self.tensors = {key: flatten_state(params, states, key) for key in self.keys}
+        self.steps = torch.full((len(params),), float(count), dtype=step_dtype)
+        for state, step in zip(states, self.steps.unbind(), strict=True):
+            state["step"] = step
+        self.views = [state[key] for state in states for key in (*self.keys, "step")]
+        self.grad, self.grads = _work_buffer(params)
+
+    @staticmethod
+    def shared_step(params: list[Tensor], states: list[dict[str, Any]]) -> int | None:
+        """The step count every one of ``params`` has taken (0 without state yet) if they can be laid out
+        flat now — each with a dense gradient, all on one device in one dtype, one count — else None."""
+        if (
+            not params
+            or any(p.grad is None or p.grad.is_sparse for p in params)
+            or len({(p.device, p.dtype) for p in params}) > 1
+        ):
+            return None
+        steps = {float(state["step"]) if "step" in state else 0.0 for state in states}
+        return int(steps.pop()) if len(steps) == 1 else None
+
+    def holds(self, params: list[Tensor], states: list[dict[str, Any]]) -> bool:
+        """While ``params`` are the ones laid out here, each with a gradient, and their ``states`` still hold
+        the views made here."""
+        current = [state.get(key) for state in states for key in (*self.keys, "step")]
+        return (
+            len(params) == len(self.params)
+            and all(map(operator.is_, params, self.params))
+            and all(p.grad is not None for p in params)
+            and all(map(operator.is_, current, self.views))
+        )
+
+    def count_step(self) -> None:
+        """Copy the parameters' gradients into ``grad`` and count one step."""
+        torch._foreach_copy_(self.grads, [p.grad for p in self.params])
+        self.steps.add_(1.0)
+        self.count += 1
+
+
+class _FlatUtilityLayout(_FlatState):
+    """A :class:`_UtilityOptimizer`'s state laid out flat (:class:`_FlatState`: every parameter of every
+    group, its ``state_tensor_keys`` and a float64 ``step``), for steps where every parameter has a gradient
+    and one shared step count (not ``per_element_steps``); ``weight`` a flat work buffer (``weights``: its
+    views shaped like the parameters). Each group is one :class:`_Bucket` whose "parameters", gradients and
+    state are its runs of these flat tensors, so a step runs the same arithmetic on one tensor per group
+    instead of one per parameter, then copies ``weight`` back into the parameters."""
+
+    __slots__ = ("weight", "weights", "buckets")
+
+    def __init__(self, optimizer: _UtilityOptimizer, states: list[dict[str, Any]], count: int) -> None:
+        groups = optimizer.param_groups
+        params = [p for group in groups for p in group["params"]]
+        super().__init__(params, states, optimizer.state_tensor_keys, count, torch.float64)
+        self.weight, self.weights = _work_buffer(params)
+        sizes = [sum(p.numel() for p in group["params"]) for group in groups]
+        runs = {
+            name: tensor.split(sizes)
+            for name, tensor in (*self.tensors.items(), ("w", self.weight), ("g", self.grad))
+        }
+        self.buckets = []
+        for index, group in enumerate(groups):
+            bucket = _Bucket(group, count)
+            bucket.params, bucket.grads = [runs["w"][index]], [runs["g"][index]]
+            bucket.states = [{key: runs[key][index] for key in self.keys}]
+            bucket.traces = bucket.state_list("utility_trace")
+            self.buckets.append(bucket)
+
+
 class _FlatAdamState:
     """One flat tensor each for ``step``, ``exp_avg`` and ``exp_avg_sq`` of some parameters (one device and
     dtype), whose per-parameter state tensors are views into them: a step does its arithmetic on three
@@ -1039,69 +1059,42 @@ class FlatAdam(WithoutDynamoImport, torch.optim.Adam):
             return super().step(closure)
         for group, flat in stepped:
             beta1, beta2 = group["betas"]
-            torch._foreach_copy_(flat.grads, [p.grad for p in flat.params])
-            flat.steps.add_(1.0)
-            flat.count += 1
-            flat.exp_avg.lerp_(flat.grad, 1.0 - beta1)
-            flat.exp_avg_sq.mul_(beta2).addcmul_(flat.grad, flat.grad, value=1.0 - beta2)
+            exp_avg, exp_avg_sq = flat.tensors["exp_avg"], flat.tensors["exp_avg_sq"]
+            flat.count_step()
+            exp_avg.lerp_(flat.grad, 1.0 - beta1)
+            exp_avg_sq.mul_(beta2).addcmul_(flat.grad, flat.grad, value=1.0 - beta2)
             correction1, root_correction2 = 1.0 - beta1**flat.count, math.sqrt(1.0 - beta2**flat.count)
-            denominator = (
-                torch.sqrt(flat.exp_avg_sq, out=flat.update).div_(root_correction2).add_(group["eps"])
-            )
-            torch.div(flat.exp_avg, denominator, out=flat.update).mul_(-group["lr"] / correction1)
+            denominator = torch.sqrt(exp_avg_sq, out=flat.update).div_(root_correction2).add_(group["eps"])
+            torch.div(exp_avg, denominator, out=flat.update).mul_(-group["lr"] / correction1)
             torch._foreach_add_(flat.params, flat.updates)
         return None
 
     def _flat_group(self, index: int, group: dict[str, Any]) -> _FlatAdamGroup | None:
         """The flat layout of group ``index``, made anew if missing or stale; None where it does not apply."""
         params = group["params"]
+        states = [self.state[p] for p in params]
         flat = self._flat.get(index)
-        if flat is not None and flat.holds(params, self.state):
+        if flat is not None and flat.holds(params, states):
             return flat
         self._flat.pop(index, None)
-        if (
-            not params
-            or group["weight_decay"]
-            or any(group[key] for key in ("amsgrad", "maximize", "differentiable", "capturable"))
-            or any(p.grad is None or p.grad.is_sparse for p in params)
-            or len({(p.device, p.dtype) for p in params}) > 1
+        if group["weight_decay"] or any(
+            group[key] for key in ("amsgrad", "maximize", "differentiable", "capturable")
         ):
             return None
-        steps = {float(self.state[p]["step"]) if "step" in self.state[p] else 0.0 for p in params}
-        if len(steps) > 1:
+        count = _FlatState.shared_step(params, states)
+        if count is None:
             return None
-        self._flat[index] = flat = _FlatAdamGroup(params, self.state, int(steps.pop()))
+        self._flat[index] = flat = _FlatAdamGroup(params, states, count)
         return flat
 
 
-class _FlatAdamGroup:
-    """A :class:`FlatAdam` group's state as flat tensors (``exp_avg``, ``exp_avg_sq``, and ``steps`` with one
-    entry per parameter), each parameter's state tensors views into them; ``grad`` and ``update`` flat work
-    buffers, ``grads`` and ``updates`` their views shaped like the parameters; ``count`` the step count."""
+class _FlatAdamGroup(_FlatState):
+    """A :class:`FlatAdam` group's state as a :class:`_FlatState` (``exp_avg``, ``exp_avg_sq``, and a float32
+    ``step``), with a second flat work buffer ``update`` (``updates``: its views shaped like the
+    parameters)."""
 
-    KEYS = ("exp_avg", "exp_avg_sq", "step")
-    __slots__ = (
-        "params", "views", "exp_avg", "exp_avg_sq", "steps", "grad", "grads", "update", "updates", "count",
-    )  # fmt: skip
+    __slots__ = ("update", "updates")
 
-    def __init__(self, params: list[Tensor], state: dict[Tensor, dict[str, Any]], count: int) -> None:
-        self.params, self.count = list(params), count
-        states = [state[p] for p in params]
-        self.exp_avg = flatten_state(params, states, "exp_avg")
-        self.exp_avg_sq = flatten_state(params, states, "exp_avg_sq")
-        self.steps = torch.full((len(params),), float(count), dtype=torch.float32)
-        for parameter_state, step in zip(states, self.steps.unbind(), strict=True):
-            parameter_state["step"] = step
-        self.grad, self.grads = _work_buffer(params)
+    def __init__(self, params: list[Tensor], states: list[dict[str, Any]], count: int) -> None:
+        super().__init__(params, states, ("exp_avg", "exp_avg_sq"), count, torch.float32)
         self.update, self.updates = _work_buffer(params)
-        self.views = [parameter_state[key] for parameter_state in states for key in self.KEYS]
-
-    def holds(self, params: list[Tensor], state: dict[Tensor, dict[str, Any]]) -> bool:
-        """While the group has the same parameters, each with a gradient, and the state views made here."""
-        current = [state[p].get(key) for p in params for key in self.KEYS]
-        return (
-            len(params) == len(self.params)
-            and all(map(operator.is_, params, self.params))
-            and all(p.grad is not None for p in params)
-            and all(map(operator.is_, current, self.views))
-        )
