@@ -19,6 +19,9 @@ import yaml
 
 from nested_ac.errors import ConfigError, closest_first
 from nested_ac.registry import TOOLS
+from nested_ac.rundir import check_directory_name
+
+MAX_SEED = 2**32 - 1  # numpy's global seed (SB3 seeds it with the run seed) takes 0 … 2**32 − 1
 
 
 @dataclass
@@ -275,6 +278,10 @@ class RunConfig:
         for key, value in positive.items():
             if value <= 0:
                 raise ConfigError(f"{key} must be a positive integer, got {value}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError(f"seed must be an integer in 0 … {MAX_SEED}, got {self.seed}")
+        if self.name is not None:
+            check_directory_name("name", self.name)
         if self.ppo.learning_rate <= 0:
             raise ConfigError(f"ppo.learning_rate must be > 0, got {self.ppo.learning_rate}")
         if self.env.schedule.every is not None and self.env.schedule.every < 0:

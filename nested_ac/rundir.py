@@ -51,6 +51,16 @@ def checkpoint_file(step: int) -> str:
     return f"step_{step}.pt"
 
 
+def check_directory_name(what: str, name: str) -> None:
+    """A ConfigError unless ``name`` is one directory name, so that what is written under it stays inside
+    its parent: not empty, not ``.`` or ``..``, no ``/`` (or the OS's separator) and no NUL."""
+    separators = {"/", os.sep, "\0"} | ({os.altsep} if os.altsep else set())
+    if name in ("", ".", "..") or any(separator in name for separator in separators):
+        raise ConfigError(
+            f"{what} must be a single directory name (no '/', not '.' or '..'), got {name!r}"
+        )
+
+
 def create(parent: str | Path, name: str) -> Path:
     """A new directory ``parent/name``, or ``parent/name_1``, ``_2``... if taken; never an existing one."""
     parent = Path(parent)

@@ -49,12 +49,12 @@ from pathlib import Path
 from typing import Any
 
 from nested_ac import dashboard, rundir
-from nested_ac.config import RunConfig, load_yaml, resolve_config
+from nested_ac.config import MAX_SEED, RunConfig, load_yaml, resolve_config
 from nested_ac.errors import ConfigError, unknown_choice
 from nested_ac.experiments import EXPERIMENTS
 from nested_ac.interrupts import SIGNALS, InterruptGuard, TrainingInterrupted
 from nested_ac.presets import load_preset
-from nested_ac.rundir import LOCK_FILE, RunDirBusy, hold, holder
+from nested_ac.rundir import LOCK_FILE, RunDirBusy, check_directory_name, hold, holder
 from nested_ac.train import resume, train, validate
 
 BACKENDS = ("local", "ray")
@@ -109,6 +109,18 @@ def experiment_path(experiment: str | Path) -> Path:
     return EXPERIMENTS.path(str(experiment))
 
 
+def _is_seed(seed: Any) -> bool:
+    return isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed <= MAX_SEED
+
+
+def _check_name(path: Path, what: str, name: str) -> None:
+    """A ConfigError naming the file unless ``name`` is one directory name (it names a directory of runs)."""
+    try:
+        check_directory_name(what, name)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
+
+
 def load_experiment(experiment: str | Path, sweep_dir: str | Path | None = None) -> Experiment:
     """Parse and validate an experiment file (a path or a shipped name); every run's config is resolved,
     so bad keys fail here."""
@@ -120,8 +132,10 @@ def load_experiment(experiment: str | Path, sweep_dir: str | Path | None = None)
             f"{path}: unknown experiment keys {unknown}; valid keys: {', '.join(EXPERIMENT_KEYS)}"
         )
     seeds = data.get("seeds")
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
-        raise ConfigError(f"{path}: 'seeds' must be a non-empty list of integers, got {seeds!r}")
+    if not isinstance(seeds, list) or not seeds or not all(_is_seed(s) for s in seeds):
+        raise ConfigError(
+            f"{path}: 'seeds' must be a non-empty list of integers in 0 … {MAX_SEED}, got {seeds!r}"
+        )
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"{path}: 'seeds' has duplicates: {seeds}")
     variants = data.get("variants")
@@ -131,6 +145,7 @@ def load_experiment(experiment: str | Path, sweep_dir: str | Path | None = None)
     if not isinstance(base, dict):
         raise ConfigError(f"{path}: 'base' must be a mapping of config keys")
     name = str(data.get("name") or path.stem)
+    _check_name(path, "the experiment's name", name)
     root = Path(sweep_dir) if sweep_dir is not None else Path("runs") / name
     experiment = Experiment(name)
     seen: set[str] = set()
@@ -139,6 +154,7 @@ def load_experiment(experiment: str | Path, sweep_dir: str | Path | None = None)
         if not isinstance(variant, dict) or not variant.get("name"):
             raise ConfigError(f"{path}: variant #{index + 1} needs a 'name'")
         label = str(variant["name"])
+        _check_name(path, "a variant's name", label)
         if label in seen:
             raise ConfigError(f"{path}: duplicate variant name {label!r}")
         seen.add(label)

@@ -159,6 +159,11 @@ BAD_INPUTS = [
     (["--set", "checkpoint.every=-1"], "checkpoint.every must be >= 0 (0 = only on an interrupt), got -1"),
     (["--set", "checkpoint.keep=0"], "checkpoint.keep must be a positive integer, got 0"),
     (["--bogus-flag"], "unrecognized arguments: --bogus-flag"),
+    (["--seed", "-1"], "seed must be an integer in 0 … 4294967295, got -1"),
+    (["--seed", str(2**32)], "seed must be an integer in 0 … 4294967295, got 4294967296"),
+    (["--name", "../escape"], "name must be a single directory name (no '/', not '.' or '..'), got '../e"),
+    (["--name", "a/b"], "name must be a single directory name"),
+    (["--name", ".."], "name must be a single directory name"),
 ]
 
 
@@ -168,7 +173,7 @@ def test_bad_input_is_one_clear_line_exit_2_nothing_written(cli, tmp_path, args,
     assert code == 2
     assert message in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
-    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+    assert [path for path in tmp_path.rglob("*") if path != tmp_path / "runs"] == []  # nothing, anywhere
 
 
 @pytest.mark.parametrize(
