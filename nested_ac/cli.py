@@ -172,6 +172,7 @@ def _report_paths(paths: list, out: str | None, reference: str | None, reps: int
     report = write_report(paths, out, reference, reps)
     for note in report.skipped:
         print(f"nested-ac: skipped: {note}", file=sys.stderr)
+    print("\n".join(report.table))
     return str(report.path)
 
 

@@ -42,6 +42,7 @@ RETURN_TAG = "episode/return"
 DIAGNOSTIC_TAGS = ("plasticity/actor/dormant", "plasticity/actor/srank")
 IDENTITY_KEYS = ("seed", "name", "run_dir", "progress_bar")
 BAND_REPS = 1_000  # resamples per point of a figure's band
+COLLAPSED_AT, SUSTAINED_AT = 0.7, 0.9  # P_late at or below: collapsed; at or above: sustained
 
 
 @dataclass
@@ -308,6 +309,10 @@ def plot(groups: list[Group], out: Path, refs: dict[tuple[str, str], Reference],
     return ["tasks.png", "returns.png", "diagnostics.png"]
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _improvement(group: Group, ref: Reference | None, scores: dict[str, dict[int, float]], reps: int) -> str:
     """P(X > base) of the group's per-seed ``scores`` (higher is better) over the reference group's."""
     if ref is None:
@@ -319,10 +324,12 @@ def _improvement(group: Group, ref: Reference | None, scores: dict[str, dict[int
 
 
 class WrittenReport(NamedTuple):
-    """What :func:`write_report` wrote (``path``: the report.md) and the runs it skipped, one note each."""
+    """What :func:`write_report` wrote (``path``: the report.md), the runs it skipped, one note each, and
+    its table (markdown lines: the header, then one row per group)."""
 
     path: Path
     skipped: list[str]
+    table: list[str]
 
 
 def write_report(
@@ -362,10 +369,11 @@ def write_report(
     lines = [
         "# nested-ac report",
         "",
-        f"{len(runs)} runs in {len(groups)} groups. P_late (primary): mean R_k/R_ref over the last half of "
-        "the tasks (collapsed ≤ 0.7, sustained ≥ 0.9), its interquartile mean (IQM) and mean across seeds; "
-        "P(X > base): probability that the group's P_late beats the baseline's (the reference group), on "
-        "the seeds both ran; seeds: how many seeds' P_late contributed. Intervals: 95 % stratified "
+        f"{_count(len(runs), 'run')} in {_count(len(groups), 'group')}. P_late (primary): mean R_k/R_ref "
+        f"over the last half of the tasks (collapsed ≤ {COLLAPSED_AT}, sustained ≥ {SUSTAINED_AT}), its "
+        "interquartile mean (IQM) and mean across seeds; P(X > base): probability that the group's P_late "
+        "beats the baseline's (the reference group), on the seeds both ran; seeds: how many seeds' P_late "
+        "contributed. Intervals: 95 % stratified "
         f"bootstrap ({reps} resamples; rliable, Agarwal et al. 2021); one seed has none. Secondary: R_1, the "
         "return at the end of the first task; slide S, late ÷ early tasks after the first switch (collapse "
         "≤ 0.75, sustained ≥ 0.95), and late/early, both over returns above the env's floor R_min; "
@@ -373,6 +381,8 @@ def write_report(
         "previous visit minus the return early in the new one; its mean across seeds, and P(forgets less), "
         "the probability that the group forgets less than the baseline, paired by seed like P(X > base).",
         "",
+    ]
+    table = [
         "| group | seeds | P_late IQM | P_late mean | P(X > base) | R_1 | slide S | late/early | forgetting "
         "| P(forgets less) | dormant (actor) | srank (actor) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -381,7 +391,7 @@ def write_report(
         iqm, mean = iqm_and_mean(list(p_lates[group.label].values()), reps)
         seeds = iqm.n if iqm.n == len(group.runs) else f"{iqm.n} of {len(group.runs)}"
         firsts = [_number(r.summary["R"][0]) if r.summary["R"] else math.nan for r in group.runs]
-        lines.append(
+        table.append(
             f"| {group.label} | {seeds} | {_interval(iqm, iqm.n)} | {_interval(mean, mean.n)} "
             f"| {_improvement(group, refs.get(group.environment()), p_lates, reps)} "
             f"| {_interval(iqm_and_mean(firsts, reps)[1], iqm.n)} "
@@ -392,7 +402,7 @@ def write_report(
             f"| {_mean([_last(r, DIAGNOSTIC_TAGS[0]) for r in group.runs])} "
             f"| {_mean([_last(r, DIAGNOSTIC_TAGS[1]) for r in group.runs])} |"
         )
-    lines += ["", *(f"![{name}]({name})" for name in plot(groups, out, refs, reps)), ""]
+    lines += [*table, "", *(f"![{name}]({name})" for name in plot(groups, out, refs, reps)), ""]
     if refs:
         lines.append(
             "R_ref (baseline): "
@@ -400,4 +410,4 @@ def write_report(
         )
     lines += [f"- note: {note}" for note in notes] + [f"- skipped: {line}" for line in skipped]
     (out / "report.md").write_text("\n".join(lines) + "\n")
-    return WrittenReport(out / "report.md", skipped)
+    return WrittenReport(out / "report.md", skipped, table)
