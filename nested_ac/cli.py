@@ -139,6 +139,8 @@ def _train(args: argparse.Namespace) -> int:
         if result.steps != config.steps
         else ""
     )
+    for note in result.summary["notes"]:
+        print(f"nested-ac: note: {note}", file=sys.stderr)
     print(f"trained {result.steps:,} steps{past} in {result.seconds:.0f} s{recent}")
     print(f"run written to {result.run_dir}  (view: tensorboard --logdir {result.run_dir.parent})")
     return 0
@@ -172,6 +174,8 @@ def _report_paths(paths: list, out: str | None, reference: str | None, reps: int
     report = write_report(paths, out, reference, reps)
     for note in report.skipped:
         print(f"nested-ac: skipped: {note}", file=sys.stderr)
+    for note in report.notes:
+        print(f"nested-ac: note: {note}", file=sys.stderr)
     print("\n".join(report.table))
     return str(report.path)
 

@@ -46,6 +46,8 @@ class EnvConfig:
     """The (non-stationary) environment: a Gymnasium id (``module:EnvId`` works too) and its copies.
 
     ``vectorized``: use the env's numpy-vectorized implementation where it has one (the fast path).
+    ``return_floor``: the lowest return an episode of the env can have, R_min; P_k then measures the return
+    above it. None takes the env's own (a ``return_floor`` attribute of the env, else its registration's).
     """
 
     id: str = "nested_ac/PermutedCartPole-v0"
@@ -53,6 +55,7 @@ class EnvConfig:
     kwargs: dict[str, Any] = field(default_factory=dict)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     vectorized: bool = True
+    return_floor: float | None = None
 
 
 @dataclass

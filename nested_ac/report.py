@@ -324,12 +324,13 @@ def _improvement(group: Group, ref: Reference | None, scores: dict[str, dict[int
 
 
 class WrittenReport(NamedTuple):
-    """What :func:`write_report` wrote (``path``: the report.md), the runs it skipped, one note each, and
-    its table (markdown lines: the header, then one row per group)."""
+    """What :func:`write_report` wrote (``path``: the report.md), the runs it skipped, one note each, its
+    table (markdown lines: the header, then one row per group) and its notes (each once)."""
 
     path: Path
     skipped: list[str]
     table: list[str]
+    notes: list[str]
 
 
 def write_report(
@@ -352,6 +353,7 @@ def write_report(
         )
     groups = group_runs(runs)
     refs, notes = references(groups, reference)
+    notes += dict.fromkeys(note for run in runs for note in run.summary.get("notes", []))
     out = Path(out) if out is not None else Path(paths[0]) / "report"
     out.mkdir(parents=True, exist_ok=True)
     p_lates = {
@@ -410,4 +412,4 @@ def write_report(
         )
     lines += [f"- note: {note}" for note in notes] + [f"- skipped: {line}" for line in skipped]
     (out / "report.md").write_text("\n".join(lines) + "\n")
-    return WrittenReport(out / "report.md", skipped, table)
+    return WrittenReport(out / "report.md", skipped, table, notes)

@@ -56,9 +56,7 @@ def check_directory_name(what: str, name: str) -> None:
     its parent: not empty, not ``.`` or ``..``, no ``/`` (or the OS's separator) and no NUL."""
     separators = {"/", os.sep, "\0"} | ({os.altsep} if os.altsep else set())
     if name in ("", ".", "..") or any(separator in name for separator in separators):
-        raise ConfigError(
-            f"{what} must be a single directory name (no '/', not '.' or '..'), got {name!r}"
-        )
+        raise ConfigError(f"{what} must be a single directory name (no '/', not '.' or '..'), got {name!r}")
 
 
 def create(parent: str | Path, name: str) -> Path:
@@ -111,6 +109,7 @@ def read_json(run_dir: Path, name: str) -> dict | None:
     """The run's ``name`` file (SUMMARY_FILE, VERSIONS_FILE), or None if it has none."""
     path = run_dir / name
     return json.loads(path.read_text()) if path.is_file() else None
+
 
 _held: dict[Path, tuple[int, int]] = {}  # run directory -> (lock file descriptor, hold depth)
 
