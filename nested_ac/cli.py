@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -127,12 +128,6 @@ def _train(args: argparse.Namespace) -> int:
     except DiskFull as full:
         print(f"nested-ac: {full}", file=sys.stderr)
         return DISK_FULL_EXIT
-    returns = [episode_return for _, episode_return, _ in result.episodes[-20:]]
-    recent = (
-        f"; mean return of the last {len(returns)} episodes {sum(returns) / len(returns):.1f}"
-        if returns
-        else ""
-    )
     config = result.config
     past = (
         f" ({config.steps:,} asked; PPO trains whole rollouts of {config.ppo.n_steps * config.env.n_envs:,})"
@@ -141,9 +136,38 @@ def _train(args: argparse.Namespace) -> int:
     )
     for note in result.summary["notes"]:
         print(f"nested-ac: note: {note}", file=sys.stderr)
-    print(f"trained {result.steps:,} steps{past} in {result.seconds:.0f} s{recent}")
-    print(f"run written to {result.run_dir}  (view: tensorboard --logdir {result.run_dir.parent})")
+    print(f"trained {result.steps:,} steps{past} in {result.seconds:.0f} s")
+    print(learned(result.summary))
+    view = f"{tensorboard_command()} --logdir {result.run_dir.parent}"
+    print(f"run written to {result.run_dir}  (view: {view})")
     return 0
+
+
+SHOWN_TASKS = 8  # a run with more tasks shows the first and last few R_k
+
+
+def learned(summary: dict) -> str:
+    """What a finished run learned, in a line: R_k of each task (of the first and last few when there are
+    many) and P_late, from its ``summary.json``."""
+    R = ["—" if value is None else f"{value:.1f}" for value in summary["R"]]
+    if len(R) == 1:
+        return f"return at the end of the run (R_1): {R[0]}"
+    if len(R) > SHOWN_TASKS:
+        half = SHOWN_TASKS // 2
+        R = [*R[:half], "…", *R[-half:]]
+    p_late = summary["P_late"]
+    tail = f"; P_late {p_late:.2f}" if p_late is not None else "; P_late —"
+    return f"return at the end of each of {len(summary['R'])} tasks (R_k): {', '.join(R)}{tail}"
+
+
+def tensorboard_command() -> str:
+    """The ``tensorboard`` executable beside this Python (the venv's), as a path relative to the current
+    directory where it lies below it; plain ``tensorboard`` if there is none."""
+    executable = Path(sys.executable).with_name("tensorboard")
+    if not executable.is_file():
+        return "tensorboard"
+    relative = Path(os.path.relpath(executable))
+    return str(executable) if relative.parts[0] == ".." else str(relative)
 
 
 def _sweep(args: argparse.Namespace) -> int:
@@ -164,7 +188,7 @@ def _sweep(args: argparse.Namespace) -> int:
     root = experiment.runs[0].run_dir.parent.parent
     report = _report_paths([root], None, None)
     add_report_images(root, Path(report))
-    print(f"report written to {report}  (view: tensorboard --logdir {root})")
+    print(f"report written to {report}  (view: {tensorboard_command()} --logdir {root})")
     return 1 if failures else 0
 
 

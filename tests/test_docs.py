@@ -85,6 +85,20 @@ def test_readme_is_a_short_front_page():
     assert "not met" in text and "](docs/collapse-tasks.png)" in text  # the headline: its per-task figure
 
 
+def test_the_demo_ends_where_a_task_does_after_whole_rollouts():
+    """The demo's last rollout ends on a task boundary: it trains no steps of a task it does not finish."""
+    args = shlex.split(
+        (ROOT / "scripts" / "demo.sh").read_text().split(".venv/bin/nested-ac ")[1].splitlines()[0]
+    )
+    steps = int(args[args.index("--steps") + 1])
+    (every,) = [int(arg.split("=")[1]) for arg in args if arg.startswith("env.schedule.every=")]
+    defaults = RunConfig()
+    rollout = defaults.ppo.n_steps * defaults.env.n_envs
+    assert every and steps % every == 0 and every % rollout == 0, (steps, every, rollout)
+    tasks = f"{steps // every} tasks of {every:,} steps"
+    assert tasks in README.read_text() and tasks in (ROOT / "docs" / "index.md").read_text()
+
+
 def _heading_anchors(page: Path) -> set[str]:
     """The ids MkDocs gives the page's headings (toc's default slugify)."""
     anchors = set()
