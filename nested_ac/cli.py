@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from nested_ac.errors import ConfigError
+from nested_ac.rundir import REPORT_DIR
 
 LIST_TOPICS = ("envs", "agents", "optimizers", "tools", "presets", "experiments")
 NUMERICAL_FAULT_EXIT = 3
@@ -139,7 +140,8 @@ def _train(args: argparse.Namespace) -> int:
     print(f"trained {result.steps:,} steps{past} in {result.seconds:.0f} s")
     print(learned(result.summary))
     view = f"{tensorboard_command()} --logdir {result.run_dir.parent}"
-    print(f"run written to {result.run_dir}  (view: {view})")
+    report = f", its report to {result.run_dir / REPORT_DIR / 'report.md'}" if config.report else ""
+    print(f"run written to {result.run_dir}{report}  (view: {view})")
     return 0
 
 

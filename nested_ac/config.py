@@ -214,6 +214,9 @@ class CheckpointConfig:
 class RunConfig:
     """Everything a run needs; ``name`` = None picks ``<agent>-<optimizer>-<env>-s<seed>``.
 
+    ``report``: when the run finishes, write its own report (``<run>/report/report.md`` and its figures,
+    the figures also in the run's TensorBoard Images tab); a sweep's runs leave it to the sweep's report.
+
     ``plugins``: modules imported before the configuration is read (the current directory first), so the
     tools, agents or optimizers they register are there; a registered tool's config section that is not
     one of the fields below is a top-level section too (``sections``, read through :meth:`section`).
@@ -241,6 +244,7 @@ class RunConfig:
     device: str = "cpu"
     torch_threads: int = 1
     progress_bar: bool = True
+    report: bool = True
     plugins: list[str] = field(default_factory=list)
     sections: dict[str, Any] = field(default_factory=dict, repr=False, metadata={"internal": True})
 

@@ -40,7 +40,7 @@ from nested_ac.errors import ConfigError
 
 RETURN_TAG = "episode/return"
 DIAGNOSTIC_TAGS = ("plasticity/actor/dormant", "plasticity/actor/srank")
-IDENTITY_KEYS = ("seed", "name", "run_dir", "progress_bar")
+IDENTITY_KEYS = ("seed", "name", "run_dir", "progress_bar", "report")
 BAND_REPS = 1_000  # resamples per point of a figure's band
 COLLAPSED_AT, SUSTAINED_AT = 0.7, 0.9  # P_late at or below: collapsed; at or above: sustained
 

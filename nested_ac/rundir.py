@@ -8,6 +8,7 @@
     <run>/checkpoints/step_<N>.pt the last checkpoints (see :mod:`nested_ac.checkpoint`)
     <run>/summary.json        the continual metrics, written when the run finishes
     <run>/model.zip           the final model: the run is finished
+    <run>/report/             the run's own report (report.md, figures), written after the model
     <run>/.lock               held by the process that trains the run
 
 **One writer.** A process that trains a run holds an exclusive OS lock (``fcntl.flock``) on the file
@@ -42,6 +43,7 @@ VERSIONS_FILE = "versions.json"
 SUMMARY_FILE = "summary.json"
 MODEL_FILE = "model.zip"
 CHECKPOINT_DIR = "checkpoints"
+REPORT_DIR = "report"
 CHECKPOINT_NAME = re.compile(r"^step_(\d+)\.pt$")
 LOCK_FILE = ".lock"
 

@@ -172,7 +172,9 @@ def load_experiment(experiment: str | Path, sweep_dir: str | Path | None = None)
         overrides.update(variant.get("set") or {})
         preset = load_preset(str(variant["preset"])) if "preset" in variant else None
         for seed in seeds:
-            overrides.update(seed=seed, run_dir=str(root / label), name=f"seed{seed}", progress_bar=False)
+            overrides.update(
+                seed=seed, run_dir=str(root / label), name=f"seed{seed}", progress_bar=False, report=False
+            )
             try:
                 config = resolve_config(overrides=overrides, preset=preset)
                 validate(config)

@@ -230,7 +230,8 @@ def write_summary(
     notes: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Write the run's continual metrics to ``summary.json`` and TensorBoard (``continual/*``): R_k and P_k
-    at each phase's last step, the run-level numbers at the final step. Phases end at ``steps``: the last
+    at each phase's last step (with the collapse and sustain lines, :data:`dashboard.THRESHOLDS`), the
+    run-level numbers at the final step. Phases end at ``steps``: the last
     rollout may overshoot it, and a switch there starts no phase. ``R_min``: the env's return floor if
     any (P_k then measures the return above it). ``notes``: what the reader of the numbers must know
     (``summary.json``'s ``notes``, repeated by the report)."""
@@ -248,11 +249,23 @@ def write_summary(
         for name, value in (("R", R), ("P", P)):
             if value is not None:
                 logger.record(f"continual/{name}", value)
+        for tag, value in dashboard.THRESHOLDS.items():
+            logger.record(tag, value)
         logger.dump(end)
     for tag, value in dashboard.final_metrics(summary).items():
         logger.record(tag, value)
     logger.dump(total)
     return summary
+
+
+def write_run_report(run_dir: Path) -> Path:
+    """A finished run's own report, ``<run>/report/report.md`` with its figures, the figures also in the
+    run's TensorBoard Images tab; returns the report's path."""
+    from nested_ac.report import write_report
+
+    report = write_report([run_dir], run_dir / rundir.REPORT_DIR).path
+    dashboard.add_report_images(run_dir, report)
+    return report
 
 
 def _learn(
@@ -324,6 +337,8 @@ def _learn(
 
     model = run_dir / rundir.MODEL_FILE
     replace_atomically(model, save_model, str(model))
+    if config.report:
+        write_run_report(run_dir)
     switches = clock.switches if clock is not None else []
     seconds = time.perf_counter() - start
     return RunResult(config, run_dir, episodes.episodes, switches, seconds, agent.num_timesteps, summary)

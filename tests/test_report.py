@@ -17,6 +17,7 @@ SMALL = {
     "ppo.n_epochs": 1,
     "env.schedule.every": 512,
     "progress_bar": False,
+    "report": False,
     "diagnostics.every": 1,
 }
 
