@@ -231,13 +231,23 @@ def test_plugged_in_env_trains_with_its_own_set_task(cli, tmp_path):
     )
     assert code == 0, err
     scalars = read_scalars(tmp_path / "plug")
-    assert [(step, value) for step, value in scalars["task/switch"]] == [
-        (0, 0),
-        (512, 5),
-        (1024, 0),
-        (1536, 5),
-    ]
+    # No task starts at the run's last step (1536): a switch there would start a task no step runs on.
+    assert [(step, value) for step, value in scalars["task/switch"]] == [(0, 0), (512, 5), (1024, 0)]
     assert {value for _, value in scalars["task/index"]} == {0, 5}
+
+
+def test_steps_past_the_budget_stay_on_the_last_measured_task(cli, tmp_path):
+    """1000 steps asked, whole rollouts of 256 give 1024: the switch due at 1000 is not made."""
+    args = ["--steps", "1000", "--n-envs", "2", "--run-dir", str(tmp_path), "--name", "past", *FAST]
+    code, _, err = cli("train", *args, "--set", "env.schedule.every=500")
+    assert code == 0, err
+    scalars = read_scalars(tmp_path / "past")
+    assert [(step, value) for step, value in scalars["task/switch"]] == [(0, 0), (500, 1)]
+    assert scalars["task/index"][-1] == (1024, 1)
+    assert [phase[2] for phase in json.loads((tmp_path / "past" / "summary.json").read_text())["phases"]] == [
+        0,
+        1,
+    ]
 
 
 def test_drifting_cartpole_trains_through_the_adapter_and_logs_its_gravity(cli, tmp_path):
