@@ -90,24 +90,24 @@ def layout(agent: BaseAlgorithm, switching: bool) -> Layout:
             for title, tag in spec.charts.items()
         }
 
-    continual: dict[str, list[Any]] = {
-        "episode return (band: min–max over the rollout's episodes)": [
-            "Margin",
-            ["episode/return", "episode/return_min", "episode/return_max"],
-        ],
-        "R_k: return at the end of each task; R_1 and the final return": _multiline(
-            "continual/R", "continual/R_1", "continual/R_final"
-        ),
-    }
+    continual: dict[str, list[Any]] = {}
     if switching:
-        continual["task: index, and the new task at each switch"] = _multiline("task/index", "task/switch")
         continual[
             f"P_k at the end of each task, and P_late: collapsed at or below {COLLAPSED_AT}, "
             f"sustained at or above {SUSTAINED_AT}"
         ] = _multiline("continual/P", "continual/P_late", *THRESHOLD_TAGS)
+    continual["R_k: return at the end of each task; R_1 and the final return"] = _multiline(
+        "continual/R", "continual/R_1", "continual/R_final"
+    )
+    if switching:
+        continual["task: index, and the new task at each switch"] = _multiline("task/index", "task/switch")
         continual["run-level ratios: slide S (collapse ≤ 0.75, sustained ≥ 0.95), late/early"] = _multiline(
             "continual/slide", "continual/late_early"
         )
+    continual["episode return (band: min–max over the rollout's episodes)"] = [
+        "Margin",
+        ["episode/return", "episode/return_min", "episode/return_max"],
+    ]
     plasticity = charts("plasticity")
     plasticity["gradient norm before clipping"] = _multiline("train/grad_norm")
     plasticity |= charts("interventions")

@@ -68,9 +68,10 @@ class ToolSpec(Generic[T]):
     run uses the tool; ``build(section)``: the tool (a ValueError for out-of-range settings);
     ``tool``: the class ``build`` returns. ``charts``: the TensorBoard custom-scalars charts of the tool's
     tags (chart title → tag regex), shown under *plasticity and interventions*: a ``plasticity`` tool's
-    (the diagnostics) first, then the gradient norm, then the ``interventions``' (``category``). ``changes_training``: False for a tool
-    that only observes (diagnostics): a run with it alone still counts as a baseline. ``resets_units``: the
-    tool resets units, so the optimizer keeps one step count per weight.
+    (the diagnostics) first, then the gradient norm, then the ``interventions``' (``category``).
+    ``changes_training``: False for a tool that only observes (diagnostics): a run with it alone still
+    counts as a baseline. ``resets_units``: the tool resets units, so the optimizer keeps one step count
+    per weight.
     """
 
     section: str
