@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
@@ -29,8 +30,28 @@ TRAIN_FLAGS = {
 }
 
 
+class _Formatter(argparse.HelpFormatter):
+    """argparse's help text, wrapped without breaking a word at its hyphens (docs/cli-and-config.md stays
+    one piece)."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return textwrap.fill(
+            " ".join(text.split()),
+            width,
+            initial_indent=indent,
+            subsequent_indent=indent,
+            break_on_hyphens=False,
+        )
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+
 class _Parser(argparse.ArgumentParser):
-    """An argparse parser whose errors are one line and exit code 2."""
+    """An argparse parser whose errors are one line and exit code 2, and whose help keeps paths whole."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, formatter_class=_Formatter, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -40,7 +61,12 @@ def _build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="nested-ac", description="Continual RL on non-stationary Gymnasium environments.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    train = commands.add_parser("train", help="train one agent", description="Train one agent; see README.")
+    train = commands.add_parser(
+        "train",
+        help="train one agent",
+        description="Train one agent. Every flag and the run directory: docs/cli-and-config.md; every config "
+        "key (--set KEY=VALUE), with its type, default and meaning: docs/config-keys.md.",
+    )
     train.add_argument("--env", help="Gymnasium id or module:EnvId (default nested_ac/PermutedCartPole-v0)")
     train.add_argument("--agent", help="agent name (nested-ac list agents; default ppo)")
     train.add_argument("--optimizer", help="optimizer name (nested-ac list optimizers; default adam)")
@@ -68,7 +94,9 @@ def _build_parser() -> argparse.ArgumentParser:
     )
 
     sweep = commands.add_parser(
-        "sweep", help="run every (variant, seed) of an experiment", description="Run an experiment file."
+        "sweep",
+        help="run every (variant, seed) of an experiment",
+        description="Run every (variant, seed) of an experiment file, then report on them: docs/sweeps.md.",
     )
     sweep.add_argument(
         "experiment",
@@ -81,7 +109,9 @@ def _build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--sweep-dir", dest="sweep_dir", help="where the runs go (default runs/<name>)")
 
     report = commands.add_parser(
-        "report", help="tables and plots of many runs", description="Report on runs or sweeps."
+        "report",
+        help="tables and plots of many runs",
+        description="Report on runs or sweeps; what the table and figures show: docs/metrics-and-reports.md.",
     )
     report.add_argument("paths", nargs="+", metavar="RUN_OR_SWEEP_DIR")
     report.add_argument("--out", help="output directory (default: <first path>/report)")
@@ -90,7 +120,12 @@ def _build_parser() -> argparse.ArgumentParser:
         "--reps", type=int, default=10_000, help="bootstrap resamples per interval (default: 10000)"
     )
 
-    listing = commands.add_parser("list", help="list the available choices")
+    listing = commands.add_parser(
+        "list",
+        help="list the available choices",
+        description="List the available choices; your own envs, tools and agents: docs/environments.md, "
+        "docs/write-your-own-tool.md.",
+    )
     listing.add_argument("topic", choices=LIST_TOPICS)
     return parser
 
