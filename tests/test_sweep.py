@@ -252,6 +252,7 @@ REPO = Path(__file__).resolve().parent.parent
         *sorted((REPO / "examples").glob("*.yaml")),
         *sorted((REPO / "bench" / "collapse_search").glob("*.yaml")),
         *sorted((REPO / "bench" / "headline_tuning").glob("*.yaml")),
+        *sorted((REPO / "bench" / "suite_search").glob("*.yaml")),
     ],  # bench/world_search's files need its plug-in worlds, which would stay registered in this process
     ids=lambda path: f"{path.parent.name}/{path.name}",
 )
