@@ -213,30 +213,32 @@ def stratified_bootstrap(
 
 
 def iqm_and_mean(
-    values: Sequence[float], reps: int = 10_000, confidence: float = 0.95, seed: int = 0
+    values: Sequence[float] | np.ndarray, reps: int = 10_000, confidence: float = 0.95, seed: int = 0
 ) -> tuple[Estimate, Estimate]:
     """The interquartile mean (rliable's ``aggregate_iqm``: the mean of the middle 50 %) and the mean of
     ``values`` across seeds, NaNs dropped, each with its stratified-bootstrap interval (one resampling for
-    both)."""
+    both). ``values`` may also be a matrix, seeds × tasks (several worlds of a suite): both statistics are
+    then over every cell, each task's seeds resampled within it (a seed with a NaN in any task is
+    dropped); ``n`` counts the cells."""
     from rliable import metrics
 
     data = np.asarray(values, dtype=float)
-    data = data[~np.isnan(data)]
-    if len(data) < 2:
-        value = float(data[0]) if len(data) else math.nan
-        return Estimate(value, None, None, len(data)), Estimate(value, None, None, len(data))
+    data = data[~np.isnan(data)][:, None] if data.ndim == 1 else data[~np.isnan(data).any(axis=1)]
+    if data.size < 2:
+        value = float(data.flat[0]) if data.size else math.nan
+        return Estimate(value, None, None, data.size), Estimate(value, None, None, data.size)
 
     def both(scores: np.ndarray) -> np.ndarray:
         return np.array([metrics.aggregate_iqm(scores), metrics.aggregate_mean(scores)])
 
-    point, low, high = stratified_bootstrap(data[:, None], both, reps, confidence, seed)
-    iqm, mean = (Estimate(float(point[i]), float(low[i]), float(high[i]), len(data)) for i in range(2))
+    point, low, high = stratified_bootstrap(data, both, reps, confidence, seed)
+    iqm, mean = (Estimate(float(point[i]), float(low[i]), float(high[i]), data.size) for i in range(2))
     return iqm, mean
 
 
 def probability_of_improvement(
-    variant: Mapping[int, float],
-    baseline: Mapping[int, float],
+    variant: Mapping[int, float] | Sequence[Mapping[int, float]],
+    baseline: Mapping[int, float] | Sequence[Mapping[int, float]],
     reps: int = 10_000,
     confidence: float = 0.95,
     seed: int = 0,
@@ -245,25 +247,34 @@ def probability_of_improvement(
     rliable's probability of improvement (the Mann-Whitney U statistic over every pair of a variant run
     and a baseline run, divided by the number of pairs; ties count ½). Its interval is a paired bootstrap:
     seeds are resampled, each drawn seed bringing its variant and its baseline value (the same seed gives
-    both the same tasks)."""
+    both the same tasks). With one mapping per task (the worlds of a suite) it is rliable's average over
+    tasks of each task's P(X > Y), on the seeds every task has for both, each task's seeds resampled
+    within it; ``n`` counts the seeds."""
     from rliable import metrics
 
+    variants = [variant] if isinstance(variant, Mapping) else list(variant)
+    baselines = [baseline] if isinstance(baseline, Mapping) else list(baseline)
     shared = sorted(
-        s for s in set(variant) & set(baseline) if not (math.isnan(variant[s]) or math.isnan(baseline[s]))
+        set.intersection(
+            *(
+                {s for s in set(v) & set(b) if not (math.isnan(v[s]) or math.isnan(b[s]))}
+                for v, b in zip(variants, baselines, strict=True)
+            )
+        )
     )
-    x = np.array([variant[s] for s in shared], dtype=float)
-    y = np.array([baseline[s] for s in shared], dtype=float)
+    x = np.array([[v[s] for v in variants] for s in shared], dtype=float).reshape(len(shared), len(variants))
+    y = np.array([[b[s] for b in baselines] for s in shared], dtype=float).reshape(x.shape)
+    tasks = np.arange(len(variants))
 
     def improvement(picked: np.ndarray) -> np.ndarray:
-        seeds = picked[:, 0].astype(int)
-        return np.array([metrics.probability_of_improvement(x[seeds, None], y[seeds, None])])
+        seeds = picked.astype(int)  # seeds × tasks: each task's resampled seeds
+        return np.array([metrics.probability_of_improvement(x[seeds, tasks], y[seeds, tasks])])
 
     if len(shared) < 2:
-        value = float(improvement(np.zeros((1, 1)))[0]) if shared else math.nan
+        value = float(improvement(np.zeros((1, len(tasks))))[0]) if shared else math.nan
         return Estimate(value, None, None, len(shared))
-    point, low, high = stratified_bootstrap(
-        np.arange(len(shared))[:, None], improvement, reps, confidence, seed
-    )
+    picks = np.tile(np.arange(len(shared))[:, None], (1, len(tasks)))
+    point, low, high = stratified_bootstrap(picks, improvement, reps, confidence, seed)
     return Estimate(float(point[0]), float(low[0]), float(high[0]), len(shared))
 
 

@@ -175,3 +175,25 @@ def test_probability_of_improvement():
     assert mixed.value == pytest.approx(5.5 / 9) and mixed.n == 3 and mixed.low < mixed.value < mixed.high
     with pytest.raises(ValueError, match="reps"):
         probability_of_improvement(dominating, baseline, reps=0)
+
+
+def test_statistics_across_several_tasks():
+    # IQM over the cells of a seeds × tasks matrix; a seed with a NaN in any task is dropped.
+    scores = np.array([[1.0, 10.0], [2.0, 20.0], [3.0, 30.0], [4.0, 40.0], [5.0, math.nan]])
+    iqm, mean = iqm_and_mean(scores, reps=300)
+    assert iqm.n == mean.n == 8 and mean.value == pytest.approx(13.75)
+    assert iqm.value == pytest.approx(np.mean([3.0, 4.0, 10.0, 20.0]))  # the middle 50 % of 8 cells
+    assert iqm.low < iqm.value < iqm.high
+    # P(X > Y) averaged over tasks: X wins every pair in task A, loses every pair in task B.
+    wins, losses = {s: 1.0 + s for s in range(6)}, {s: -1.0 - s for s in range(6)}
+    zeros = {s: 0.0 for s in range(6)}
+    both = probability_of_improvement([wins, losses], [zeros, zeros], reps=300)
+    assert (both.value, both.low, both.high, both.n) == (0.5, 0.5, 0.5, 6)  # every resample: 1 and 0
+    assert probability_of_improvement([wins, wins], [zeros, zeros], reps=300).value == 1.0
+    # One task given as a list is the single-task statistic, interval included.
+    assert probability_of_improvement([wins], [zeros], reps=300) == probability_of_improvement(
+        wins, zeros, reps=300
+    )
+    # Only the seeds every task has for both count.
+    partial = probability_of_improvement([wins, {0: 5.0, 1: 5.0}], [zeros, zeros], reps=300)
+    assert partial.n == 2
