@@ -1,11 +1,11 @@
 """Non-stationary Gymnasium environments; importing this package registers them under ``nested_ac/``."""
 
-import math
-
+from nested_ac.envs.classic import classic_worlds
 from nested_ac.envs.effects import TaskEffect
 from nested_ac.envs.registry import NONSTATIONARY_ENVS, register_nonstationary, resolve_env_id
 from nested_ac.envs.schedules import Cyclic, EveryNSteps, Explicit, RandomDraw, TaskSchedule
 from nested_ac.envs.vector import GymnasiumVecEnv, native_vector
+from nested_ac.envs.worlds import World, register_world
 from nested_ac.envs.wrappers import (
     DriftAttribute,
     FlipActions,
@@ -17,34 +17,8 @@ from nested_ac.envs.wrappers import (
     VectorTaskWrapper,
 )
 
-register_nonstationary(
-    "PermutedCartPole-v0",
-    "nested_ac.envs.classic:permuted_cartpole",
-    changes="observation permuted and sign-flipped",
-    default_every=200_000,
-    vector_entry_point="nested_ac.envs.classic:permuted_cartpole_vector",
-)
-register_nonstationary(
-    "DriftingCartPole-v0",
-    "nested_ac.envs.classic:drifting_cartpole",
-    changes="gravity in [4.9, 19.6] and pole half-length in [0.25, 1] m redrawn",
-    default_every=100_000,
-    vector_entry_point="nested_ac.envs.classic:drifting_cartpole_vector",
-)
-register_nonstationary(
-    "DriftingAcrobot-v0",
-    "nested_ac.envs.classic:drifting_acrobot",
-    changes="both link masses redrawn log-uniform in [0.5, 2] kg",
-    default_every=100_000,
-    return_floor=-500.0,  # -1 per step, episodes truncated at 500 steps
-)
-register_nonstationary(
-    "DriftingPendulum-v0",
-    "nested_ac.envs.classic:drifting_pendulum",
-    changes="gravity in [5, 15] and mass log-uniform in [0.5, 2] redrawn",
-    default_every=100_000,
-    return_floor=-200 * (math.pi**2 + 0.1 * 8**2 + 0.001 * 2**2),  # 200 steps at the worst cost each
-)
+for _name, (_world, _changes, _floor) in classic_worlds().items():
+    register_world(_name, _world, changes=_changes, default_every=100_000, return_floor=_floor)
 register_nonstationary(
     "TwoTaskCartPole-v0",
     "nested_ac.envs.classic:TwoTasks",
@@ -83,7 +57,9 @@ __all__ = [
     "TaskEffect",
     "TaskWrapper",
     "VectorTaskWrapper",
+    "World",
     "native_vector",
     "register_nonstationary",
+    "register_world",
     "resolve_env_id",
 ]

@@ -1,69 +1,148 @@
-"""Non-stationary classic-control environments (entry points of the ``nested_ac/`` ids)."""
+"""Non-stationary classic-control worlds: Gymnasium's five classic-control tasks, each with three kinds of
+change per task, and the two-task CartPole for forgetting studies.
+
+The kinds of change (one :class:`~nested_ac.envs.worlds.World` each):
+
+- ``Permuted<Task>``: the observation's entries permuted and sign-flipped anew per task
+  (:class:`~nested_ac.envs.effects.ObservationPermutation`): every learned input feature loses its
+  meaning at once, the input-permutation setting of plasticity studies (Dohare et al., Nature 2024;
+  Elsayed & Mahmood, ICLR 2024).
+- ``ActionPermuted<Task>`` (discrete actions) / ``ActionFlipped<Task>`` (continuous actions): the actions
+  permuted, or each action entry's sign flipped, at random per task (the action remappings of Abbas et
+  al., CoLLAs 2023): what the agent sees keeps its meaning, what its choices do changes.
+- ``Drifting<Task>``: physical parameters redrawn per task (cf. the changing friction and masses of
+  Dohare et al., Nature 2024): the same task under other dynamics.
+
+Every task uses the dynamics, rewards and time limits of Gymnasium's own task; the vector form steps all
+copies as one array (:mod:`nested_ac.envs.numpy_classic`). ``return_floor``: the lowest episode return
+the task can give where returns are negative (the plasticity ratio P_k measures the return above it).
+"""
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
 
 import gymnasium as gym
 import numpy as np
 
-from nested_ac.envs.effects import ObservationPermutation, ParameterDrift
+from nested_ac.envs.effects import (
+    ActionPermutation,
+    ActionSignFlip,
+    ObservationPermutation,
+    ParameterDrift,
+    TaskEffect,
+)
+from nested_ac.envs.numpy_classic import (
+    AcrobotVectorEnv,
+    ContinuousMountainCarVectorEnv,
+    MountainCarVectorEnv,
+    PendulumVectorEnv,
+)
 from nested_ac.envs.vector import SameStepCartPoleVectorEnv
-from nested_ac.envs.wrappers import DriftAttribute, PermuteObservation, VectorTaskWrapper
+from nested_ac.envs.worlds import World
 from nested_ac.errors import ConfigError
 
 
-def permuted_cartpole(task_seed: int = 0, **kwargs) -> gym.Env:
-    """CartPole-v1 whose 4 observation entries are permuted and sign-flipped anew for each task.
-
-    What changes: the meaning of each input of the agent (``PermuteObservation``); the dynamics, actions
-    and rewards stay those of CartPole. Default: a new task every 200 000 steps. A fresh network learns
-    each task, so a drop in the return after a switch measures lost plasticity (cf. Dohare et al.,
-    Nature 2024, and the permuted-input benchmarks of Elsayed & Mahmood, ICLR 2024).
-    """
-    return PermuteObservation(gym.make("CartPole-v1", **kwargs), task_seed=task_seed)
+def permuted_observation(observations: gym.spaces.Space, actions: gym.spaces.Space) -> list[TaskEffect]:
+    return [ObservationPermutation(observations)]
 
 
-def permuted_cartpole_vector(num_envs: int, task_seed: int = 0, **kwargs) -> gym.vector.VectorEnv:
-    """The numpy-vectorized ``permuted_cartpole``: same tasks, every copy in one array."""
-    env = SameStepCartPoleVectorEnv(num_envs=num_envs, **kwargs)
-    return VectorTaskWrapper(env, ObservationPermutation(env.single_observation_space), task_seed)
+def permuted_actions(observations: gym.spaces.Space, actions: gym.spaces.Space) -> list[TaskEffect]:
+    return [ActionPermutation(actions)]
 
 
-# CartPole's gravity and pole length drift together; Dohare et al. (Nature 2024) change physical
-# parameters of the world in the same way for their continual-RL studies.
-CARTPOLE_DRIFT = (("gravity", 4.9, 19.6), ("length", 0.25, 1.0))
+def flipped_actions(observations: gym.spaces.Space, actions: gym.spaces.Space) -> list[TaskEffect]:
+    return [ActionSignFlip(actions)]
 
 
-def drifting_cartpole(task_seed: int = 0, **kwargs) -> gym.Env:
-    """CartPole-v1 whose gravity (4.9 … 19.6 m/s²) and pole half-length (0.25 … 1.0 m) are redrawn
-    uniformly for each task; default: a new task every 100 000 steps (cf. Dohare et al., Nature 2024)."""
-    env = gym.make("CartPole-v1", **kwargs)
-    for name, low, high in CARTPOLE_DRIFT:
-        env = DriftAttribute(env, name, low, high, task_seed=task_seed)
-    return env
+@dataclass(frozen=True)
+class Drift:
+    """Physical parameters ``(name, low, high, log_uniform)`` of the base task, each redrawn per task."""
+
+    parameters: tuple[tuple[str, float, float, bool], ...]
+
+    def __call__(self, observations: gym.spaces.Space, actions: gym.spaces.Space) -> list[TaskEffect]:
+        return [ParameterDrift(name, low, high, log) for name, low, high, log in self.parameters]
+
+    def describe(self) -> str:
+        return " and ".join(
+            f"{name} {'log-uniform ' if log else ''}in [{low:g}, {high:g}]"
+            for name, low, high, log in self.parameters
+        )
 
 
-def drifting_cartpole_vector(num_envs: int, task_seed: int = 0, **kwargs) -> gym.vector.VectorEnv:
-    """The numpy-vectorized ``drifting_cartpole``."""
-    env: gym.vector.VectorEnv = SameStepCartPoleVectorEnv(num_envs=num_envs, **kwargs)
-    for name, low, high in CARTPOLE_DRIFT:
-        env = VectorTaskWrapper(env, ParameterDrift(name, low, high), task_seed)
-    return env
+@dataclass(frozen=True)
+class ClassicTask:
+    """A Gymnasium classic-control task: its id, vectorized form, return floor and physical drift."""
+
+    name: str
+    base_id: str
+    vector_base: type[gym.vector.VectorEnv]
+    discrete: bool
+    return_floor: float | None
+    drift: Drift
 
 
-def drifting_acrobot(task_seed: int = 0, **kwargs) -> gym.Env:
-    """Acrobot-v1 whose two link masses are redrawn log-uniformly in [0.5, 2] kg for each task;
-    default: a new task every 100 000 steps (cf. Dohare et al., Nature 2024)."""
-    env = gym.make("Acrobot-v1", **kwargs)
-    for name in ("LINK_MASS_1", "LINK_MASS_2"):
-        env = DriftAttribute(env, name, 0.5, 2.0, log_uniform=True, task_seed=task_seed)
-    return env
+CLASSIC_TASKS = (
+    ClassicTask(
+        "CartPole",
+        "CartPole-v1",
+        SameStepCartPoleVectorEnv,
+        True,
+        None,
+        Drift((("gravity", 4.9, 19.6, False), ("length", 0.25, 1.0, False))),
+    ),
+    ClassicTask(
+        "Acrobot",
+        "Acrobot-v1",
+        AcrobotVectorEnv,
+        True,
+        -500.0,  # -1 per step, 500 steps at most
+        Drift((("LINK_MASS_1", 0.5, 2.0, True), ("LINK_MASS_2", 0.5, 2.0, True))),
+    ),
+    ClassicTask(
+        "Pendulum",
+        "Pendulum-v1",
+        PendulumVectorEnv,
+        False,
+        -200 * (math.pi**2 + 0.1 * 8**2 + 0.001 * 2**2),  # 200 steps at the worst cost each
+        Drift((("g", 5.0, 15.0, False), ("m", 0.5, 2.0, True))),
+    ),
+    ClassicTask(
+        "MountainCar",
+        "MountainCar-v0",
+        MountainCarVectorEnv,
+        True,
+        -200.0,  # -1 per step, 200 steps at most
+        Drift((("force", 0.0009, 0.0012, False), ("gravity", 0.002, 0.0028, False))),
+    ),
+    ClassicTask(
+        "MountainCarContinuous",
+        "MountainCarContinuous-v0",
+        ContinuousMountainCarVectorEnv,
+        False,
+        -0.1 * 999,  # -0.1·a² per step with |a| ≤ 1 (SB3 clips actions to the box), 999 steps at most
+        Drift((("power", 0.0012, 0.002, False),)),
+    ),
+)
 
 
-def drifting_pendulum(task_seed: int = 0, **kwargs) -> gym.Env:
-    """Pendulum-v1 whose gravity ``g`` (5 … 15) and mass ``m`` (0.5 … 2, log-uniform) are redrawn for each
-    task; default: a new task every 100 000 steps (cf. Dohare et al., Nature 2024)."""
-    env = DriftAttribute(gym.make("Pendulum-v1", **kwargs), "g", 5.0, 15.0, task_seed=task_seed)
-    return DriftAttribute(env, "m", 0.5, 2.0, log_uniform=True, task_seed=task_seed)
+def classic_worlds() -> dict[str, tuple[World, str, float | None]]:
+    """Every classic-control world by name: ``(world, what changes, return floor)``."""
+    worlds: dict[str, tuple[World, str, float | None]] = {}
+    for task in CLASSIC_TASKS:
+        kinds = [
+            ("Permuted", permuted_observation, "observation permuted and sign-flipped"),
+            ("ActionPermuted", permuted_actions, "actions permuted")
+            if task.discrete
+            else ("ActionFlipped", flipped_actions, "each action entry's sign flipped at random"),
+            ("Drifting", task.drift, task.drift.describe() + " redrawn"),
+        ]
+        for prefix, effects, changes in kinds:
+            world = World(task.base_id, task.vector_base, effects)
+            worlds[f"{prefix}{task.name}-v0"] = (world, changes, task.return_floor)
+    return worlds
 
 
 class TwoTasks(gym.Wrapper):

@@ -1,10 +1,11 @@
 """Composable wrappers that turn any Gymnasium environment (or vector environment) into a non-stationary one.
 
 A *task* is a non-negative integer. A wrapper holds one :class:`~nested_ac.envs.effects.TaskEffect` and
-derives its per-task state from ``np.random.default_rng([task_seed, task])`` alone, so every parallel copy
-built with the same ``task_seed`` agrees on every task, and the same run seed gives the same sequence of
-worlds. Wrappers stack: ``set_task`` reaches every wrapper and, last, the base environment if it has its
-own ``set_task``.
+derives its per-task state from ``np.random.default_rng([task_seed, task])`` alone — the k-th task wrapper
+of a stack (k ≥ 1, counted from the innermost, which is k = 0) from ``default_rng([task_seed, task, k])``,
+so stacked effects draw independently — and every parallel copy built with the same ``task_seed`` agrees
+on every task, and the same run seed gives the same sequence of worlds. Wrappers stack: ``set_task``
+reaches every wrapper and, last, the base environment if it has its own ``set_task``.
 The same effects wrap a Gymnasium vector environment through :class:`VectorTaskWrapper`.
 """
 
@@ -38,6 +39,15 @@ def inner_attr(env: Any, name: str) -> Any:
     return None
 
 
+def _task_wrappers_below(env: Any) -> int:
+    """How many task wrappers lie below ``env`` (walked through ``.env``)."""
+    count, layer = 0, getattr(env, "env", None)
+    while layer is not None:
+        count += isinstance(layer, _TaskSwitching)
+        layer = getattr(layer, "env", None)
+    return count
+
+
 class _TaskSwitching:
     """What single-env and vector task wrappers share: ``set_task``, the task range, the effect hooks."""
 
@@ -49,6 +59,7 @@ class _TaskSwitching:
     def _setup(self, effect: TaskEffect, task_seed: int) -> None:
         self.effect = effect
         self.task_seed = int(task_seed)
+        self.depth = _task_wrappers_below(self)
         self.task = -1
         check = getattr(effect, "check", None)
         if check is not None:
@@ -76,7 +87,8 @@ class _TaskSwitching:
         if inner is not None:
             inner(task)
         self.task = task
-        self.effect.draw(np.random.default_rng([self.task_seed, task]))
+        stream = [self.task_seed, task] + ([self.depth] if self.depth else [])
+        self.effect.draw(np.random.default_rng(stream))
         self.effect.apply(self.env.unwrapped)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict]:
@@ -113,10 +125,11 @@ class VectorTaskWrapper(_TaskSwitching, gym.vector.VectorWrapper):
     def step(self, actions: Any) -> tuple[Any, Any, Any, Any, dict]:
         observations, rewards, terminated, truncated, info = super().step(actions)
         if "final_obs" in info:
-            info["final_obs"] = np.array(
-                [None if obs is None else self.effect.observation(obs) for obs in info["final_obs"]],
-                dtype=object,
-            )
+            final = np.full(len(info["final_obs"]), None, dtype=object)  # one entry per copy, even when
+            for i, obs in enumerate(info["final_obs"]):  # every copy ended (np.array would stack them)
+                if obs is not None:
+                    final[i] = self.effect.observation(obs)
+            info["final_obs"] = final
         return observations, rewards, terminated, truncated, info
 
 

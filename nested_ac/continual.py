@@ -3,11 +3,16 @@
 Inputs: the episodes of a run — the global step at which each ended and its return — and its phases, the
 ``(start, end, task)`` intervals between task switches. Definitions (n phases, 1-based k):
 
-- R_k: the mean return of the episodes that ended in the last 10 % of phase k's steps, the window
-  (end − 0.1·(end − start), end] of global step counts (an episode that ends on the switch step ran on the
-  old task and counts for the phase that ends there). NaN when no episode ended in that window, also when
-  some ended earlier in the phase: an earlier return does not measure the end of the phase. NaNs are left
-  out of every mean below (nan-aware means).
+- R_k: the return the agent reaches at the end of phase k: the mean return of the episodes that ended in
+  the last 10 % of the phase's steps, the window (end − 0.1·(end − start), end] of global step counts (an
+  episode that ends on the switch step ran on the old task and counts for the phase that ends there).
+  Where that window holds no episode end, it is widened backwards to the last N episodes that ended in
+  the phase (N: the number of parallel copies; episodes ending on the same step as the N-th last count
+  too). Copies synchronise: a change that makes every copy fail together restarts them together, and
+  once they all reach the time limit every copy's episodes end on the same steps, so a short window can
+  fall between two ends. The widened window then holds each copy's last episode, the end of the phase
+  as the agent reached it. R_k is NaN only when no episode ended in the whole phase (an episode longer
+  than a copy's share of the phase); NaNs are left out of every mean below (nan-aware means).
 - P_k = R_k / R_ref, or (R_k − R_min) / (R_ref − R_min) for envs whose returns can be negative (R_min the
   env's floor). R_ref: what a fresh agent reaches in one phase — a lone run's own R_1; in a sweep, the
   mean over seeds of the baseline variant's R_1, one reference for every variant.
@@ -58,14 +63,39 @@ def _window_mean(steps: np.ndarray, returns: np.ndarray, low: float, high: float
     return float(returns[inside].mean()) if inside.any() else math.nan
 
 
+def _end_of_phase_mean(
+    steps: np.ndarray, returns: np.ndarray, start: int, end: int, tail_fraction: float, at_least: int
+) -> float:
+    """The mean return in the phase's tail window; if it is empty, of the last ``at_least`` episodes to end
+    in the phase (ties on the edge step included); NaN if none ended in the phase."""
+    tail = _window_mean(steps, returns, end - tail_fraction * (end - start), end)
+    if not math.isnan(tail):
+        return tail
+    ends = np.sort(steps[(steps > start) & (steps <= end)])
+    if not len(ends):
+        return math.nan
+    edge = ends[-min(at_least, len(ends))]
+    return float(returns[(steps >= edge) & (steps <= end)].mean())
+
+
 def phase_returns(
-    steps: Sequence[int], returns: Sequence[float], phases: Sequence[Phase], tail_fraction: float = 0.1
+    steps: Sequence[int],
+    returns: Sequence[float],
+    phases: Sequence[Phase],
+    tail_fraction: float = 0.1,
+    at_least: int = 1,
 ) -> np.ndarray:
     """R_k per phase: the mean return of the episodes that ended in (end − tail_fraction·(end − start), end];
-    NaN where none did (even if episodes ended earlier in the phase)."""
+    where none did, of the last ``at_least`` episodes that ended in the phase (the run's number of
+    parallel copies; ties on the edge step included); NaN only where no episode ended in the phase."""
+    if at_least < 1:
+        raise ValueError(f"at_least must be a positive number of episodes, got {at_least}")
     steps_, returns_ = np.asarray(steps, dtype=float), np.asarray(returns, dtype=float)
     return np.array(
-        [_window_mean(steps_, returns_, end - tail_fraction * (end - start), end) for start, end, _ in phases]
+        [
+            _end_of_phase_mean(steps_, returns_, start, end, tail_fraction, at_least)
+            for start, end, _ in phases
+        ]
     )
 
 
@@ -183,30 +213,32 @@ def stratified_bootstrap(
 
 
 def iqm_and_mean(
-    values: Sequence[float], reps: int = 10_000, confidence: float = 0.95, seed: int = 0
+    values: Sequence[float] | np.ndarray, reps: int = 10_000, confidence: float = 0.95, seed: int = 0
 ) -> tuple[Estimate, Estimate]:
     """The interquartile mean (rliable's ``aggregate_iqm``: the mean of the middle 50 %) and the mean of
     ``values`` across seeds, NaNs dropped, each with its stratified-bootstrap interval (one resampling for
-    both)."""
+    both). ``values`` may also be a matrix, seeds × tasks (several worlds of a suite): both statistics are
+    then over every cell, each task's seeds resampled within it (a seed with a NaN in any task is
+    dropped); ``n`` counts the cells."""
     from rliable import metrics
 
     data = np.asarray(values, dtype=float)
-    data = data[~np.isnan(data)]
-    if len(data) < 2:
-        value = float(data[0]) if len(data) else math.nan
-        return Estimate(value, None, None, len(data)), Estimate(value, None, None, len(data))
+    data = data[~np.isnan(data)][:, None] if data.ndim == 1 else data[~np.isnan(data).any(axis=1)]
+    if data.size < 2:
+        value = float(data.flat[0]) if data.size else math.nan
+        return Estimate(value, None, None, data.size), Estimate(value, None, None, data.size)
 
     def both(scores: np.ndarray) -> np.ndarray:
         return np.array([metrics.aggregate_iqm(scores), metrics.aggregate_mean(scores)])
 
-    point, low, high = stratified_bootstrap(data[:, None], both, reps, confidence, seed)
-    iqm, mean = (Estimate(float(point[i]), float(low[i]), float(high[i]), len(data)) for i in range(2))
+    point, low, high = stratified_bootstrap(data, both, reps, confidence, seed)
+    iqm, mean = (Estimate(float(point[i]), float(low[i]), float(high[i]), data.size) for i in range(2))
     return iqm, mean
 
 
 def probability_of_improvement(
-    variant: Mapping[int, float],
-    baseline: Mapping[int, float],
+    variant: Mapping[int, float] | Sequence[Mapping[int, float]],
+    baseline: Mapping[int, float] | Sequence[Mapping[int, float]],
     reps: int = 10_000,
     confidence: float = 0.95,
     seed: int = 0,
@@ -215,25 +247,34 @@ def probability_of_improvement(
     rliable's probability of improvement (the Mann-Whitney U statistic over every pair of a variant run
     and a baseline run, divided by the number of pairs; ties count ½). Its interval is a paired bootstrap:
     seeds are resampled, each drawn seed bringing its variant and its baseline value (the same seed gives
-    both the same tasks)."""
+    both the same tasks). With one mapping per task (the worlds of a suite) it is rliable's average over
+    tasks of each task's P(X > Y), on the seeds every task has for both, each task's seeds resampled
+    within it; ``n`` counts the seeds."""
     from rliable import metrics
 
+    variants = [variant] if isinstance(variant, Mapping) else list(variant)
+    baselines = [baseline] if isinstance(baseline, Mapping) else list(baseline)
     shared = sorted(
-        s for s in set(variant) & set(baseline) if not (math.isnan(variant[s]) or math.isnan(baseline[s]))
+        set.intersection(
+            *(
+                {s for s in set(v) & set(b) if not (math.isnan(v[s]) or math.isnan(b[s]))}
+                for v, b in zip(variants, baselines, strict=True)
+            )
+        )
     )
-    x = np.array([variant[s] for s in shared], dtype=float)
-    y = np.array([baseline[s] for s in shared], dtype=float)
+    x = np.array([[v[s] for v in variants] for s in shared], dtype=float).reshape(len(shared), len(variants))
+    y = np.array([[b[s] for b in baselines] for s in shared], dtype=float).reshape(x.shape)
+    tasks = np.arange(len(variants))
 
     def improvement(picked: np.ndarray) -> np.ndarray:
-        seeds = picked[:, 0].astype(int)
-        return np.array([metrics.probability_of_improvement(x[seeds, None], y[seeds, None])])
+        seeds = picked.astype(int)  # seeds × tasks: each task's resampled seeds
+        return np.array([metrics.probability_of_improvement(x[seeds, tasks], y[seeds, tasks])])
 
     if len(shared) < 2:
-        value = float(improvement(np.zeros((1, 1)))[0]) if shared else math.nan
+        value = float(improvement(np.zeros((1, len(tasks))))[0]) if shared else math.nan
         return Estimate(value, None, None, len(shared))
-    point, low, high = stratified_bootstrap(
-        np.arange(len(shared))[:, None], improvement, reps, confidence, seed
-    )
+    picks = np.tile(np.arange(len(shared))[:, None], (1, len(tasks)))
+    point, low, high = stratified_bootstrap(picks, improvement, reps, confidence, seed)
     return Estimate(float(point[0]), float(low[0]), float(high[0]), len(shared))
 
 
@@ -247,12 +288,13 @@ def summarize(
     phases: Sequence[Phase],
     R_ref: float | None = None,
     R_min: float | None = None,
+    copies: int = 1,
 ) -> dict[str, Any]:
     """Every metric of the run as a JSON-ready dict (NaN → None): ``R``, ``P`` and ``forgetting`` per phase,
     ``R_ref`` (the run's own R_1 when None), ``R_min``, ``P_late``, ``slide``, ``late_early`` and
     ``forgetting_mean``; a metric the run has too few phases for is None, and every P is None when
-    R_ref ≤ R_min (or 0)."""
-    R = phase_returns(steps, returns, phases)
+    R_ref ≤ R_min (or 0). ``copies``: the run's number of parallel env copies (R_k's widened window)."""
+    R = phase_returns(steps, returns, phases, at_least=copies)
     reference = R_ref if R_ref is not None else (float(R[0]) if len(R) else math.nan)
     try:
         P = plasticity_ratios(R, reference, R_min)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -117,20 +118,37 @@ def find_runs(paths: Sequence[str | Path]) -> tuple[list[Run], list[str]]:
 
 
 def group_runs(runs: list[Run]) -> list[Group]:
+    """Runs grouped by configuration (seed, name and directory aside); labels are unique within each
+    environment (a suite's worlds each have their ``ppo-adam``)."""
     groups: dict[str, Group] = {}
     for run in runs:
         identity = {k: v for k, v in run.config.to_dict().items() if k not in IDENTITY_KEYS}
         key = json.dumps(identity, sort_keys=True, default=str)
         if key not in groups:
             parent = Path(run.config.run_dir).name
-            label = parent if parent not in ("runs", "") else run.config.name or run.path.name
-            taken = {g.label for g in groups.values()}
+            group = Group(parent if parent not in ("runs", "") else run.config.name or run.path.name)
+            group.runs.append(run)
+            taken = {g.label for g in groups.values() if g.environment() == group.environment()}
             suffix = 2
-            while label in taken:
-                label, suffix = f"{label.rsplit('#', 1)[0]}#{suffix}", suffix + 1
-            groups[key] = Group(label)
-        groups[key].runs.append(run)
+            while group.label in taken:
+                group.label, suffix = f"{group.label.rsplit('#', 1)[0]}#{suffix}", suffix + 1
+            groups[key] = group
+        else:
+            groups[key].runs.append(run)
     return list(groups.values())
+
+
+def by_world(groups: list[Group]) -> dict[str, list[Group]]:
+    """The groups of each environment and schedule (a world), named by the env id without its namespace,
+    with the schedule added where one env runs under several."""
+    worlds: dict[tuple[str, str], list[Group]] = {}
+    for group in groups:
+        worlds.setdefault(group.environment(), []).append(group)
+    ids = [env_id for env_id, _ in worlds]
+    return {
+        env_id.rpartition("/")[2] + (f" {schedule}" if ids.count(env_id) > 1 else ""): members
+        for (env_id, schedule), members in worlds.items()
+    }
 
 
 def _is_baseline(config: RunConfig) -> bool:
@@ -255,10 +273,12 @@ def _phase_returns(group: Group) -> np.ndarray:
     return table
 
 
-def plot(groups: list[Group], out: Path, refs: dict[tuple[str, str], Reference], reps: int) -> list[str]:
+def plot(
+    groups: list[Group], out: Path, refs: dict[tuple[str, str], Reference], reps: int, suffix: str = ""
+) -> list[str]:
     """``tasks.png`` (R_k, the return at the end of task k, against k: one line per group, the mean across
     seeds with its 95 % band, R_ref dashed), ``returns.png`` (return over steps, task switches marked) and
-    ``diagnostics.png``; returns the file names."""
+    ``diagnostics.png``, each name with ``suffix`` before its extension; returns the file names."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -278,7 +298,7 @@ def plot(groups: list[Group], out: Path, refs: dict[tuple[str, str], Reference],
     axis.xaxis.get_major_locator().set_params(integer=True)
     axis.legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(out / "tasks.png", dpi=110)
+    figure.savefig(out / f"tasks{suffix}.png", dpi=110)
     plt.close(figure)
 
     end = max(run.config.steps for group in groups for run in group.runs)
@@ -293,7 +313,7 @@ def plot(groups: list[Group], out: Path, refs: dict[tuple[str, str], Reference],
     axis.set(xlabel="environment steps", ylabel="episodic return", title="Return (dotted: task switches)")
     axis.legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(out / "returns.png", dpi=110)
+    figure.savefig(out / f"returns{suffix}.png", dpi=110)
     plt.close(figure)
     figure, axes = plt.subplots(1, len(DIAGNOSTIC_TAGS), figsize=(11, 4))
     for axis, tag in zip(axes, DIAGNOSTIC_TAGS, strict=True):
@@ -304,9 +324,9 @@ def plot(groups: list[Group], out: Path, refs: dict[tuple[str, str], Reference],
         axis.set(xlabel="environment steps", title=tag)
     axes[0].legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(out / "diagnostics.png", dpi=110)
+    figure.savefig(out / f"diagnostics{suffix}.png", dpi=110)
     plt.close(figure)
-    return ["tasks.png", "returns.png", "diagnostics.png"]
+    return [f"{name}{suffix}.png" for name in ("tasks", "returns", "diagnostics")]
 
 
 def _count(n: int, noun: str) -> str:
@@ -323,9 +343,132 @@ def _improvement(group: Group, ref: Reference | None, scores: dict[str, dict[int
     return _interval(estimate, estimate.n) + (f" ({estimate.n} paired seeds)" if estimate.n > 1 else "")
 
 
+TABLE_HEADER = [
+    "| group | seeds | P_late IQM | P_late mean | P(X > base) | R_1 | slide S | late/early | forgetting "
+    "| P(forgets less) | dormant (actor) | srank (actor) |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|",
+]
+
+
+def _world_table(
+    groups: list[Group],
+    p_lates: dict[str, dict[int, float]],
+    refs: dict[tuple[str, str], Reference],
+    reps: int,
+) -> list[str]:
+    """The table of one world: a row per group (``p_lates``: each group's P_late by seed)."""
+    forgetting = {  # per seed; NaN where no task recurred
+        group.label: {run.config.seed: _number(run.summary["forgetting_mean"]) for run in group.runs}
+        for group in groups
+    }
+    less_forgetting = {label: {s: -f for s, f in by_seed.items()} for label, by_seed in forgetting.items()}
+    lines = list(TABLE_HEADER)
+    for group in groups:
+        iqm, mean = iqm_and_mean(list(p_lates[group.label].values()), reps)
+        seeds = iqm.n if iqm.n == len(group.runs) else f"{iqm.n} of {len(group.runs)}"
+        firsts = [_number(r.summary["R"][0]) if r.summary["R"] else math.nan for r in group.runs]
+        ref = refs.get(group.environment())
+        lines.append(
+            f"| {group.label} | {seeds} | {_interval(iqm, iqm.n)} | {_interval(mean, mean.n)} "
+            f"| {_improvement(group, ref, p_lates, reps)} "
+            f"| {_interval(iqm_and_mean(firsts, reps)[1], iqm.n)} "
+            f"| {_interval(iqm_and_mean([_ratio(r, slide) for r in group.runs], reps)[1], iqm.n)} "
+            f"| {_mean([_ratio(r, late_early) for r in group.runs])} "
+            f"| {_interval(iqm_and_mean(list(forgetting[group.label].values()), reps)[1], iqm.n)} "
+            f"| {_improvement(group, ref, less_forgetting, reps)} "
+            f"| {_mean([_last(r, DIAGNOSTIC_TAGS[0]) for r in group.runs])} "
+            f"| {_mean([_last(r, DIAGNOSTIC_TAGS[1]) for r in group.runs])} |"
+        )
+    return lines
+
+
+def _suite_section(
+    worlds: dict[str, list[Group]],
+    p_lates: dict[str, dict[str, dict[int, float]]],
+    refs: dict[tuple[str, str], Reference],
+    out: Path,
+    reps: int,
+) -> list[str]:
+    """Across worlds: P_late's IQM per world and group, and over every world × seed cell (each world's
+    seeds resampled within it), P(X > base) averaged over worlds, and ``profiles.png``, rliable's
+    performance profiles of P_late; for the groups every world has."""
+    first, *others = worlds.values()
+    labels = [g.label for g in first if all(g.label in {o.label for o in other} for other in others)]
+    bases = {ref.group.label for ref in refs.values()}  # one reference per world, the same group in each
+    baseline = bases.pop() if len(bases) == 1 and len(refs) == len(worlds) else None
+    lines = [
+        "",
+        "## Across worlds",
+        "",
+        "P_late IQM [95 % CI] per world, and over every world × seed (IQM of all cells, each world's seeds "
+        "resampled within it); P(X > base) over all worlds: the mean over worlds of each world's "
+        "probability of improvement, on the seeds every world ran.",
+        "",
+        "| group | " + " | ".join(worlds) + " | all worlds: P_late IQM | P(X > base), all worlds |",
+        "|---" * (len(worlds) + 3) + "|",
+    ]
+    scores = {}
+    for label in labels:
+        by_world = [p_lates[world][label] for world in worlds]
+        cells = [_interval(iqm_and_mean(list(seeds.values()), reps)[0], len(seeds)) for seeds in by_world]
+        shared = sorted(set.intersection(*(set(seeds) for seeds in by_world)))
+        scores[label] = np.array([[seeds[s] for seeds in by_world] for s in shared], dtype=float)
+        iqm, _ = iqm_and_mean(scores[label], reps)
+        if baseline is None:
+            improvement = "—"
+        elif label == baseline:
+            improvement = "baseline"
+        else:
+            base = [p_lates[world][baseline] for world in worlds]
+            estimate = probability_of_improvement(by_world, base, reps)
+            improvement = _interval(estimate, estimate.n)
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {_interval(iqm, iqm.n)} | {improvement} |")
+    lines += ["", f"![profiles.png]({_plot_profiles(scores, out, reps)})"]
+    return lines
+
+
+def _plot_profiles(scores: dict[str, np.ndarray], out: Path, reps: int) -> str:
+    """``profiles.png``: for each τ, the fraction of runs (world × seed) whose P_late exceeds τ, with its
+    95 % stratified-bootstrap band (rliable's performance profiles, Agarwal et al. 2021)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from rliable import library, plot_utils
+
+    complete = {label: matrix for label, matrix in scores.items() if len(matrix)}
+    taus = np.linspace(0.0, 1.3, 66)
+    state = np.random.get_state()
+    np.random.seed(0)
+    try:
+        profiles, intervals = library.create_performance_profile(complete, taus, reps=min(reps, BAND_REPS))
+    finally:
+        np.random.set_state(state)
+    figure, axis = plt.subplots(figsize=(9, 4.5))
+    plot_utils.plot_performance_profiles(
+        profiles,
+        taus,
+        performance_profile_cis=intervals,
+        ax=axis,
+        xlabel="P_late (τ)",
+        ylabel="fraction of runs with P_late > τ",
+    )
+    for tau, name in (
+        (COLLAPSED_AT, f"collapsed ≤ {COLLAPSED_AT}"),
+        (SUSTAINED_AT, f"sustained ≥ {SUSTAINED_AT}"),
+    ):
+        axis.axvline(tau, color="grey", linewidth=0.8, linestyle="--")
+        axis.text(tau, 1.02, name, fontsize=8, ha="center")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(out / "profiles.png", dpi=110)
+    plt.close(figure)
+    return "profiles.png"
+
+
 class WrittenReport(NamedTuple):
     """What :func:`write_report` wrote (``path``: the report.md), the runs it skipped, one note each, its
-    table (markdown lines: the header, then one row per group) and its notes (each once)."""
+    tables (markdown lines: in a suite, a heading per section) and its notes (each once)."""
 
     path: Path
     skipped: list[str]
@@ -354,57 +497,44 @@ def write_report(
     groups = group_runs(runs)
     refs, notes = references(groups, reference)
     notes += dict.fromkeys(note for run in runs for note in run.summary.get("notes", []))
+    worlds = by_world(groups)
     out = Path(out) if out is not None else Path(paths[0]) / "report"
     out.mkdir(parents=True, exist_ok=True)
-    p_lates = {
-        group.label: {
-            run.config.seed: _p_late(run, ref.R_ref if (ref := refs.get(group.environment())) else None)
-            for run in group.runs
+    p_lates_by_world = {
+        world: {
+            group.label: {
+                run.config.seed: _p_late(run, ref.R_ref if (ref := refs.get(group.environment())) else None)
+                for run in group.runs
+            }
+            for group in members
         }
-        for group in groups
+        for world, members in worlds.items()
     }
-    forgetting = {  # per seed; NaN where no task recurred
-        group.label: {run.config.seed: _number(run.summary["forgetting_mean"]) for run in group.runs}
-        for group in groups
-    }
-    less_forgetting = {label: {s: -f for s, f in by_seed.items()} for label, by_seed in forgetting.items()}
     lines = [
         "# nested-ac report",
         "",
-        f"{_count(len(runs), 'run')} in {_count(len(groups), 'group')}. P_late (primary): mean R_k/R_ref "
-        f"over the last half of the tasks (collapsed ≤ {COLLAPSED_AT}, sustained ≥ {SUSTAINED_AT}), its "
-        "interquartile mean (IQM) and mean across seeds; P(X > base): probability that the group's P_late "
-        "beats the baseline's (the reference group), on the seeds both ran; seeds: how many seeds' P_late "
-        "contributed. Intervals: 95 % stratified "
+        f"{_count(len(runs), 'run')} in {_count(len(groups), 'group')}"
+        + (f" in {len(worlds)} worlds" if len(worlds) > 1 else "")
+        + ". P_late (primary): mean R_k/R_ref over the last half of the tasks (collapsed ≤ "
+        f"{COLLAPSED_AT}, sustained ≥ {SUSTAINED_AT}), its interquartile mean (IQM) and mean across seeds; "
+        "P(X > base): probability that the group's P_late beats the baseline's (the reference group), on "
+        "the seeds both ran; seeds: how many seeds' P_late contributed. Intervals: 95 % stratified "
         f"bootstrap ({reps} resamples; rliable, Agarwal et al. 2021); one seed has none. Secondary: R_1, the "
         "return at the end of the first task; slide S, late ÷ early tasks after the first switch (collapse "
         "≤ 0.75, sustained ≥ 0.95), and late/early, both over returns above the env's floor R_min; "
         "forgetting (recurring tasks): per run, the mean over its returns to a task of R at the end of the "
         "previous visit minus the return early in the new one; its mean across seeds, and P(forgets less), "
         "the probability that the group forgets less than the baseline, paired by seed like P(X > base).",
-        "",
     ]
-    table = [
-        "| group | seeds | P_late IQM | P_late mean | P(X > base) | R_1 | slide S | late/early | forgetting "
-        "| P(forgets less) | dormant (actor) | srank (actor) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for group in groups:
-        iqm, mean = iqm_and_mean(list(p_lates[group.label].values()), reps)
-        seeds = iqm.n if iqm.n == len(group.runs) else f"{iqm.n} of {len(group.runs)}"
-        firsts = [_number(r.summary["R"][0]) if r.summary["R"] else math.nan for r in group.runs]
-        table.append(
-            f"| {group.label} | {seeds} | {_interval(iqm, iqm.n)} | {_interval(mean, mean.n)} "
-            f"| {_improvement(group, refs.get(group.environment()), p_lates, reps)} "
-            f"| {_interval(iqm_and_mean(firsts, reps)[1], iqm.n)} "
-            f"| {_interval(iqm_and_mean([_ratio(r, slide) for r in group.runs], reps)[1], iqm.n)} "
-            f"| {_mean([_ratio(r, late_early) for r in group.runs])} "
-            f"| {_interval(iqm_and_mean(list(forgetting[group.label].values()), reps)[1], iqm.n)} "
-            f"| {_improvement(group, refs.get(group.environment()), less_forgetting, reps)} "
-            f"| {_mean([_last(r, DIAGNOSTIC_TAGS[0]) for r in group.runs])} "
-            f"| {_mean([_last(r, DIAGNOSTIC_TAGS[1]) for r in group.runs])} |"
-        )
-    lines += [*table, "", *(f"![{name}]({name})" for name in plot(groups, out, refs, reps)), ""]
+    if len(worlds) > 1:
+        lines += _suite_section(worlds, p_lates_by_world, refs, out, reps)
+    for world, members in worlds.items():
+        own_refs = {key: ref for key, ref in refs.items() if key == members[0].environment()}
+        suffix = "" if len(worlds) == 1 else "-" + re.sub(r"[^\w.-]+", "_", world)
+        if len(worlds) > 1:
+            lines += ["", f"## {world}"]
+        lines += ["", *_world_table(members, p_lates_by_world[world], own_refs, reps), ""]
+        lines += [*(f"![{name}]({name})" for name in plot(members, out, own_refs, reps, suffix)), ""]
     if refs:
         lines.append(
             "R_ref (baseline): "
@@ -412,4 +542,5 @@ def write_report(
         )
     lines += [f"- note: {note}" for note in notes] + [f"- skipped: {line}" for line in skipped]
     (out / "report.md").write_text("\n".join(lines) + "\n")
+    table = [line for line in lines if line.startswith(("|", "## "))]
     return WrittenReport(out / "report.md", skipped, table, notes)

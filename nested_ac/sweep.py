@@ -9,6 +9,10 @@ description)::
     base:                               # any RunConfig keys, shared by every variant
       env: {id: nested_ac/PermutedCartPole-v0, n_envs: 16, schedule: {every: 100_000}}
       ppo: {n_epochs: 4}
+    worlds:                             # optional: every variant runs in each world (a suite)
+      - name: PermutedCartPole
+      - name: PermutedAcrobot
+        set: {env.id: nested_ac/PermutedAcrobot-v0}
     variants:                           # one entry per agent variant; names are unique
       - name: ppo-adam
       - name: nested
@@ -17,9 +21,11 @@ description)::
         preset: upgd-ppo                # a shipped preset (nested-ac list presets) as the variant's start
         set: {ppo.n_epochs: 10}         # dotted overrides of this variant only
 
-A variant's config is: defaults ← its ``preset`` ← ``base`` ← its ``agent`` / ``optimizer`` ← its ``set``.
+A variant's config is: defaults ← its ``preset`` ← ``base`` ← the world's ``set`` ← its ``agent`` /
+``optimizer`` ← its ``set``: one setting per variant across every world.
 
-Run ``(variant, seed)`` lives in ``SWEEP_DIR/<variant>/seed<seed>/``. A finished run (``model.zip``) is
+Run ``(variant, seed)`` lives in ``SWEEP_DIR/<variant>/seed<seed>/``, or ``SWEEP_DIR/<world>/<variant>/
+seed<seed>/`` in an experiment with worlds. A finished run (``model.zip``) is
 skipped, an interrupted one with a checkpoint is resumed, one that died before its first checkpoint starts
 again, and one whose directory another process holds (:mod:`nested_ac.rundir`) is listed as running
 elsewhere and left alone; so running the same sweep again finishes it.
@@ -59,14 +65,16 @@ from nested_ac.train import resume, train, validate
 
 BACKENDS = ("local", "ray")
 
-EXPERIMENT_KEYS = ("name", "steps", "seeds", "base", "variants")
+EXPERIMENT_KEYS = ("name", "steps", "seeds", "base", "worlds", "variants")
 VARIANT_KEYS = ("name", "preset", "agent", "optimizer", "set")
+WORLD_KEYS = ("name", "set")
 
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One run of a sweep: its variant, seed, directory and fully resolved configuration; ``hparams``: the
-    config keys any variant changes, which its HParams session records."""
+    """One run of a sweep: its variant (``world/variant`` in an experiment with worlds), seed, directory and
+    fully resolved configuration; ``hparams``: the config keys any variant changes, which its HParams
+    session records."""
 
     variant: str
     seed: int
@@ -121,6 +129,29 @@ def _check_name(path: Path, what: str, name: str) -> None:
         raise ConfigError(f"{path}: {error}") from None
 
 
+def _named_entries(
+    path: Path, data: dict[str, Any], key: str, valid: tuple[str, ...]
+) -> list[dict[str, Any]]:
+    """The experiment's ``variants`` or ``worlds``: a non-empty list of mappings with unique names and only
+    the ``valid`` keys; a ConfigError naming the entry otherwise."""
+    entries, what = data.get(key), key.rstrip("s")
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError(f"{path}: '{key}' must be a non-empty list of {key}")
+    seen: set[str] = set()
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not entry.get("name"):
+            raise ConfigError(f"{path}: {what} #{index + 1} needs a 'name'")
+        label = str(entry["name"])
+        _check_name(path, f"a {what}'s name", label)
+        if label in seen:
+            raise ConfigError(f"{path}: duplicate {what} name {label!r}")
+        seen.add(label)
+        extra = sorted(set(entry) - set(valid))
+        if extra:
+            raise ConfigError(f"{path}: {what} {label!r} has unknown keys {extra}; valid: {', '.join(valid)}")
+    return [{**entry, "name": str(entry["name"])} for entry in entries]
+
+
 def load_experiment(experiment: str | Path, sweep_dir: str | Path | None = None) -> Experiment:
     """Parse and validate an experiment file (a path or a shipped name); every run's config is resolved,
     so bad keys fail here."""
@@ -138,50 +169,39 @@ def load_experiment(experiment: str | Path, sweep_dir: str | Path | None = None)
         )
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"{path}: 'seeds' has duplicates: {seeds}")
-    variants = data.get("variants")
-    if not isinstance(variants, list) or not variants:
-        raise ConfigError(f"{path}: 'variants' must be a non-empty list of variants")
     base = data.get("base") or {}
     if not isinstance(base, dict):
         raise ConfigError(f"{path}: 'base' must be a mapping of config keys")
+    variants = _named_entries(path, data, "variants", VARIANT_KEYS)
+    worlds = _named_entries(path, data, "worlds", WORLD_KEYS) if "worlds" in data else [{"name": ""}]
     name = str(data.get("name") or path.stem)
     _check_name(path, "the experiment's name", name)
     root = Path(sweep_dir) if sweep_dir is not None else Path("runs") / name
     experiment = Experiment(name)
-    seen: set[str] = set()
     hparams: set[str] = set()  # every key any run changes: each run's HParams session records them all
-    for index, variant in enumerate(variants):
-        if not isinstance(variant, dict) or not variant.get("name"):
-            raise ConfigError(f"{path}: variant #{index + 1} needs a 'name'")
-        label = str(variant["name"])
-        _check_name(path, "a variant's name", label)
-        if label in seen:
-            raise ConfigError(f"{path}: duplicate variant name {label!r}")
-        seen.add(label)
-        extra = sorted(set(variant) - set(VARIANT_KEYS))
-        if extra:
-            raise ConfigError(
-                f"{path}: variant {label!r} has unknown keys {extra}; valid: {', '.join(VARIANT_KEYS)}"
-            )
-        overrides = _flatten(base)
-        if "steps" in data:
-            overrides["steps"] = data["steps"]
-        for key in ("agent", "optimizer"):
-            if key in variant:
-                overrides["agent" if key == "agent" else "optimizer.name"] = variant[key]
-        overrides.update(variant.get("set") or {})
-        preset = load_preset(str(variant["preset"])) if "preset" in variant else None
-        for seed in seeds:
-            overrides.update(
-                seed=seed, run_dir=str(root / label), name=f"seed{seed}", progress_bar=False, report=False
-            )
-            try:
-                config = resolve_config(overrides=overrides, preset=preset)
-                validate(config)
-                hparams.update(dashboard.changed_keys(config))
-            except ConfigError as error:
-                raise ConfigError(f"{path}: variant {label!r}: {error}") from None
-            experiment.runs.append(RunSpec(label, seed, root / label / f"seed{seed}", config))
+    for world in worlds:
+        for variant in variants:
+            overrides = _flatten(base)
+            if "steps" in data:
+                overrides["steps"] = data["steps"]
+            overrides.update(world.get("set") or {})
+            for key in ("agent", "optimizer"):
+                if key in variant:
+                    overrides["agent" if key == "agent" else "optimizer.name"] = variant[key]
+            overrides.update(variant.get("set") or {})
+            preset = load_preset(str(variant["preset"])) if "preset" in variant else None
+            label = "/".join(filter(None, (world["name"], variant["name"])))
+            for seed in seeds:
+                overrides.update(
+                    seed=seed, run_dir=str(root / label), name=f"seed{seed}", progress_bar=False, report=False
+                )
+                try:
+                    config = resolve_config(overrides=overrides, preset=preset)
+                    validate(config)
+                    hparams.update(dashboard.changed_keys(config))
+                except ConfigError as error:
+                    raise ConfigError(f"{path}: variant {label!r}: {error}") from None
+                experiment.runs.append(RunSpec(label, seed, root / label / f"seed{seed}", config))
     keys = tuple(sorted(hparams))
     experiment.runs = [dataclasses.replace(spec, hparams=keys) for spec in experiment.runs]
     return experiment

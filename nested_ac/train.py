@@ -238,10 +238,16 @@ def write_summary(
     total = agent.num_timesteps
     phases = continual.phases_from_switches(switches or [(0, 0)], steps_budget)
     steps = [step for step, _, _ in episodes]
-    summary = continual.summarize(
-        steps, [episode_return for _, episode_return, _ in episodes], phases, R_min=R_min
-    )
+    returns = [episode_return for _, episode_return, _ in episodes]
+    summary = continual.summarize(steps, returns, phases, R_min=R_min, copies=agent.n_envs)
     summary["notes"] = list(notes)
+    missing = [k + 1 for k, R in enumerate(summary["R"]) if R is None]
+    if missing:
+        warnings.warn(
+            f"no episode ended in task(s) {missing} of {run_dir}: their R_k is missing and left out of "
+            "P_late; make each task longer than a copy's longest episode times the number of copies",
+            stacklevel=2,
+        )
     rundir.write_json(run_dir, rundir.SUMMARY_FILE, summary)
     for pending in (logger.name_to_value, logger.name_to_count, logger.name_to_excluded):
         pending.clear()  # the last update's values, which SB3 never writes

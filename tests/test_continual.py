@@ -39,14 +39,38 @@ def test_phases_from_switches():
 
 def test_phase_returns_use_the_last_tenth_of_each_phase():
     np.testing.assert_allclose(phase_returns(STEPS, RETURNS, PHASES), TAILS)
-    assert math.isnan(phase_returns([50], [1.0], [(0, 100, 0)])[0])  # no episode ended in (90, 100]
+    # An episode in the tail window: the earlier ones of the phase do not count.
+    assert phase_returns([50, 95], [1.0, 3.0], [(0, 100, 0)], at_least=2)[0] == 3.0
+
+
+def test_synchronised_copies_still_get_an_r_k():
+    # 4 copies restarted together by a switch run 100-step episodes in step: every copy's episode ends on
+    # the same global steps (each vector step is 4 global steps), here 400 and 800 of a 1000-step phase,
+    # so the last 10 % (900, 1000] holds no episode end. R_k is then the mean of the last 4 (= copies)
+    # episodes of the phase: the 4 that ended together at step 800, not the earlier ones at 400.
+    steps = [400] * 4 + [800] * 4 + [1400] * 4 + [1800] * 4 + [1960]
+    returns = [10.0, 20.0, 30.0, 40.0] + [100.0, 200.0, 300.0, 400.0] + [1.0] * 4 + [5.0] * 4 + [9.0]
+    phases = [(0, 1000, 0), (1000, 2000, 1)]
+    np.testing.assert_allclose(phase_returns(steps, returns, phases, at_least=4), [250.0, 9.0])
+    # at_least=1 takes the last end step with every episode that ended on it (ties), the same 4 here.
+    np.testing.assert_allclose(phase_returns(steps, returns, phases, at_least=1), [250.0, 9.0])
+    # More copies than the last step holds: the window reaches back to the earlier end step of the phase,
+    # and every episode that ended on that step counts (all 8).
+    np.testing.assert_allclose(phase_returns(steps, returns, phases, at_least=6)[0], (100 + 1000) / 8)
+    assert summarize(steps, returns, phases, copies=4)["R"] == [250.0, 9.0]
+    # Only where no episode ended in the whole phase is R_k missing.
+    assert math.isnan(phase_returns([400], [1.0], [(0, 1000, 0), (1000, 2000, 1)], at_least=4)[1])
+    with pytest.raises(ValueError, match="at_least"):
+        phase_returns(steps, returns, phases, at_least=0)
 
 
 def test_an_episode_ending_on_the_switch_step_belongs_to_the_phase_that_ends_there():
     phases = [(0, 100, 0), (100, 200, 1), (200, 300, 0)]
     steps, returns = [100, 200, 210], [7.0, 5.0, 3.0]
     R = phase_returns(steps, returns, phases)
-    np.testing.assert_allclose(R, [7.0, 5.0, math.nan])  # step 200 is phase 2's tail, not phase 3's head
+    # Step 200 is phase 2's tail, not phase 3's head; phase 3's tail (290, 300] is empty, so its R_k is
+    # widened back to its last episode (step 210).
+    np.testing.assert_allclose(R, [7.0, 5.0, 3.0])
     np.testing.assert_allclose(forgetting(steps, returns, phases, R), [math.nan, math.nan, 7.0 - 3.0])
     assert math.isnan(forgetting([100], [7.0], phases, R)[2])  # no episode in phase 3's head (200, 210]
 
@@ -151,3 +175,25 @@ def test_probability_of_improvement():
     assert mixed.value == pytest.approx(5.5 / 9) and mixed.n == 3 and mixed.low < mixed.value < mixed.high
     with pytest.raises(ValueError, match="reps"):
         probability_of_improvement(dominating, baseline, reps=0)
+
+
+def test_statistics_across_several_tasks():
+    # IQM over the cells of a seeds × tasks matrix; a seed with a NaN in any task is dropped.
+    scores = np.array([[1.0, 10.0], [2.0, 20.0], [3.0, 30.0], [4.0, 40.0], [5.0, math.nan]])
+    iqm, mean = iqm_and_mean(scores, reps=300)
+    assert iqm.n == mean.n == 8 and mean.value == pytest.approx(13.75)
+    assert iqm.value == pytest.approx(np.mean([3.0, 4.0, 10.0, 20.0]))  # the middle 50 % of 8 cells
+    assert iqm.low < iqm.value < iqm.high
+    # P(X > Y) averaged over tasks: X wins every pair in task A, loses every pair in task B.
+    wins, losses = {s: 1.0 + s for s in range(6)}, {s: -1.0 - s for s in range(6)}
+    zeros = {s: 0.0 for s in range(6)}
+    both = probability_of_improvement([wins, losses], [zeros, zeros], reps=300)
+    assert (both.value, both.low, both.high, both.n) == (0.5, 0.5, 0.5, 6)  # every resample: 1 and 0
+    assert probability_of_improvement([wins, wins], [zeros, zeros], reps=300).value == 1.0
+    # One task given as a list is the single-task statistic, interval included.
+    assert probability_of_improvement([wins], [zeros], reps=300) == probability_of_improvement(
+        wins, zeros, reps=300
+    )
+    # Only the seeds every task has for both count.
+    partial = probability_of_improvement([wins, {0: 5.0, 1: 5.0}], [zeros, zeros], reps=300)
+    assert partial.n == 2

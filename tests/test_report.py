@@ -168,3 +168,56 @@ def test_forgetting_is_a_mean_across_seeds_with_its_interval(cli, runs, tmp_path
     rows = _rows((tmp_path / "sweep" / "report" / "report.md").read_text())
     # P(cbp forgets less): pairs (50 vs 100, 300), (250 vs 100, 300) -> 3 of 4 pairs.
     assert rows["cbp"]["P(forgets less)"].startswith("0.75 [")
+
+
+def _table(text: str, heading: str) -> dict[str, dict[str, str]]:
+    """The cells by group of the first table after ``heading``."""
+    lines = text[text.index(heading) :].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| "))
+    rows = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.split("|")[1:-1]])
+    return {row[0]: dict(zip(rows[0], row, strict=True)) for row in rows[2:]}
+
+
+def test_a_suite_report_has_a_table_per_world_and_one_across_worlds(cli, runs, tmp_path):
+    import shutil
+
+    import yaml
+
+    # The two tiny runs of each variant, copied into two worlds (one env each) with hand-set R_k:
+    # P_late = mean of R_3, R_4 over the world's adam R_1. World A: adam 0.5, cbp 0.9 on both seeds;
+    # world B: adam 0.5, cbp 0.3.
+    returns = {
+        ("A", "adam"): [100.0, 100.0, 50.0, 50.0],
+        ("A", "cbp"): [100.0, 100.0, 90.0, 90.0],
+        ("B", "adam"): [200.0, 200.0, 100.0, 100.0],
+        ("B", "cbp"): [200.0, 200.0, 60.0, 60.0],
+    }
+    envs = {"A": "nested_ac/PermutedCartPole-v0", "B": "nested_ac/DriftingCartPole-v0"}
+    for (world, variant), R in returns.items():
+        for seed in (0, 1):
+            run = tmp_path / "suite" / world / variant / f"seed{seed}"
+            shutil.copytree(runs / variant / f"seed{seed}", run)
+            config = yaml.safe_load((run / "config.yaml").read_text())
+            config["env"]["id"], config["run_dir"] = envs[world], str(run.parent)
+            (run / "config.yaml").write_text(yaml.safe_dump(config))
+            summary = json.loads((run / "summary.json").read_text())
+            (run / "summary.json").write_text(json.dumps({**summary, "R": R}))
+    code, _, err = cli("report", str(tmp_path / "suite"), *REPS)
+    assert code == 0, err
+    report = tmp_path / "suite" / "report"
+    text = (report / "report.md").read_text()
+    suite = _table(text, "## Across worlds")
+    assert suite["adam"]["PermutedCartPole-v0"].startswith("0.50")
+    assert suite["cbp"]["PermutedCartPole-v0"].startswith("0.90")
+    assert suite["cbp"]["DriftingCartPole-v0"].startswith("0.30")
+    assert suite["cbp"]["all worlds: P_late IQM"].startswith("0.60 [")  # IQM of 0.9, 0.9, 0.3, 0.3
+    assert suite["cbp"]["P(X > base), all worlds"].startswith("0.50 [")  # (1 + 0) / 2
+    assert suite["adam"]["P(X > base), all worlds"] == "baseline"
+    world_b = _table(text, "## DriftingCartPole-v0")
+    assert world_b["cbp"]["P(X > base)"].startswith("0.00") and world_b["adam"]["P(X > base)"] == "baseline"
+    for name in ("profiles.png", "tasks-PermutedCartPole-v0.png", "tasks-DriftingCartPole-v0.png"):
+        assert (report / name).stat().st_size > 1000 and f"]({name})" in text

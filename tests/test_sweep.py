@@ -58,6 +58,53 @@ def test_experiment_expands_variants_times_seeds(tmp_path):
     assert experiment.runs[3].run_dir == tmp_path / "sweep" / "nested" / "seed1"
 
 
+SUITE = TINY.replace(
+    "variants:",
+    """worlds:
+  - name: cartpole
+  - name: acrobot
+    set: {env.id: nested_ac/PermutedAcrobot-v0, env.schedule.every: 128, ppo.n_steps: 32}
+variants:""",
+)
+
+
+def test_an_experiment_with_worlds_runs_every_variant_in_every_world(tmp_path):
+    experiment = load_experiment(write(tmp_path, SUITE), tmp_path / "sweep")
+    assert [(r.variant, r.seed) for r in experiment.runs] == [
+        (f"{world}/{variant}", seed)
+        for world in ("cartpole", "acrobot")
+        for variant in ("adam", "nested")
+        for seed in (0, 1)
+    ]
+    runs = {(r.variant, r.seed): r for r in experiment.runs}
+    cartpole, acrobot = runs["cartpole/nested", 1], runs["acrobot/nested", 1]
+    assert cartpole.config.env.id == "nested_ac/PermutedCartPole-v0"
+    assert cartpole.config.env.schedule.every == 256
+    # the world's keys replace the base's; the variant's own keys apply on top, the same in every world
+    assert acrobot.config.env.id == "nested_ac/PermutedAcrobot-v0"
+    assert acrobot.config.env.schedule.every == 128
+    assert acrobot.config.ppo.n_steps == 32 and acrobot.config.ppo.batch_size == 64
+    assert acrobot.config.agent == cartpole.config.agent == "nested-ppo"
+    assert acrobot.config.nested.levels == cartpole.config.nested.levels == 2
+    assert acrobot.run_dir == tmp_path / "sweep" / "acrobot" / "nested" / "seed1"
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (("  - name: acrobot\n", "  - name: cartpole\n"), "duplicate world name 'cartpole'"),
+        (("  - name: acrobot\n", "  - nam: acrobot\n"), "world #2 needs a 'name'"),
+        ((SUITE[SUITE.index("worlds:") : SUITE.index("variants:")], "worlds: []\n"), "'worlds' must be"),
+        (("env.schedule.every: 128", "env.schedule.evry: 128"), "unknown config key 'env.schedule.evry'"),
+    ],
+)
+def test_bad_worlds_name_the_problem(tmp_path, cli, change, message):
+    path = write(tmp_path, SUITE.replace(*change))
+    code, _, err = cli("sweep", str(path), "--sweep-dir", str(tmp_path / "sweep"))
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "sweep").exists()
+
+
 @pytest.mark.parametrize(
     "change, message",
     [
@@ -266,6 +313,7 @@ REPO = Path(__file__).resolve().parent.parent
         *sorted((REPO / "examples").glob("*.yaml")),
         *sorted((REPO / "bench" / "collapse_search").glob("*.yaml")),
         *sorted((REPO / "bench" / "headline_tuning").glob("*.yaml")),
+        *sorted((REPO / "bench" / "suite_search").glob("*.yaml")),
     ],  # bench/world_search's files need its plug-in worlds, which would stay registered in this process
     ids=lambda path: f"{path.parent.name}/{path.name}",
 )

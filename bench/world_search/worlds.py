@@ -10,10 +10,9 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 
-from nested_ac.envs import register_nonstationary
+from nested_ac.envs import World, register_world
 from nested_ac.envs.effects import ActionPermutation, ObservationOffset, TaskEffect
 from nested_ac.envs.vector import SameStepCartPoleVectorEnv
-from nested_ac.envs.wrappers import TaskWrapper, VectorTaskWrapper
 
 
 class ObservationScale(TaskEffect):
@@ -31,26 +30,6 @@ class ObservationScale(TaskEffect):
 
     def observation_space(self, space: gym.spaces.Space) -> gym.spaces.Box:
         return gym.spaces.Box(space.low * self.factor, space.high * self.factor, dtype=space.dtype)
-
-
-def _single(make_effects):
-    def build(task_seed: int = 0, **kwargs) -> gym.Env:
-        env = gym.make("CartPole-v1", **kwargs)
-        for effect in make_effects(env.observation_space, env.action_space):
-            env = TaskWrapper(env, effect, task_seed)
-        return env
-
-    return build
-
-
-def _vector(make_effects):
-    def build(num_envs: int, task_seed: int = 0, **kwargs) -> gym.vector.VectorEnv:
-        env = SameStepCartPoleVectorEnv(num_envs=num_envs, **kwargs)
-        for effect in make_effects(env.single_observation_space, env.single_action_space):
-            env = VectorTaskWrapper(env, effect, task_seed)
-        return env
-
-    return build
 
 
 WORLDS = {
@@ -74,10 +53,5 @@ WORLDS = {
 }
 
 for _name, (_changes, _effects) in WORLDS.items():
-    register_nonstationary(
-        _name,
-        _single(_effects),
-        changes=_changes,
-        default_every=100_000,
-        vector_entry_point=_vector(_effects),
-    )
+    _world = World("CartPole-v1", SameStepCartPoleVectorEnv, _effects)
+    register_world(_name, _world, changes=_changes, default_every=100_000)
