@@ -343,8 +343,8 @@ def _learn(
 
     model = run_dir / rundir.MODEL_FILE
     replace_atomically(model, save_model, str(model))
+    seconds = time.perf_counter() - start  # the training's, not the report's
     if config.report:
         write_run_report(run_dir)
     switches = clock.switches if clock is not None else []
-    seconds = time.perf_counter() - start
     return RunResult(config, run_dir, episodes.episodes, switches, seconds, agent.num_timesteps, summary)
