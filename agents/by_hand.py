@@ -14,7 +14,7 @@ place that decides — names the first rule a model breaks, and every update tha
   no gradient hook (``Tensor.register_hook``, ``register_post_accumulate_grad_hook``) and shares one dtype
   and device with the others;
 - the actor and every critic plain MLPs (:func:`~nested_ac.networks.policy_networks`): every layer exactly
-  ``torch.nn.Linear`` (not a subclass, not parametrized), every activation one of
+  ``torch.nn.Linear`` with a bias (not a subclass, not parametrized), every activation one of
   :data:`ACTIVATION_BACKWARD`, inside SB3's ``MlpExtractor`` and plain ``nn.Sequential`` containers; no
   parametrization anywhere in the policy;
 - no module hook anywhere in the policy (nor a global one, nor tracing) but observers on the activations
@@ -24,6 +24,7 @@ place that decides — names the first rule a model breaks, and every update tha
 
 from __future__ import annotations
 
+import functools
 import inspect
 import operator
 from collections.abc import Callable, Sequence
@@ -33,7 +34,6 @@ import torch
 from stable_baselines3.common.preprocessing import preprocess_obs
 from stable_baselines3.common.torch_layers import MlpExtractor
 from torch import nn
-from torch.nn.utils import parametrize
 
 from nested_ac.agents.policy import HALF_LOG_2PI, ContinualActorCriticPolicy, call, hooked, observers_only
 from nested_ac.networks import Network, policy_networks
@@ -52,10 +52,11 @@ ACTIVATION_BACKWARD: dict[type[nn.Module], Callable[[torch.Tensor, torch.Tensor]
 
 def refusal(model: ContinualPPO) -> str | None:
     """Why ``model``'s next update may not have its gradient written by hand (the first rule of the module
-    docstring it breaks), or None where the hand-written gradient is exactly autograd's."""
+    docstring it breaks), or None where the hand-written gradient is exactly autograd's. Asked once per
+    update (tools and users may add hooks at any time); a few hundred microseconds."""
     if model.engine != "fast":
         return f"ppo.engine is {model.engine!r} (Stable-Baselines3's update, number for number)"
-    if "by_hand" not in inspect.signature(model._loss).parameters:
+    if not _loss_takes_by_hand(type(model)):
         return f"{type(model).__name__}._loss takes no by_hand argument"
     policy = model.policy
     if not isinstance(policy, ContinualActorCriticPolicy):
@@ -65,6 +66,11 @@ def refusal(model: ContinualPPO) -> str | None:
     if policy.direct_kind() is None:
         return f"the action distribution {type(policy.action_dist).__name__} is not evaluated by formula"
     return _parameter_refusal(model) or _network_refusal(policy)
+
+
+@functools.cache
+def _loss_takes_by_hand(cls: type) -> bool:
+    return "by_hand" in inspect.signature(cls._loss).parameters
 
 
 def _parameter_refusal(model: ContinualPPO) -> str | None:
@@ -86,7 +92,7 @@ def _network_refusal(policy: ContinualActorCriticPolicy) -> str | None:
     modules = dict(policy.named_modules())
     name_of = {id(module): name for name, module in modules.items()}
     for name, module in modules.items():
-        if parametrize.is_parametrized(module):
+        if "parametrizations" in module._modules:  # what torch.nn.utils.parametrize registers
             return f"module {name} is parametrized"
     try:
         networks = policy_networks(policy)
@@ -100,30 +106,28 @@ def _network_refusal(policy: ContinualActorCriticPolicy) -> str | None:
         if type(container) is not nn.Sequential:
             kind = type(container).__name__
             return f"module {name_of[id(container)]} is a {kind}, not exactly torch.nn.Sequential"
-    activations = {id(a) for network in networks for a in network.activations}
+    owner: dict[int, str] = {}  # parameter id -> the network it belongs to
+    activations = set()
     for network in networks:
         for layer in (*network.hidden, network.output):
             if type(layer) is not nn.Linear:
                 kind = type(layer).__name__
                 return f"layer {name_of[id(layer)]} is a {kind}, not exactly torch.nn.Linear"
+            if layer.bias is None:
+                return f"layer {name_of[id(layer)]} has no bias"
+            for parameter in (layer.weight, layer.bias):
+                if id(parameter) in owner:
+                    return f"a parameter of the {network.name} is also in the {owner[id(parameter)]}"
+                owner[id(parameter)] = network.name
         for activation in network.activations:
             if type(activation) not in ACTIVATION_BACKWARD:
                 known = ", ".join(cls.__name__ for cls in ACTIVATION_BACKWARD)
                 kind = type(activation).__name__
                 return f"activation {name_of[id(activation)]} is a {kind} (written by hand: {known})"
+            activations.add(id(activation))
     for name, module in modules.items():
         if not (observers_only(module) if id(module) in activations else not hooked(module)):
             return f"module {name or 'policy'} has a hook (or a global module hook or tracing is on)"
-    return _coverage_refusal(policy, networks)
-
-
-def _coverage_refusal(policy: ContinualActorCriticPolicy, networks: list[Network]) -> str | None:
-    owner: dict[int, str] = {}
-    for network in networks:
-        for parameter in network.parameters():
-            if id(parameter) in owner:
-                return f"a parameter of the {network.name} is also in the {owner[id(parameter)]}"
-            owner[id(parameter)] = network.name
     if hasattr(policy, "log_std"):
         owner[id(policy.log_std)] = "policy"
     for name, parameter in policy.named_parameters():
