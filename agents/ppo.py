@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, ClassVar
@@ -130,6 +131,7 @@ class ContinualPPO(PPO):
         self._networks: tuple[BasePolicy, dict[str, Network]] | None = None  # see trainable_networks
         self._hand: HandGradient | None = None  # this update's hand-written gradient (None: autograd's)
         self._gradient_path = ""  # the path the log last named (see _choose_gradient)
+        self.in_minibatch_forward = False  # see minibatch_forward
         self._loss_derivatives: tuple[Any, ...] = ()  # see _loss(by_hand=True)
         super().__init__(policy, env, policy_kwargs=policy_kwargs, **kwargs)
 
@@ -157,6 +159,18 @@ class ContinualPPO(PPO):
                 {network.name: network for network in policy_networks(self.policy)},
             )
         return dict(cached[1])
+
+    @contextlib.contextmanager
+    def minibatch_forward(self) -> Iterator[None]:
+        """The scope of the update's own forward pass on a minibatch (:meth:`_loss`), the one whose
+        activations tools observe (:attr:`in_minibatch_forward`: continual backprop scores units on it). A
+        tool's own forward passes — gradient projection's memory batch, SPG's and NCL's consolidation —
+        and the rollouts run outside it, so no tool sees another's batches."""
+        self.in_minibatch_forward = True
+        try:
+            yield
+        finally:
+            self.in_minibatch_forward = False
 
     def _before_optimizer_step(self) -> None:
         """Hand the clipped gradients to every tool's ``before_optimizer_step`` (masking, projection …)."""
@@ -283,7 +297,8 @@ class ContinualPPO(PPO):
         for epoch, minibatches in enumerate(self._minibatches()):
             approx_kl_divs = []
             for batch in minibatches:
-                loss, _, approx_kl_div = self._loss(batch, clip_range, clip_range_vf, stats, **by_hand)
+                with self.minibatch_forward():
+                    loss, _, approx_kl_div = self._loss(batch, clip_range, clip_range_vf, stats, **by_hand)
                 approx_kl_divs.append(approx_kl_div)
                 if self.target_kl is not None and (kl := approx_kl_div.item()) > 1.5 * self.target_kl:
                     continue_training = False

@@ -128,9 +128,13 @@ NONNEGATIVE_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Sigmoid)  # outputs ≥ 0 (or -
 
 
 class ActivationRecorder:
-    """Keeps the last training-time output (under autograd, so not rollouts or probes) of each activation."""
+    """Keeps each activation's last output in the agent's own forward pass on a minibatch
+    (``model.in_minibatch_forward``, see ``ContinualPPO.minibatch_forward``): not rollouts, probes or
+    another tool's forward passes (gradient projection's memory batch, a consolidation), whichever engine
+    computes it and whether or not gradients are on."""
 
-    def __init__(self, networks: list[Network]) -> None:
+    def __init__(self, networks: list[Network], model: BaseAlgorithm) -> None:
+        self.model = model
         self.outputs: dict[tuple[str, int], torch.Tensor] = {}
         self._handles = [
             activation.register_forward_hook(self._hook((network.name, layer)))
@@ -140,7 +144,7 @@ class ActivationRecorder:
 
     def _hook(self, key: tuple[str, int]):
         def record(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
-            if torch.is_grad_enabled():
+            if self.model.in_minibatch_forward:
                 self.outputs[key] = output.detach()
 
         record.observes_only = (
@@ -256,7 +260,7 @@ class ContinualBackprop(PlasticityTool):
                     self.mean[key] = torch.zeros(units, device=linear.weight.device)
                     self.carry[key], self.replaced[key] = 0.0, 0
         optimizer_state_keys(model.policy.optimizer)  # an unknown layout fails now, not at the first reset
-        self.recorder = ActivationRecorder(networks)
+        self.recorder = ActivationRecorder(networks, model)
 
     def on_rollout_end(self, model: BaseAlgorithm) -> None:
         self.bind(model)

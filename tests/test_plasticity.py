@@ -8,13 +8,15 @@ import numpy as np
 import pytest
 import torch
 from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.logger import Logger
 
 from nested_ac import envs
 from nested_ac.agents import ContinualPPO, NestedPPO
-from nested_ac.agents.ppo import call
+from nested_ac.agents.ppo import ENGINES, call
 from nested_ac.build import optimizer_spec
 from nested_ac.callbacks import TaskClock
 from nested_ac.config import RunConfig
+from nested_ac.forgetting import GradientProjection
 from nested_ac.hooks import PlasticityTool
 from nested_ac.networks import policy_networks
 from nested_ac.optim import UPGD, ElementwiseAdam
@@ -50,7 +52,8 @@ def observations(n=64):
 
 def training_step(model, obs):
     """One forward (recorded by the tools' hooks) and one optimizer step, as inside PPO's update."""
-    values, log_prob, entropy = model.policy.evaluate_actions(obs, torch.zeros(len(obs), dtype=torch.long))
+    with model.minibatch_forward():
+        values, log_prob, _ = model.policy.evaluate_actions(obs, torch.zeros(len(obs), dtype=torch.long))
     loss = values.pow(2).mean() - log_prob.mean()
     model.policy.optimizer.zero_grad()
     loss.backward()
@@ -457,3 +460,65 @@ def test_redo_resets_a_dormant_unit():
     assert tool.reset["actor"] >= 1
     assert torch.all(actor.hidden[1].weight[:, 5] == 0) and actor.hidden[0].bias[5] == 0
     assert actor.hidden[0].weight[5].abs().sum() > 0
+
+
+@pytest.mark.parametrize(("mode", "freeze"), [("polyak", None), ("distill", None), ("distill", 0)])
+def test_continual_backprop_replaces_the_same_units_of_the_same_networks_on_both_engines(mode, freeze):
+    """One rule on both engines: every network the agent lets tools change (nested-ppo: every critic until
+    frozen, in either mode), its units scored on the update's minibatch."""
+    env = make_vec_env("CartPole-v1", n_envs=4, seed=0)
+    nested = {"levels": 2, "mode": mode, "freeze_outer_after": freeze, "n_steps": 128, "batch_size": 64}
+    policy_kwargs = {"net_arch": {"pi": [32, 32], "vf": [32, 32]}, "optimizer_class": ElementwiseAdam}
+    collector = NestedPPO("MlpPolicy", env, engine="sb3", seed=0, policy_kwargs=policy_kwargs, **nested)
+    collector.learn(1)  # one rollout, shared by both engines' updates
+    replaced = {}
+    for engine in ENGINES:
+        cbp = ContinualBackprop(replacement_rate=0.02, maturity=3, decay_rate=0.9)
+        model = NestedPPO(
+            "MlpPolicy", env, engine=engine, seed=0, policy_kwargs=policy_kwargs, plasticity_tools=[cbp],
+            **nested,
+        )  # fmt: skip
+        cbp.bind(model)
+        model.rollout_buffer, model.num_timesteps = collector.rollout_buffer, collector.num_timesteps
+        model.set_logger(Logger(None, []))
+        np.random.seed(1)
+        model.train()
+        replaced[engine] = {key: (count, cbp.ages[key].tolist()) for key, count in cbp.replaced.items()}
+    assert replaced["fast"] == replaced["sb3"]
+    networks = {name for (name, _), (count, _) in replaced["fast"].items() if count}
+    assert networks == ({"actor", "critic_1"} if freeze == 0 else {"actor", "critic_1", "critic_2"})
+
+
+class RowsSeen(PlasticityTool):
+    """After every optimizer step (and after the tools before it), the row counts of the activations
+    continual backprop has just scored its units on."""
+
+    def __init__(self, cbp: ContinualBackprop) -> None:
+        self.cbp, self.rows = cbp, set()
+
+    def after_optimizer_step(self, model, optimizer) -> None:
+        self.rows |= {len(h) for h in self.cbp.recorder.outputs.values()}
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_with_gradient_projection_continual_backprop_scores_units_on_the_minibatch(engine):
+    cbp, projection = ContinualBackprop(replacement_rate=0.0), GradientProjection(memory_size=16)
+    seen = RowsSeen(cbp)
+    model = ContinualPPO(
+        "MlpPolicy",
+        make_vec_env("CartPole-v1", n_envs=2, seed=0),
+        engine=engine,
+        n_steps=64,
+        batch_size=32,
+        n_epochs=2,
+        seed=0,
+        plasticity_tools=[cbp, projection, seen],
+        policy_kwargs={"net_arch": {"pi": [16, 16], "vf": [16, 16]}, "optimizer_class": ElementwiseAdam},
+    )
+    model.learn(128)
+    projection.on_task_switch(model, model.policy.optimizer, 0)
+    projection.on_task_switch(model, model.policy.optimizer, 1)  # a memory of task 0: 16 observations
+    seen.rows.clear()
+    model.learn(256, reset_num_timesteps=False)
+    assert projection.cache[0].shape[0] == 16  # projection ran its forward passes on its memory
+    assert seen.rows == {32}
