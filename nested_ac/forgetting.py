@@ -231,8 +231,12 @@ class GradientProjection(TaskAwareTool):
         L_ref = E[KL(π_then ‖ π)] + E[(V − V_then)²]        g_ref = ∇L_ref
         if g·g_ref < 0:   g ← g − (g·g_ref / ‖g_ref‖²)·g_ref
 
-    so the step does not increase the past tasks' loss, to first order. V is the agent's (inner) critic.
-    Costs one extra forward and backward pass on the reference batch per optimizer step. Logs
+    so the step does not increase the past tasks' loss, to first order. V is the agent's (inner) critic; g
+    and g_ref span every parameter with a gradient now — a Gaussian policy's ``log_std`` included, on which
+    the KL depends — so the projection is of the whole step the optimizer is about to take (a parameter
+    that L_ref does not depend on has g_ref = 0 there and keeps its gradient). Costs one extra forward and
+    backward pass on the reference batch per optimizer step, outside the agent's minibatch forward (no tool
+    observes it). Logs
     ``projection/conflict_rate`` (the fraction of an update's steps that were projected) and
     ``projection/memory_tasks``.
     """
@@ -294,13 +298,15 @@ class GradientProjection(TaskAwareTool):
         loss = self.reference_loss(model)
         if loss is None:
             return
-        parameters = [p for p in named_parameters(model).values() if p.grad is not None]
+        self.steps += 1
+        # g: the whole gradient the optimizer is about to use, log_std's included (the KL depends on it).
+        parameters = [p for p in model.policy.parameters() if p.grad is not None]
+        if not parameters:
+            return
         references = torch.autograd.grad(loss, parameters, allow_unused=True)
         with torch.no_grad():
             pairs = [(p.grad, r) for p, r in zip(parameters, references, strict=True) if r is not None]
-            gradients, references = [g for g, _ in pairs], [r for _, r in pairs]
-            self.steps += 1
-            projected = project(gradients, references)
+            projected = project([g for g, _ in pairs], [r for _, r in pairs])
             self.conflicts += int(projected)
 
     def log(self, logger: Logger) -> None:

@@ -7,6 +7,7 @@ import signal
 
 import pytest
 import torch
+from stable_baselines3.common.env_util import make_vec_env
 
 from nested_ac.agents import ContinualPPO
 from nested_ac.forgetting import (
@@ -129,7 +130,37 @@ def test_projected_training_step_does_not_raise_the_reference_loss_to_first_orde
     parameters = [p for p in model.policy.parameters() if p.grad is not None]
     reference = torch.autograd.grad(projection.reference_loss(model), parameters, allow_unused=True)
     projection.before_optimizer_step(model, model.policy.optimizer)
+    assert projection.conflicts == 1  # the minibatch's gradient conflicted with g_ref, and was projected
     dot = sum(torch.sum(p.grad * r) for p, r in zip(parameters, reference, strict=True) if r is not None)
+    assert dot.item() >= -1e-6
+
+
+def test_projection_spans_log_std_which_the_kl_to_the_stored_gaussian_policy_depends_on():
+    """Pendulum: with the policy moved only in log_std since the switch, g_ref lives in log_std alone; a
+    gradient that raises log_std further conflicts with it, and is projected."""
+    env = make_vec_env("Pendulum-v1", n_envs=1, seed=0)
+    model = ContinualPPO("MlpPolicy", env, n_steps=64, batch_size=64, seed=0)
+    projection = GradientProjection(memory_size=32)
+    after_a_switch(projection, model)
+    with torch.no_grad():
+        model.policy.log_std.add_(0.5)
+    parameters = list(model.policy.parameters())
+    reference = torch.autograd.grad(projection.reference_loss(model), parameters)
+    log_std = model.policy.log_std
+    assert reference[0] is not None and parameters[0] is log_std and torch.all(reference[0] > 0)
+    for p in parameters:  # g: −1 on log_std only (widen the policy further), no gradient elsewhere
+        p.grad = -torch.ones_like(p) if p is log_std else None
+    projection.before_optimizer_step(model, model.policy.optimizer)
+    assert projection.conflicts == 1 and projection.steps == 1
+    dot = sum(torch.sum(p.grad * r) for p, r in zip(parameters, reference, strict=True) if p.grad is not None)
+    assert dot.item() >= -1e-6
+    # The same with a gradient on every network parameter too (where g_ref is 0: the means are unmoved).
+    projection.steps = projection.conflicts = 0
+    for p in parameters:
+        p.grad = -torch.ones_like(p) if p is log_std else torch.full_like(p, 1e-3)
+    projection.before_optimizer_step(model, model.policy.optimizer)
+    assert projection.conflicts == 1
+    dot = sum(torch.sum(p.grad * r) for p, r in zip(parameters, reference, strict=True))
     assert dot.item() >= -1e-6
 
 
