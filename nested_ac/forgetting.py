@@ -123,26 +123,30 @@ class TaskAwareTool(PlasticityTool):
 
 
 def spg_importance(gradient: torch.Tensor) -> torch.Tensor:
-    """SPG's importance of each entry of one parameter tensor: γ = tanh(standardise(|∂L/∂θ|)).
+    """SPG's importance of each entry of one parameter tensor (Konishi et al., ICML 2023):
 
-    Standardised within the tensor (minus the mean, over the standard deviation); a tensor of one entry, or
-    whose |gradient| is the same everywhere, has no spread to standardise and gets γ = 0.
+        γ = |tanh(standardise(∂L/∂θ))|,   standardise(g) = (g − mean(g)) / std(g) within the tensor
+
+    on the signed gradient ∂L/∂θ accumulated over the task's data; γ ∈ [0, 1), and an entry one standard
+    deviation from the tensor's mean gets γ = tanh(1) ≈ 0.76 whichever its sign. A tensor of one entry, or
+    whose gradient is the same everywhere, has no spread to standardise and gets γ = 0.
     """
-    magnitude = gradient.abs()
-    if magnitude.numel() < 2:
-        return torch.zeros_like(magnitude)
-    std = magnitude.std()
+    if gradient.numel() < 2:
+        return torch.zeros_like(gradient)
+    std = gradient.std()
     if std.item() == 0.0:
-        return torch.zeros_like(magnitude)
-    return torch.tanh((magnitude - magnitude.mean()) / std)
+        return torch.zeros_like(gradient)
+    return torch.tanh((gradient - gradient.mean()) / std).abs_()
 
 
 class SoftMasking(TaskAwareTool):
     """SPG, parameter-level soft masking (Konishi et al., ICML 2023).
 
-    At each task switch, with L PPO's loss on the ending task's last rollout, per parameter tensor:
+    At each task switch, with L PPO's loss on the ending task's last rollout (its gradient is the gradient
+    accumulated over that data), per parameter tensor:
 
-        γ = tanh(standardise(|∂L/∂θ|))      (:func:`spg_importance`)
+        γ = |tanh(standardise(∂L/∂θ))|      (:func:`spg_importance`: the signed gradient, standardised
+                                             within the tensor)
         γ_acc ← max(γ_acc, γ)               (γ_acc = 0 before the first switch)
 
     and every later gradient is soft-masked before the optimizer step: g ← (1 − γ_acc) ⊙ g. An entry with
@@ -168,9 +172,7 @@ class SoftMasking(TaskAwareTool):
                 continue
             importance = spg_importance(gradient)
             accumulated = self.mask.get(name)
-            self.mask[name] = (
-                importance.clamp(min=0.0) if accumulated is None else torch.maximum(accumulated, importance)
-            )
+            self.mask[name] = importance if accumulated is None else torch.maximum(accumulated, importance)
         self.masked_fraction = network_means(model, self.mask)
 
     @torch.no_grad()

@@ -42,13 +42,40 @@ def after_a_switch(tool, model: ContinualPPO) -> None:
     tool.on_task_switch(model, model.policy.optimizer, 1)
 
 
-def test_spg_importance_is_tanh_of_the_standardised_gradient_magnitude():
-    gradient = torch.tensor([[-3.0, 1.0], [0.0, 2.0]])
-    magnitude = torch.tensor([3.0, 1.0, 0.0, 2.0])
-    expected = torch.tanh((magnitude - 1.5) / magnitude.std()).reshape(2, 2)
-    assert torch.allclose(spg_importance(gradient), expected)
+def test_spg_importance_is_the_absolute_tanh_of_the_standardised_signed_gradient():
+    """Konishi et al. (2023): γ = |tanh((g − mean g) / std g)|, on the signed gradient."""
+    gradient = torch.tensor([[-3.0, 1.0], [0.0, 6.0]])  # mean 1, std √(16 + 0 + 1 + 25)/√3 = √14
+    z = torch.tensor([[-4.0, 0.0], [-1.0, 5.0]]) / math.sqrt(14.0)
+    assert torch.allclose(spg_importance(gradient), torch.tanh(z).abs())
+    # By hand: |tanh(-4/√14)|, |tanh(0)|, |tanh(-1/√14)|, |tanh(5/√14)|. The entry 0, whose |g| lies below
+    # the tensor's mean |g| (2.5), is protected too.
+    expected = torch.tensor([[0.7891, 0.0], [0.2611, 0.8708]])
+    assert torch.allclose(spg_importance(gradient), expected, atol=1e-4)
     assert torch.equal(spg_importance(torch.tensor([5.0])), torch.zeros(1))  # no spread: no importance
     assert torch.equal(spg_importance(torch.full((3,), -2.0)), torch.zeros(3))
+
+
+def ppo_loss_by_formula(model: ContinualPPO, batch) -> torch.Tensor:
+    """PPO's loss on ``batch`` (SB3's clipped surrogate, value and entropy terms), written out here."""
+    actions = batch.actions.long().flatten()
+    values, log_prob, entropy = model.policy.evaluate_actions(batch.observations, actions)
+    advantages = (batch.advantages - batch.advantages.mean()) / (batch.advantages.std() + 1e-8)
+    ratio = torch.exp(log_prob - batch.old_log_prob)
+    surrogate = torch.min(advantages * ratio, advantages * torch.clamp(ratio, 0.8, 1.2))
+    value_loss = (batch.returns - values.flatten()).pow(2).mean()
+    return -surrogate.mean() - model.ent_coef * entropy.mean() + model.vf_coef * value_loss
+
+
+def test_spg_consolidates_the_importance_of_the_ppo_loss_gradient_on_the_kept_rollout():
+    model = make_model()
+    spg = SoftMasking()
+    after_a_switch(spg, model)  # the importance of the rollout kept before the switch, at the switch
+    assert model.clip_range(1.0) == 0.2 and model.clip_range_vf is None
+    parameters = {name: p for name, p in model.policy.named_parameters() if name != "log_std"}
+    gradients = torch.autograd.grad(ppo_loss_by_formula(model, spg.ending_batch()), list(parameters.values()))
+    assert set(spg.mask) == set(parameters)
+    for name, gradient in zip(parameters, gradients, strict=True):
+        torch.testing.assert_close(spg.mask[name], spg_importance(gradient), rtol=1e-4, atol=1e-5, msg=name)
 
 
 def test_spg_with_full_mask_leaves_the_weight_unchanged_and_the_rest_learning():
