@@ -178,6 +178,10 @@ class ContinualPPO(PPO):
             tool.before_optimizer_step(self, self.policy.optimizer)
 
     def _after_optimizer_step(self, optimizer: torch.optim.Optimizer, *_: Any) -> None:
+        """Every tool's ``adjust_update`` on the optimizer's update alone, then every tool's
+        ``after_optimizer_step``."""
+        for tool in self.plasticity_tools:
+            tool.adjust_update(self, optimizer)
         for tool in self.plasticity_tools:
             tool.after_optimizer_step(self, optimizer)
 

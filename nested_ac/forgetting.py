@@ -4,17 +4,18 @@
   (Konishi et al., "Parameter-Level Soft-Masking for Continual Learning", ICML 2023);
 - :class:`GradientProjection` — A-GEM, the gradient projected so that it does not increase the loss on an
   episodic memory of earlier tasks (Chaudhry et al., "Efficient Lifelong Learning with A-GEM", ICLR 2019);
-- :class:`NaturalContinualLearning` — NCL in its diagonal form: the Laplace-regularised gradient
-  preconditioned by the accumulated Fisher precision (Kao et al., "Natural continual learning: success is
-  a journey, not (just) a destination", NeurIPS 2021).
+- :class:`NaturalContinualLearning` — NCL in its diagonal form: the optimizer's update on the
+  Laplace-regularised loss, preconditioned by the accumulated Fisher precision (Kao et al., "Natural
+  continual learning: success is a journey, not (just) a destination", NeurIPS 2021).
 
 All three are task-aware (:class:`TaskAwareTool`): at every schedule switch after the first rollout they
 consolidate what the ending task taught, from "the ending task's data" — the last complete rollout before
 the switch, kept at each rollout end — and afterwards act on every gradient in ``before_optimizer_step``
-(after the backward pass and the gradient-norm clipping, before the optimizer's step), so they work with
-any optimizer (Adam, UPGD) and any agent built on ``ContinualPPO`` (``ppo``, ``nested-ppo``). As every
-plasticity tool, they touch the networks the agent's ``trainable_networks()`` lists (the actor and every
-critic not frozen); the exact rules are in each class's docstring.
+(after the backward pass and the gradient-norm clipping, before the optimizer's step; NCL also on the
+optimizer's update, in ``adjust_update``), so they work with any optimizer (Adam, UPGD) and any agent built
+on ``ContinualPPO`` (``ppo``, ``nested-ppo``). SPG and NCL keep state per entry of the networks the agent's
+``trainable_networks()`` lists (the actor and every critic not frozen); gradient projection projects the
+whole gradient (a Gaussian policy's ``log_std`` included). The exact rules are in each class's docstring.
 """
 
 from __future__ import annotations
@@ -364,12 +365,26 @@ class NaturalContinualLearning(TaskAwareTool):
             action the policy took) and of every critic (a unit-variance Gaussian likelihood)
         Λ ← Λ + F    (Λ = λ·I before the first switch, λ = ``prior``)        µ ← θ
 
-    and on every later minibatch the direction handed to the optimizer is
+    NCL's update on the next task is the gradient of the Laplace-regularised loss
+    L(θ) + ½(θ − µ)ᵀΛ(θ − µ), preconditioned by Λ⁻¹:
 
-        d = Λ⁻¹·g + (θ − µ),   scaled down to norm ``max_norm`` if it is longer (the trust region)
+        θ ← θ − γ·Λ⁻¹·(∇L(θ) + Λ(θ − µ))                                   (Kao et al., 2021)
 
-    — the gradient of L(θ) + ½(θ − µ)ᵀΛ(θ − µ), the Laplace-regularised loss, preconditioned by Λ⁻¹. Logs
-    ``ncl/<network>/precision_mean`` (mean of Λ) and ``ncl/capped_fraction`` (steps whose d was capped).
+    An adaptive optimizer (Adam, AdaptiveUPGD) divides each coordinate of what it is handed by that
+    coordinate's running RMS, so a fixed Λ⁻¹ applied to the gradient cancels within a task (what is left is
+    EWC's penalty). The preconditioner therefore acts on the optimizer's update instead, where the
+    optimizer cannot undo it. On every minibatch:
+
+        g̃ = g + Λ(θ − µ), scaled down to norm ``max_norm`` if longer   handed to the optimizer
+                                                                       (``before_optimizer_step``)
+        Δ = the optimizer's update from g̃ (its own state and rules)
+        θ ← θ_before + P ⊙ Δ,   P = λ·Λ⁻¹ ∈ (0, 1]                     (``adjust_update``)
+
+    With a plain gradient step (Δ = −α·g̃) this is the update above with γ = α·λ; with Adam it is Adam's
+    step on the Laplace-regularised loss (EWC's) preconditioned by λΛ⁻¹. P = 1 for a weight no task has
+    constrained (Λ = λ): it learns at the optimizer's own rate, and a weight with Fisher F ≫ λ moves
+    λ/(λ + F) as far. Logs ``ncl/<network>/precision_mean`` (mean of Λ) and ``ncl/capped_fraction`` (steps
+    whose g̃ was capped).
     """
 
     def __init__(self, prior: float = 1e-2, fisher_samples: int = 256, max_norm: float = 0.5) -> None:
@@ -384,6 +399,8 @@ class NaturalContinualLearning(TaskAwareTool):
         self.anchor: dict[str, torch.Tensor] = {}  # µ by parameter name
         self.precision_mean: dict[str, float] = {}
         self.steps = self.capped = 0
+        # This step's parameters, their θ before it and P, from before_optimizer_step to adjust_update.
+        self._stepping: tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]] | None = None
 
     def fisher(self, model: BaseAlgorithm, parameters: dict[str, nn.Parameter]) -> dict[str, torch.Tensor]:
         """The diagonal Fisher F on the kept rollout (see the class docstring), by parameter name."""
@@ -422,23 +439,36 @@ class NaturalContinualLearning(TaskAwareTool):
 
     @torch.no_grad()
     def before_optimizer_step(self, model: BaseAlgorithm, optimizer: torch.optim.Optimizer) -> None:
+        """g ← g + Λ(θ − µ), capped at ``max_norm``; keeps θ for :meth:`adjust_update`."""
+        self._stepping = None
         if not self.precision:
             return
-        if self.cache is None:  # (parameter, Λ, µ) triples
+        if self.cache is None:  # per parameter: θ, Λ, µ, P = λΛ⁻¹ and a buffer for θ before the step
             parameters = dict(model.policy.named_parameters())
-            self.cache = [(parameters[n], self.precision[n], self.anchor[n]) for n in self.precision]
-        triples = [t for t in self.cache if t[0].grad is not None]
-        if not triples:
+            self.cache = [
+                (p, self.precision[n], self.anchor[n], self.prior / self.precision[n], torch.empty_like(p))
+                for n, p in ((n, parameters[n]) for n in self.precision)
+            ]
+        entries = [entry for entry in self.cache if entry[0].grad is not None]
+        if not entries:
             return
-        capped = ncl_direction(
-            [p.grad for p, _, _ in triples],
-            [precision for _, precision, _ in triples],
-            [p for p, _, _ in triples],
-            [anchor for _, _, anchor in triples],
-            self.max_norm,
-        )
+        parameters, precisions, anchors, preconditioners, before = map(list, zip(*entries, strict=True))
+        capped = ncl_gradient([p.grad for p in parameters], precisions, parameters, anchors, self.max_norm)
+        torch._foreach_copy_(before, parameters)
+        self._stepping = (parameters, before, preconditioners)
         self.steps += 1
         self.capped += int(capped)
+
+    @torch.no_grad()
+    def adjust_update(self, model: BaseAlgorithm, optimizer: torch.optim.Optimizer) -> None:
+        """θ ← θ_before + P ⊙ (θ − θ_before): the optimizer's update preconditioned by P = λΛ⁻¹."""
+        if self._stepping is None:
+            return
+        parameters, before, preconditioners = self._stepping
+        self._stepping = None
+        torch._foreach_sub_(parameters, before)
+        torch._foreach_mul_(parameters, preconditioners)
+        torch._foreach_add_(parameters, before)
 
     def log(self, logger: Logger) -> None:
         for network, mean in self.precision_mean.items():
@@ -466,17 +496,17 @@ class NaturalContinualLearning(TaskAwareTool):
 
 
 @torch.no_grad()
-def ncl_direction(
+def ncl_gradient(
     gradients: list[torch.Tensor],
     precisions: list[torch.Tensor],
     parameters: list[torch.Tensor],
     anchors: list[torch.Tensor],
     max_norm: float,
 ) -> bool:
-    """NCL's rule: each gradient g (changed in place) becomes d = Λ⁻¹·g + (θ − µ), and the whole d is
-    scaled to norm ``max_norm`` if it is longer. Returns whether it was scaled."""
-    torch._foreach_div_(gradients, precisions)
-    torch._foreach_add_(gradients, torch._foreach_sub(parameters, anchors))
+    """The gradient NCL hands the optimizer: each g (changed in place) becomes g + Λ(θ − µ), the gradient
+    of the Laplace-regularised loss, and the whole is scaled to norm ``max_norm`` if it is longer. Returns
+    whether it was scaled."""
+    torch._foreach_addcmul_(gradients, precisions, torch._foreach_sub(parameters, anchors))
     norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(gradients))).item()
     if not math.isfinite(norm) or norm <= max_norm:
         return False

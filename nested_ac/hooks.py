@@ -7,7 +7,11 @@ its ``plasticity_tools`` list:
   the gradient-norm clipping and before ``optimizer.step()``: the gradients in ``parameter.grad`` are the
   ones the optimizer is about to use, and a tool may change them in place (masking, projection,
   preconditioning);
-- ``after_optimizer_step(model, optimizer)`` after every optimizer step inside the update;
+- ``adjust_update(model, optimizer)`` right after every optimizer step, before any tool's
+  ``after_optimizer_step``: the parameters have just taken exactly the optimizer's update, which a tool may
+  rescale (NCL's preconditioner acts there, where an adaptive optimizer cannot undo it);
+- ``after_optimizer_step(model, optimizer)`` after every optimizer step inside the update (after every
+  tool's ``adjust_update``);
 - ``on_task_switch(model, optimizer, task)`` when the task clock sets the environment's task: once at the
   start of training (the first task) and at every schedule switch after;
 - ``on_rollout_end(model)`` after each rollout is collected;
@@ -31,6 +35,11 @@ class PlasticityTool:
 
     def before_optimizer_step(self, model: BaseAlgorithm, optimizer: torch.optim.Optimizer) -> None:
         """Called with the clipped gradients in place, just before every optimizer step."""
+
+    def adjust_update(self, model: BaseAlgorithm, optimizer: torch.optim.Optimizer) -> None:
+        """Called right after every optimizer step, before any tool's :meth:`after_optimizer_step`: the
+        parameters hold exactly the optimizer's update (a tool that rescales it keeps the parameters as
+        they were before the step from ``before_optimizer_step``)."""
 
     def after_optimizer_step(self, model: BaseAlgorithm, optimizer: torch.optim.Optimizer) -> None:
         """Called after every optimizer step."""
