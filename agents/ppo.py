@@ -22,9 +22,9 @@ from nested_ac.agents.by_hand import HandGradient
 from nested_ac.agents.policy import ContinualActorCriticPolicy, call
 from nested_ac.errors import unknown_choice
 from nested_ac.faults import check_gradients, check_losses, check_update
-from nested_ac.hooks import PlasticityTool
+from nested_ac.hooks import Entries, PlasticityTool
 from nested_ac.networks import Network, policy_networks
-from nested_ac.optim import FlatAdam
+from nested_ac.optim import FlatAdam, with_element_steps
 
 # PPO's loss terms, as logged under train/ and checked for NaN (see nested_ac/faults.py).
 LOSS_TERMS = ("policy_gradient_loss", "value_loss", "entropy_loss")
@@ -136,10 +136,19 @@ class ContinualPPO(PPO):
         super().__init__(policy, env, policy_kwargs=policy_kwargs, **kwargs)
 
     def _setup_model(self) -> None:
+        """SB3's set-up, with the optimizer the engine steps (:func:`engine_optimizer`) and, where a tool
+        resets units, one step count per weight (:func:`~nested_ac.optim.with_element_steps`: a restarted
+        weight restarts its bias correction, as Dohare et al. 2024 do)."""
         kwargs = self.policy_kwargs
-        optimizer_class = engine_optimizer(self.engine, kwargs.get("optimizer_class", torch.optim.Adam))
-        if optimizer_class is FlatAdam and kwargs.get("optimizer_kwargs") is None:
-            kwargs = {**kwargs, "optimizer_kwargs": {"eps": 1e-5}}  # what SB3 gives its Adam by default
+        optimizer_class = kwargs.get("optimizer_class", torch.optim.Adam)
+        optimizer_kwargs = kwargs.get("optimizer_kwargs")
+        if optimizer_kwargs is None and optimizer_class in (torch.optim.Adam, FlatAdam):
+            optimizer_kwargs = {"eps": 1e-5}  # what SB3 gives its Adam by default
+        if any(tool.resets_units for tool in self.plasticity_tools):
+            optimizer_class, optimizer_kwargs = with_element_steps((optimizer_class, optimizer_kwargs or {}))
+        optimizer_class = engine_optimizer(self.engine, optimizer_class)
+        if optimizer_kwargs is not None:
+            kwargs = {**kwargs, "optimizer_kwargs": optimizer_kwargs}
         self.policy_kwargs = {**kwargs, "optimizer_class": optimizer_class}
         super()._setup_model()
         optimizer = self.policy.optimizer
@@ -184,6 +193,12 @@ class ContinualPPO(PPO):
             tool.adjust_update(self, optimizer)
         for tool in self.plasticity_tools:
             tool.after_optimizer_step(self, optimizer)
+
+    def notify_reinitialised(self, entries: Entries, origin: PlasticityTool) -> None:
+        """Tell every tool but ``origin`` that ``origin`` has just reinitialised ``entries``."""
+        for tool in self.plasticity_tools:
+            if tool is not origin:
+                tool.on_reinitialise(self, entries)
 
     def notify_task_switch(self, task: int) -> None:
         """Tell every tool that the environment's task is now ``task`` (called by the task clock)."""

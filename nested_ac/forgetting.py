@@ -32,7 +32,7 @@ from stable_baselines3.common.logger import Logger
 from torch import nn
 from torch.distributions import Categorical, Distribution, Normal, kl_divergence
 
-from nested_ac.hooks import PlasticityTool
+from nested_ac.hooks import Entries, PlasticityTool
 from nested_ac.networks import policy_networks
 
 # The rollout buffer's arrays that make up PPO's loss on a rollout (RolloutBufferSamples, in its order).
@@ -56,6 +56,18 @@ def network_means(model: BaseAlgorithm, values: dict[str, torch.Tensor]) -> dict
         if tensors:
             means[network.name] = torch.cat([t.flatten() for t in tensors]).mean().item()
     return means
+
+
+def zero_entries(model: BaseAlgorithm, values: dict[str, torch.Tensor], entries: Entries) -> bool:
+    """Set ``values`` (tensors by parameter name) to 0 at ``entries``; whether any was there."""
+    name_of = {id(p): name for name, p in model.policy.named_parameters()}
+    touched = False
+    for parameter, index in entries:
+        tensor = values.get(name_of[id(parameter)])
+        if tensor is not None:
+            tensor[index] = 0.0
+            touched = True
+    return touched
 
 
 def evenly_spaced(count: int, limit: int) -> torch.Tensor:
@@ -150,10 +162,11 @@ class SoftMasking(TaskAwareTool):
                                              within the tensor)
         γ_acc ← max(γ_acc, γ)               (γ_acc = 0 before the first switch)
 
-    and every later gradient is soft-masked before the optimizer step: g ← (1 − γ_acc) ⊙ g. An entry with
-    γ_acc = 1 gets no gradient; with a momentum optimizer (Adam) it may still move on momentum gathered
-    before its mask was set. Logs ``spg/<network>/masked_fraction``: the mean of γ_acc over the network's
-    entries, the fraction of its gradient the mask removes.
+    and every later gradient is soft-masked before the optimizer step: g ← (1 − γ_acc) ⊙ g. Entries another
+    tool reinitialises (continual backprop, ReDo) get γ_acc = 0: they hold nothing of earlier tasks. An
+    entry with γ_acc = 1 gets no gradient; with a momentum optimizer (Adam) it may still move on momentum
+    gathered before its mask was set. Logs ``spg/<network>/masked_fraction``: the mean of γ_acc over the
+    network's entries, the fraction of its gradient the mask removes.
     """
 
     def __init__(self) -> None:
@@ -185,6 +198,13 @@ class SoftMasking(TaskAwareTool):
             self.cache = [(parameters[name], 1.0 - mask) for name, mask in self.mask.items()]
         pairs = [(p.grad, keep) for p, keep in self.cache if p.grad is not None]
         torch._foreach_mul_([g for g, _ in pairs], [keep for _, keep in pairs])
+
+    @torch.no_grad()
+    def on_reinitialise(self, model: BaseAlgorithm, entries: Entries) -> None:
+        """Fresh entries (continual backprop, ReDo) hold nothing of earlier tasks: γ_acc ← 0 there."""
+        if zero_entries(model, self.mask, entries):
+            self.cache = None
+            self.masked_fraction = network_means(model, self.mask)
 
     def log(self, logger: Logger) -> None:
         for network, fraction in self.masked_fraction.items():
@@ -383,8 +403,9 @@ class NaturalContinualLearning(TaskAwareTool):
     With a plain gradient step (Δ = −α·g̃) this is the update above with γ = α·λ; with Adam it is Adam's
     step on the Laplace-regularised loss (EWC's) preconditioned by λΛ⁻¹. P = 1 for a weight no task has
     constrained (Λ = λ): it learns at the optimizer's own rate, and a weight with Fisher F ≫ λ moves
-    λ/(λ + F) as far. Logs ``ncl/<network>/precision_mean`` (mean of Λ) and ``ncl/capped_fraction`` (steps
-    whose g̃ was capped).
+    λ/(λ + F) as far. Entries another tool reinitialises (continual backprop, ReDo) start afresh: Λ = λ and
+    µ their new values, so nothing pulls them back toward the weights they replaced. Logs
+    ``ncl/<network>/precision_mean`` (mean of Λ) and ``ncl/capped_fraction`` (steps whose g̃ was capped).
     """
 
     def __init__(self, prior: float = 1e-2, fisher_samples: int = 256, max_norm: float = 0.5) -> None:
@@ -469,6 +490,21 @@ class NaturalContinualLearning(TaskAwareTool):
         torch._foreach_sub_(parameters, before)
         torch._foreach_mul_(parameters, preconditioners)
         torch._foreach_add_(parameters, before)
+
+    @torch.no_grad()
+    def on_reinitialise(self, model: BaseAlgorithm, entries: Entries) -> None:
+        """Fresh entries (continual backprop, ReDo) start as before any task: Λ = λ, and µ their fresh
+        values, so nothing pulls them back toward the weights they replaced."""
+        if not self.precision:
+            return
+        name_of = {id(p): name for name, p in model.policy.named_parameters()}
+        for parameter, index in entries:
+            name = name_of[id(parameter)]
+            if name in self.precision:
+                self.precision[name][index] = self.prior
+                self.anchor[name][index] = parameter[index]
+        self.cache = None
+        self.precision_mean = network_means(model, self.precision)
 
     def log(self, logger: Logger) -> None:
         for network, mean in self.precision_mean.items():

@@ -40,10 +40,47 @@ the same arithmetic runs on one tensor per group — the same numbers, bit for b
 per-tensor overhead.
 """
 
+from typing import Any
+
+import torch
+
 from nested_ac.optim.adaptive_upgd import AdaptiveUPGD
 from nested_ac.optim.elementwise_adam import ElementwiseAdam
 from nested_ac.optim.flat import shaped_views
 from nested_ac.optim.flat_adam import FlatAdam
 from nested_ac.optim.upgd import UPGD
 
-__all__ = ["UPGD", "AdaptiveUPGD", "ElementwiseAdam", "FlatAdam", "shaped_views"]
+__all__ = [
+    "UPGD",
+    "AdaptiveUPGD",
+    "ElementwiseAdam",
+    "FlatAdam",
+    "OptimizerSpec",
+    "keeps_one_step_per_tensor",
+    "shaped_views",
+    "with_element_steps",
+]
+
+OptimizerSpec = tuple[type[torch.optim.Optimizer], dict[str, Any]]
+
+
+def with_element_steps(spec: OptimizerSpec) -> OptimizerSpec:
+    """``spec`` (an optimizer class and its keyword arguments) with one step count per weight: Adam(W)
+    (torch's or :class:`FlatAdam`) becomes :class:`ElementwiseAdam`, UPGD gets ``per_element_steps``; any
+    other optimizer is returned as it is."""
+    optimizer_class, kwargs = spec
+    if optimizer_class in (torch.optim.Adam, torch.optim.AdamW, FlatAdam):
+        adam_kwargs = {key: kwargs[key] for key in ("betas", "eps", "weight_decay") if key in kwargs}
+        return ElementwiseAdam, adam_kwargs
+    if issubclass(optimizer_class, (UPGD, AdaptiveUPGD)):
+        return optimizer_class, {**kwargs, "per_element_steps": True}
+    return spec
+
+
+def keeps_one_step_per_tensor(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``optimizer`` bias-corrects every weight of a tensor by the tensor's one step count (torch's
+    Adam and AdamW, :class:`FlatAdam`, UPGD without ``per_element_steps``): restarting single weights
+    then cannot restart their bias correction."""
+    if isinstance(optimizer, (UPGD, AdaptiveUPGD)):
+        return not optimizer.per_element_steps
+    return isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW))
