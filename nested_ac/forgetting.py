@@ -487,9 +487,8 @@ class NaturalContinualLearning(TaskAwareTool):
             return
         parameters, before, preconditioners = self._stepping
         self._stepping = None
-        torch._foreach_sub_(parameters, before)
-        torch._foreach_mul_(parameters, preconditioners)
-        torch._foreach_add_(parameters, before)
+        torch._foreach_lerp_(before, parameters, preconditioners)  # θ_before + P ⊙ (θ − θ_before)
+        torch._foreach_copy_(parameters, before)
 
     @torch.no_grad()
     def on_reinitialise(self, model: BaseAlgorithm, entries: Entries) -> None:
