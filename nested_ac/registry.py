@@ -68,8 +68,8 @@ class ToolSpec(Generic[T]):
     run uses the tool; ``build(section)``: the tool (a ValueError for out-of-range settings);
     ``tool``: the class ``build`` returns. ``charts``: the TensorBoard custom-scalars charts of the tool's
     tags (chart title → tag regex), in the dashboard's ``category``. ``changes_training``: False for a tool
-    that only observes (diagnostics): a run with it alone still counts as a baseline. ``resets_units``: the
-    tool resets units, so the optimizer keeps one step count per weight.
+    that only observes (diagnostics): a run with it alone still counts as a baseline. (A tool that resets
+    units says so itself, ``PlasticityTool.resets_units``: the agent then keeps one step count per weight.)
     """
 
     section: str
@@ -80,7 +80,6 @@ class ToolSpec(Generic[T]):
     charts: Mapping[str, str] = field(default_factory=dict)
     category: str = "interventions"
     changes_training: bool = True
-    resets_units: bool = False
 
 
 AGENTS: Registry[AgentSpec] = Registry("agent")
