@@ -15,13 +15,8 @@ from stable_baselines3.common.type_aliases import Schedule as LearningRateSchedu
 from stable_baselines3.common.utils import explained_variance
 from torch import nn
 
-from nested_ac.agents.ppo import (
-    ContinualActorCriticPolicy,
-    ContinualPPO,
-    LossStats,
-    clip_flat_grad_norm,
-    clip_grad_norm,
-)
+from nested_ac.agents.policy import ContinualActorCriticPolicy
+from nested_ac.agents.ppo import ContinualPPO, LossStats, clip_flat_grad_norm, clip_grad_norm
 from nested_ac.errors import ConfigError, unknown_choice
 from nested_ac.networks import Network
 
@@ -258,8 +253,8 @@ class NestedPPO(ContinualPPO):
             return loss, values, approx_kl
         distill = self.mode == "distill" and not self.outer_frozen()
         if by_hand:
-            outer_networks = self.policy.by_hand_networks()[2:]
-            outer = [self.policy.values_by_hand(network, batch.observations) for network in outer_networks]
+            outer_networks = self._hand.networks[2:]
+            outer = [self._hand.values(network, batch.observations) for network in outer_networks]
         else:
             with torch.set_grad_enabled(distill):
                 outer = self.policy.outer_values(batch.observations)
@@ -286,7 +281,7 @@ class NestedPPO(ContinualPPO):
         Written by hand, a level's gradients are a run of one flat tensor, clipped on that run."""
         norms = []
         for group in self.policy.optimizer.param_groups:
-            flat = self.policy.flat_grad_of(group["params"]) if self._by_hand else None
+            flat = self._hand.flat_grad_of(group["params"]) if self._hand is not None else None
             if flat is None or any(p.grad is None for p in group["params"]):
                 norms.append(clip_grad_norm(group["params"], self.max_grad_norm))
             else:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import inspect
-import math
-import operator
+import contextlib
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -15,18 +13,18 @@ from gymnasium import spaces
 from stable_baselines3 import PPO
 from stable_baselines3.common.buffers import RolloutBuffer, RolloutBufferSamples
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.distributions import CategoricalDistribution, DiagGaussianDistribution
-from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
-from stable_baselines3.common.preprocessing import preprocess_obs
-from stable_baselines3.common.torch_layers import FlattenExtractor
+from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.utils import explained_variance, obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
 
+from nested_ac.agents import by_hand
+from nested_ac.agents.by_hand import HandGradient
+from nested_ac.agents.policy import ContinualActorCriticPolicy, call
 from nested_ac.errors import unknown_choice
 from nested_ac.faults import check_gradients, check_losses, check_update
-from nested_ac.hooks import PlasticityTool
+from nested_ac.hooks import Entries, PlasticityTool
 from nested_ac.networks import Network, policy_networks
-from nested_ac.optim import FlatAdam, shaped_views
+from nested_ac.optim import FlatAdam, with_element_steps
 
 # PPO's loss terms, as logged under train/ and checked for NaN (see nested_ac/faults.py).
 LOSS_TERMS = ("policy_gradient_loss", "value_loss", "entropy_loss")
@@ -40,20 +38,6 @@ ENGINES = ("fast", "sb3")
 # Optimizers with a fused kernel that the fast engine switches on (other optimizers step as they are; where
 # FlatAdam cannot take a step, it takes torch's fused one).
 FUSED_OPTIMIZERS = (FlatAdam, torch.optim.AdamW)
-
-HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
-
-# What ContinualActorCriticPolicy.prepare_by_hand keeps: the actor and every critic, the parameters, and
-# their gradients' views of one flat tensor.
-ByHand = tuple[tuple[Network, ...], list[torch.nn.Parameter], list[torch.Tensor]]
-
-# ∂loss/∂z of an activation h = f(z), from ∂loss/∂h and h, for the activations the hand-written backward knows
-# (the kernels autograd itself runs for them).
-ACTIVATION_BACKWARD: dict[type[torch.nn.Module], Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    torch.nn.ReLU: lambda grad, output: torch.ops.aten.threshold_backward(grad, output, 0),
-    torch.nn.Tanh: torch.ops.aten.tanh_backward,
-}
-
 
 OptimizerClass = type[torch.optim.Optimizer]
 
@@ -92,319 +76,6 @@ def _clip_factor(total_norm: torch.Tensor, max_norm: float) -> torch.Tensor:
     return torch.clamp(max_norm / (total_norm + 1e-6), max=1.0)
 
 
-def _hooked(module: torch.nn.Module) -> bool:
-    """Whether calling ``module`` would run a hook (the condition ``nn.Module.__call__`` checks)."""
-    return bool(module._forward_hooks) or _other_hooks(module)
-
-
-def _other_hooks(module: torch.nn.Module) -> bool:
-    """Whether calling ``module`` would run a hook other than its own plain forward hooks (those an
-    :class:`~nested_ac.plasticity.ActivationRecorder` registers), or is traced."""
-    hooks = torch.nn.modules.module
-    return bool(
-        module._forward_hooks_with_kwargs
-        or module._forward_pre_hooks
-        or module._backward_hooks
-        or module._backward_pre_hooks
-        or hooks._global_forward_hooks
-        or hooks._global_forward_pre_hooks
-        or hooks._global_backward_hooks
-        or hooks._global_backward_pre_hooks
-        or torch._C._get_tracing_state()
-    )
-
-
-def _observers_only(module: torch.nn.Module) -> bool:
-    """Whether every hook on ``module`` is a plain forward hook marked ``observes_only`` (one that reads the
-    output and never replaces it, as an :class:`~nested_ac.plasticity.ActivationRecorder`'s)."""
-    return not _other_hooks(module) and all(
-        getattr(hook, "observes_only", False) for hook in module._forward_hooks.values()
-    )
-
-
-def call(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``module(x)``, without ``nn.Module.__call__``'s per-call work: a ``Sequential`` (or SB3's
-    ``FlattenExtractor``) runs its layers in turn, any other module its ``forward``, then its plain forward
-    hooks in turn as ``__call__`` runs them (a hook's non-None result replaces the output). The same
-    operations, so the same numbers; a module with any other kind of hook is called as usual."""
-    if _other_hooks(module):
-        return module(x)
-    if type(module) is torch.nn.Sequential:
-        output = x
-        for layer in module:
-            output = call(layer, output)
-    elif type(module) is FlattenExtractor:
-        output = call(module.flatten, x)
-    else:
-        output = module.forward(x)
-    if module._forward_hooks:
-        for hook in module._forward_hooks.values():
-            result = hook(module, (x,), output)
-            if result is not None:
-                output = result
-    return output
-
-
-class ContinualActorCriticPolicy(ActorCriticPolicy):
-    """SB3's ``ActorCriticPolicy``; with ``direct=True`` its categorical or diagonal-Gaussian action
-    distribution is evaluated by formula instead of through ``torch.distributions`` objects:
-
-        categorical:  log π(a|s) = log_softmax(z)_a,   H = -Σ_a π(a|s) log π(a|s)   (z: the logits)
-        Gaussian:     log π(a|s) = Σ_i [-(a_i - μ_i)² / (2σ_i²) - log σ_i - ½ log 2π],
-                      H = Σ_i (½ + ½ log 2π + log σ_i)
-
-    The same numbers to float rounding at a fraction of the per-call overhead; sampling draws from the
-    same random stream as SB3 (``torch.multinomial`` / ``torch.normal``). Any other distribution (and
-    ``direct=False``) takes SB3's path unchanged.
-    """
-
-    def __init__(self, *args: Any, direct: bool = False, **kwargs: Any) -> None:
-        self.direct = direct
-        # prepare_by_hand's networks, parameters and gradient views (None: not prepared or not applicable)
-        self._by_hand: ByHand | None = None
-        self._saved: tuple[Any, ...] = ()  # what the last evaluate_actions_by_hand keeps for the backward
-        self._saved_outer: dict[str, list[torch.Tensor]] = {}  # and values_by_hand, by critic
-        self.flat_grad = torch.zeros(0)
-        super().__init__(*args, **kwargs)
-
-    def _get_constructor_parameters(self) -> dict[str, Any]:
-        return {**super()._get_constructor_parameters(), "direct": self.direct}
-
-    def _direct_kind(self) -> str | None:
-        """Which direct formula applies ("categorical" or "gaussian"); None: SB3's path."""
-        if not self.direct:
-            return None
-        return {CategoricalDistribution: "categorical", DiagGaussianDistribution: "gaussian"}.get(
-            type(self.action_dist)
-        )
-
-    def _latents(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The actor's and the critic's last hidden layers on ``obs`` (SB3's modules, run by :func:`call`)."""
-        mlp = self.mlp_extractor
-        observations = preprocess_obs(obs, self.observation_space, normalize_images=self.normalize_images)
-        if self.share_features_extractor:
-            if _hooked(mlp):
-                return mlp(call(self.features_extractor, observations))
-            pi_features = vf_features = call(self.features_extractor, observations)
-        else:
-            pi_features = call(self.pi_features_extractor, observations)
-            vf_features = call(self.vf_features_extractor, observations)
-        return call(mlp.policy_net, pi_features), call(mlp.value_net, vf_features)
-
-    def _head(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The action head's output (logits or Gaussian mean) and the critic's latent features."""
-        latent_pi, latent_vf = self._latents(obs)
-        return call(self.action_net, latent_pi), latent_vf
-
-    def _gaussian_log_prob(self, actions: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
-        z = (actions - mean) * torch.exp(-self.log_std)
-        return (-0.5 * z.square() - self.log_std - HALF_LOG_2PI).sum(-1)
-
-    def forward(
-        self, obs: torch.Tensor, deterministic: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        kind = self._direct_kind()
-        if kind is None:
-            return super().forward(obs, deterministic)
-        out, latent_vf = self._head(obs)
-        if kind == "categorical":
-            log_probs = torch.log_softmax(out, dim=-1)
-            if deterministic:
-                actions = out.argmax(dim=-1)
-            else:
-                actions = torch.multinomial(log_probs.exp(), 1, True).squeeze(-1)
-            log_prob = log_probs.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
-        else:
-            actions = out if deterministic else torch.normal(out, torch.exp(self.log_std).expand_as(out))
-            log_prob = self._gaussian_log_prob(actions, out)
-        return actions.reshape((-1, *self.action_space.shape)), call(self.value_net, latent_vf), log_prob
-
-    def evaluate_actions(
-        self, obs: torch.Tensor, actions: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        kind = self._direct_kind()
-        if kind is None:
-            return super().evaluate_actions(obs, actions)
-        out, latent_vf = self._head(obs)
-        if kind == "categorical":
-            log_probs = torch.log_softmax(out, dim=-1)
-            log_prob = log_probs.gather(-1, actions.long().view(-1, 1)).squeeze(-1)
-            finite = log_probs.clamp(min=torch.finfo(log_probs.dtype).min)  # 0·log 0 = 0, not NaN
-            entropy = -(log_probs.exp() * finite).sum(-1)
-        else:
-            log_prob = self._gaussian_log_prob(actions, out)
-            entropy = (0.5 + HALF_LOG_2PI + self.log_std).sum().expand(len(out))
-        return call(self.value_net, latent_vf), log_prob, entropy
-
-    def prepare_by_hand(self) -> bool:
-        """Whether :meth:`evaluate_actions_by_hand` and :meth:`backward_by_hand` apply now (ask before each
-        update: tools add hooks): a direct distribution, the actor and every critic plain MLPs
-        (:class:`~nested_ac.networks.Network`) of activations :data:`ACTIVATION_BACKWARD` knows, no
-        parameters outside them but a Gaussian's ``log_std``, and no hook on the way but observers on the
-        activations. The gradients are then written into one flat tensor, :attr:`flat_grad`, each
-        parameter's ``.grad`` a view of it."""
-        networks = self._by_hand_networks()
-        if networks is None:
-            self._by_hand = None
-            return False
-        parameters = list(self.parameters())
-        kept = self._by_hand
-        if kept is None or kept[0] != networks or not _same_objects(kept[1], parameters):
-            self.flat_grad = torch.zeros(sum(p.numel() for p in parameters), device=self.device)
-            self._by_hand = (networks, parameters, shaped_views(self.flat_grad, parameters))
-        return True
-
-    def _by_hand_networks(self) -> tuple[Network, ...] | None:
-        if self._direct_kind() is None:
-            return None
-        try:
-            networks = tuple(policy_networks(self))  # the actor, then every critic, inner first
-        except ValueError:
-            return None
-        extractors = {self.features_extractor, self.pi_features_extractor, self.vf_features_extractor}
-        mlps = (self.mlp_extractor, *(m for m in self.modules() if isinstance(m, torch.nn.Sequential)))
-        layers = [layer for network in networks for layer in (*network.hidden, network.output)]
-        activations = [activation for network in networks for activation in network.activations]
-        covered = {id(p) for network in networks for p in network.parameters()}
-        if hasattr(self, "log_std"):
-            covered.add(id(self.log_std))
-        if (
-            any(type(activation) not in ACTIVATION_BACKWARD for activation in activations)
-            or any(_hooked(module) for module in (self, *extractors, *mlps, *layers))
-            or not all(_observers_only(activation) for activation in activations)
-            or any(id(p) not in covered for p in self.parameters())
-        ):
-            return None
-        return networks
-
-    def evaluate_actions_by_hand(
-        self, obs: torch.Tensor, actions: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """:meth:`evaluate_actions` without autograd (the same operations on detached parameters), keeping
-        what :meth:`backward_by_hand` needs; only where :meth:`prepare_by_hand` said yes."""
-        (actor, critic, *_), _, _ = self._by_hand
-        observations = preprocess_obs(obs, self.observation_space, normalize_images=self.normalize_images)
-        if self.share_features_extractor:
-            pi_features = vf_features = call(self.features_extractor, observations)
-        else:
-            pi_features = call(self.pi_features_extractor, observations)
-            vf_features = call(self.vf_features_extractor, observations)
-        out, actor_inputs = _mlp_forward(actor, pi_features)
-        values, critic_inputs = _mlp_forward(critic, vf_features)
-        if self._direct_kind() == "categorical":
-            log_probs = torch.log_softmax(out, dim=-1)
-            log_prob = log_probs.gather(-1, actions.long().view(-1, 1)).squeeze(-1)
-            finite = log_probs.clamp(min=torch.finfo(log_probs.dtype).min)  # 0·log 0 = 0, not NaN
-            probs = log_probs.exp()
-            entropy = -(probs * finite).sum(-1)
-            head = (actions.long().view(-1, 1), probs, finite, entropy)
-        else:
-            log_std = self.log_std.detach()
-            inverse_std = torch.exp(-log_std)
-            z = (actions - out) * inverse_std
-            log_prob = (-0.5 * z.square() - log_std - HALF_LOG_2PI).sum(-1)
-            entropy = (0.5 + HALF_LOG_2PI + log_std).sum().expand(len(out))
-            head = (z, inverse_std)
-        self._saved = (actor_inputs, critic_inputs, head)
-        return values, log_prob, entropy
-
-    def flat_grad_of(self, parameters: Sequence[torch.nn.Parameter]) -> torch.Tensor | None:
-        """The slice of :attr:`flat_grad` that holds exactly the gradients of ``parameters`` (in that
-        order), or None if they are not such a run of it."""
-        _, held, _ = self._by_hand
-        start = next((i for i, p in enumerate(held) if p is parameters[0]), None) if parameters else None
-        if start is None or not _same_objects(held[start : start + len(parameters)], parameters):
-            return None
-        offset = sum(p.numel() for p in held[:start])
-        return self.flat_grad[offset : offset + sum(p.numel() for p in parameters)]
-
-    def by_hand_networks(self) -> tuple[Network, ...]:
-        """The actor and every critic (inner first), as :meth:`prepare_by_hand` found them."""
-        return self._by_hand[0]
-
-    def values_by_hand(self, network: Network, obs: torch.Tensor) -> torch.Tensor:
-        """A critic's values V(s) on ``obs`` without autograd, keeping its layers' inputs for
-        :meth:`backward_by_hand` (``outer_derivatives``); only where :meth:`prepare_by_hand` said yes."""
-        features = call(
-            self.vf_features_extractor,
-            preprocess_obs(obs, self.observation_space, normalize_images=self.normalize_images),
-        )
-        values, inputs = _mlp_forward(network, features)
-        self._saved_outer[network.name] = inputs
-        return values.flatten()
-
-    def backward_by_hand(
-        self,
-        d_log_prob: torch.Tensor,
-        d_entropy: torch.Tensor,
-        d_values: torch.Tensor,
-        outer_derivatives: dict[str, torch.Tensor | None] | None = None,
-    ) -> None:
-        """Write ∂loss/∂θ into every parameter's ``.grad`` (views of :attr:`flat_grad`), given the loss's
-        partial derivatives per sample with respect to the last :meth:`evaluate_actions_by_hand`'s
-        log-probabilities, entropies and values, and (``outer_derivatives``, by network name) to the values
-        of each further critic from :meth:`values_by_hand` — None for a critic that gets no gradient (its
-        ``.grad`` is None, as autograd leaves it). The chain rule written out:
-
-            categorical:  ∂loss/∂z = g_logπ (onehot(a) − π) − g_H π (log π + H)             (z: the logits)
-            Gaussian:     ∂loss/∂μ = g_logπ (a − μ)/σ²,   ∂loss/∂log σ = Σ_n [g_logπ ((a − μ)²/σ² − 1) + g_H]
-
-        then back through each MLP, layer by layer (∂W = δᵀx, ∂b = Σ δ, δ_in = f'(z) ⊙ δ W).
-        """
-        (actor, critic, *outer), parameters, views = self._by_hand
-        for parameter, view in zip(parameters, views, strict=True):
-            if parameter.grad is not view:  # e.g. set to None by zero_grad()
-                parameter.grad = view
-        for network in outer:
-            derivative = (outer_derivatives or {}).get(network.name)
-            if derivative is None:
-                for parameter in network.parameters():
-                    parameter.grad = None
-            else:
-                _mlp_backward(network, self._saved_outer[network.name], derivative.unsqueeze(-1))
-        actor_inputs, critic_inputs, head = self._saved
-        d_log_prob = d_log_prob.unsqueeze(-1)
-        if self._direct_kind() == "categorical":
-            actions, probs, finite, entropy = head
-            d_out = (finite + entropy.unsqueeze(-1)).mul_(probs).mul_(-d_entropy.unsqueeze(-1))
-            d_out.addcmul_(probs, d_log_prob, value=-1).scatter_add_(-1, actions, d_log_prob)
-        else:
-            z, inverse_std = head
-            d_out = z * inverse_std * d_log_prob
-            torch.sum((z.square() - 1).mul_(d_log_prob), 0, out=self.log_std.grad).add_(d_entropy.sum())
-        _mlp_backward(actor, actor_inputs, d_out)
-        _mlp_backward(critic, critic_inputs, d_values.unsqueeze(-1))
-
-
-def _same_objects(these: Sequence[object], those: Sequence[object]) -> bool:
-    return len(these) == len(those) and all(map(operator.is_, these, those))
-
-
-def _mlp_forward(network: Network, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """The network's output on ``x`` computed from detached parameters (no graph), and each layer's input.
-    Activations run through :func:`call`, so their observers see the outputs as on the autograd path."""
-    inputs = []
-    for linear, activation in zip(network.hidden, network.activations, strict=True):
-        inputs.append(x)
-        x = call(activation, torch.nn.functional.linear(x, linear.weight.detach(), linear.bias.detach()))
-    inputs.append(x)
-    output = network.output
-    return torch.nn.functional.linear(x, output.weight.detach(), output.bias.detach()), inputs
-
-
-def _mlp_backward(network: Network, inputs: list[torch.Tensor], d_out: torch.Tensor) -> None:
-    """Write ∂loss/∂θ into the ``.grad`` of every layer of ``network`` from ∂loss/∂output and the inputs
-    of its layers (see :func:`_mlp_forward`)."""
-    layers = (*network.hidden, network.output)
-    for index in range(len(layers) - 1, -1, -1):
-        layer, x = layers[index], inputs[index]
-        torch.mm(d_out.t(), x, out=layer.weight.grad)
-        torch.sum(d_out, 0, out=layer.bias.grad)
-        if index:
-            backward = ACTIVATION_BACKWARD[type(network.activations[index - 1])]
-            d_out = backward(d_out.mm(layer.weight.detach()), x)
-
-
 class ContinualPPO(PPO):
     """Proximal Policy Optimization (Schulman et al., 2017) for continual RL, on Stable-Baselines3.
 
@@ -421,14 +92,15 @@ class ContinualPPO(PPO):
 
     ``engine="sb3"`` is SB3's PPO number for number. ``engine="fast"`` (the default) computes the same
     update with less overhead: the policy's log-density and entropy by formula
-    (:class:`ContinualActorCriticPolicy`, in the rollout and the update); the gradient written by hand
-    where :meth:`_by_hand_applies` — ``_loss(by_hand=True)`` gives the loss's derivatives with respect to
-    log π, H and V per sample and the policy takes them back through its networks
-    (:meth:`ContinualActorCriticPolicy.backward_by_hand`) into one flat gradient tensor, clipped on that
-    tensor; and torch's Adam stepped on flat tensors (:class:`~nested_ac.optim.FlatAdam`) or its fused
-    AdamW kernel. The two agree to float rounding. Both engines share the rest: minibatches indexed from
-    tensors made once per update (SB3's permutation and values), loss statistics kept as tensors and read
-    once per update, and foreach gradient clipping.
+    (:class:`~nested_ac.agents.policy.ContinualActorCriticPolicy`, in the rollout and the update); the
+    gradient written by hand wherever that is exactly autograd's (:mod:`nested_ac.agents.by_hand` decides
+    at each update, and the run's log says once which path it takes and why: the TensorBoard text
+    ``engine/gradient``) — ``_loss(by_hand=True)`` gives the loss's derivatives with respect to log π, H
+    and V per sample and :class:`~nested_ac.agents.by_hand.HandGradient` takes them back through the
+    networks into one flat gradient tensor, clipped on that tensor; and torch's Adam stepped on flat tensors
+    (:class:`~nested_ac.optim.FlatAdam`) or its fused AdamW kernel. The two agree to float rounding. Both
+    engines share the rest: minibatches indexed from tensors made once per update (SB3's permutation and
+    values), loss statistics kept as tensors and read once per update, and foreach gradient clipping.
     """
 
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
@@ -457,15 +129,26 @@ class ContinualPPO(PPO):
         self.plasticity_tools = list(plasticity_tools)
         self._grad_norms: list[torch.Tensor] = []
         self._networks: tuple[BasePolicy, dict[str, Network]] | None = None  # see trainable_networks
-        self._by_hand = False  # see _by_hand_applies
+        self._hand: HandGradient | None = None  # this update's hand-written gradient (None: autograd's)
+        self._gradient_path = ""  # the path the log last named (see _choose_gradient)
+        self.in_minibatch_forward = False  # see minibatch_forward
         self._loss_derivatives: tuple[Any, ...] = ()  # see _loss(by_hand=True)
         super().__init__(policy, env, policy_kwargs=policy_kwargs, **kwargs)
 
     def _setup_model(self) -> None:
+        """SB3's set-up, with the optimizer the engine steps (:func:`engine_optimizer`) and, where a tool
+        resets units, one step count per weight (:func:`~nested_ac.optim.with_element_steps`: a restarted
+        weight restarts its bias correction, as Dohare et al. 2024 do)."""
         kwargs = self.policy_kwargs
-        optimizer_class = engine_optimizer(self.engine, kwargs.get("optimizer_class", torch.optim.Adam))
-        if optimizer_class is FlatAdam and kwargs.get("optimizer_kwargs") is None:
-            kwargs = {**kwargs, "optimizer_kwargs": {"eps": 1e-5}}  # what SB3 gives its Adam by default
+        optimizer_class = kwargs.get("optimizer_class", torch.optim.Adam)
+        optimizer_kwargs = kwargs.get("optimizer_kwargs")
+        if optimizer_kwargs is None and optimizer_class in (torch.optim.Adam, FlatAdam):
+            optimizer_kwargs = {"eps": 1e-5}  # what SB3 gives its Adam by default
+        if any(tool.resets_units for tool in self.plasticity_tools):
+            optimizer_class, optimizer_kwargs = with_element_steps((optimizer_class, optimizer_kwargs or {}))
+        optimizer_class = engine_optimizer(self.engine, optimizer_class)
+        if optimizer_kwargs is not None:
+            kwargs = {**kwargs, "optimizer_kwargs": optimizer_kwargs}
         self.policy_kwargs = {**kwargs, "optimizer_class": optimizer_class}
         super()._setup_model()
         optimizer = self.policy.optimizer
@@ -486,14 +169,36 @@ class ContinualPPO(PPO):
             )
         return dict(cached[1])
 
+    @contextlib.contextmanager
+    def minibatch_forward(self) -> Iterator[None]:
+        """The scope of the update's own forward pass on a minibatch (:meth:`_loss`), the one whose
+        activations tools observe (:attr:`in_minibatch_forward`: continual backprop scores units on it). A
+        tool's own forward passes — gradient projection's memory batch, SPG's and NCL's consolidation —
+        and the rollouts run outside it, so no tool sees another's batches."""
+        self.in_minibatch_forward = True
+        try:
+            yield
+        finally:
+            self.in_minibatch_forward = False
+
     def _before_optimizer_step(self) -> None:
         """Hand the clipped gradients to every tool's ``before_optimizer_step`` (masking, projection …)."""
         for tool in self.plasticity_tools:
             tool.before_optimizer_step(self, self.policy.optimizer)
 
     def _after_optimizer_step(self, optimizer: torch.optim.Optimizer, *_: Any) -> None:
+        """Every tool's ``adjust_update`` on the optimizer's update alone, then every tool's
+        ``after_optimizer_step``."""
+        for tool in self.plasticity_tools:
+            tool.adjust_update(self, optimizer)
         for tool in self.plasticity_tools:
             tool.after_optimizer_step(self, optimizer)
+
+    def notify_reinitialised(self, entries: Entries, origin: PlasticityTool) -> None:
+        """Tell every tool but ``origin`` that ``origin`` has just reinitialised ``entries``."""
+        for tool in self.plasticity_tools:
+            if tool is not origin:
+                tool.on_reinitialise(self, entries)
 
     def notify_task_switch(self, task: int) -> None:
         """Tell every tool that the environment's task is now ``task`` (called by the task clock)."""
@@ -605,13 +310,14 @@ class ContinualPPO(PPO):
         clip_range_vf = None if self.clip_range_vf is None else self.clip_range_vf(progress)
         stats: LossStats = defaultdict(list)
         self._grad_norms.clear()
-        self._by_hand = self._by_hand_applies()
-        by_hand = {"by_hand": True} if self._by_hand else {}  # a subclass's _loss may not take it
+        self._hand = self._choose_gradient()
+        by_hand = {"by_hand": True} if self._hand is not None else {}  # a subclass's _loss may not take it
         continue_training = True
         for epoch, minibatches in enumerate(self._minibatches()):
             approx_kl_divs = []
             for batch in minibatches:
-                loss, _, approx_kl_div = self._loss(batch, clip_range, clip_range_vf, stats, **by_hand)
+                with self.minibatch_forward():
+                    loss, _, approx_kl_div = self._loss(batch, clip_range, clip_range_vf, stats, **by_hand)
                 approx_kl_divs.append(approx_kl_div)
                 if self.target_kl is not None and (kl := approx_kl_div.item()) > 1.5 * self.target_kl:
                     continue_training = False
@@ -654,13 +360,13 @@ class ContinualPPO(PPO):
 
         Returns the loss, the critic's predictions ``V(s)`` on the minibatch (with their graph) and the
         approximate KL divergence; appends the loss terms (detached tensors) to ``stats``. ``by_hand``
-        (the update's own call, where :meth:`_by_hand_applies`): no graph; instead the loss's derivatives
-        per sample with respect to log π, H and V are kept for the policy's ``backward_by_hand``.
+        (the update's own call, where the gradient is written by hand): no graph; instead the loss's
+        derivatives per sample with respect to log π, H and V are kept for :meth:`HandGradient.backward`.
         """
         actions = batch.actions
         if isinstance(self.action_space, spaces.Discrete):
             actions = batch.actions.long().flatten()
-        evaluate = self.policy.evaluate_actions_by_hand if by_hand else self.policy.evaluate_actions
+        evaluate = self._hand.evaluate_actions if by_hand else self.policy.evaluate_actions
         values, log_prob, entropy = evaluate(batch.observations, actions)
         values = values.flatten()
         advantages = batch.advantages
@@ -708,8 +414,8 @@ class ContinualPPO(PPO):
         Between clipping and ``optimizer.step()`` is the one place where the gradient is final: the fault
         check runs there (``losses``, this minibatch's loss terms, name a non-finite loss first).
         """
-        if self._by_hand:
-            self.policy.backward_by_hand(*self._loss_derivatives)
+        if self._hand is not None:
+            self._hand.backward(*self._loss_derivatives)
         else:
             self.policy.optimizer.zero_grad()
             loss.backward()
@@ -719,27 +425,30 @@ class ContinualPPO(PPO):
         self._before_optimizer_step()
         self.policy.optimizer.step()
 
-    def _by_hand_applies(self) -> bool:
-        """Whether this update's gradients are written by hand
-        (:meth:`ContinualActorCriticPolicy.backward_by_hand`) rather than by autograd: on the fast engine, for
-        a :meth:`_loss` that takes ``by_hand`` (a subclass whose loss does not takes autograd), on a policy
-        that can."""
-        policy = self.policy
-        optimized = {id(p) for group in policy.optimizer.param_groups for p in group["params"]}
-        return (
-            self.engine == "fast"
-            and "by_hand" in inspect.signature(self._loss).parameters
-            and isinstance(policy, ContinualActorCriticPolicy)
-            and optimized == {id(p) for p in policy.parameters()}
-            and policy.prepare_by_hand()
+    def _choose_gradient(self) -> HandGradient | None:
+        """This update's hand-written gradient, or None where it must be autograd's
+        (:func:`~nested_ac.agents.by_hand.refusal`); logs the path taken, and why, when it changes (the text
+        ``engine/gradient``: once per run unless something, e.g. a hook, changes it)."""
+        reason = by_hand.refusal(self)
+        path = (
+            "written by hand (autograd's gradient: every rule of nested_ac.agents.by_hand holds)"
+            if reason is None
+            else f"autograd: {reason}"
         )
+        if path != self._gradient_path:
+            self._gradient_path = path
+            self.logger.record("engine/gradient", path, exclude=("stdout", "log", "json", "csv"))
+        if reason is not None:
+            return None
+        hand = self._hand
+        return hand if hand is not None and hand.holds(self.policy) else HandGradient(self.policy)
 
     def _clip_gradients(self) -> torch.Tensor:
         """Clip the gradient norm to ``max_grad_norm``; returns the norm before clipping (no sync).
 
         The optimizer holds every policy parameter in ``policy.parameters()``'s order (SB3 builds it so)."""
-        if self._by_hand:  # every gradient is a view of one flat tensor
-            return clip_flat_grad_norm(self.policy.flat_grad, self.max_grad_norm)
+        if self._hand is not None:  # every gradient is a view of one flat tensor
+            return clip_flat_grad_norm(self._hand.flat_grad, self.max_grad_norm)
         groups = self.policy.optimizer.param_groups
         return clip_grad_norm([p for group in groups for p in group["params"]], self.max_grad_norm)
 
@@ -751,4 +460,6 @@ class ContinualPPO(PPO):
             "_grad_norms",
             "_networks",
             "_loss_derivatives",
+            "_hand",
+            "_gradient_path",
         ]

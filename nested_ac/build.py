@@ -37,7 +37,7 @@ from nested_ac.diagnostics import Diagnostics, UtilityLogger
 from nested_ac.errors import ConfigError, unknown_choice
 from nested_ac.forgetting import GradientProjection, NaturalContinualLearning, SoftMasking
 from nested_ac.hooks import PlasticityTool
-from nested_ac.optimizers import OptimizerSpec, with_element_steps
+from nested_ac.optimizers import OptimizerSpec
 from nested_ac.plasticity import ContinualBackprop, L2Init, ReDo, ShrinkPerturb
 from nested_ac.registry import AGENTS, OPTIMIZERS, TOOLS, AgentSpec, ToolSpec
 
@@ -64,13 +64,9 @@ def plasticity_tools(config: RunConfig) -> list[PlasticityTool]:
 
 
 def optimizer_spec(config: RunConfig) -> OptimizerSpec:
-    """The run's optimizer class and kwargs: ``--optimizer``'s, with one step count per weight
-    (:func:`~nested_ac.optimizers.with_element_steps`) when a tool resets units (continual backprop, ReDo)
-    — so a reset weight restarts Adam's bias correction as a fresh optimizer would (Dohare et al., Nature
-    2024)."""
-    spec = OPTIMIZERS.get(config.optimizer.name)(config.optimizer)
-    resets = any(tool.resets_units for tool in enabled_tools(config))
-    return with_element_steps(spec) if resets else spec
+    """The run's optimizer class and kwargs, as ``--optimizer`` names them (the agent gives the optimizer
+    one step count per weight when a tool resets units: ``ContinualPPO._setup_model``)."""
+    return OPTIMIZERS.get(config.optimizer.name)(config.optimizer)
 
 
 def policy_kwargs(config: RunConfig) -> dict[str, Any]:
@@ -188,7 +184,6 @@ TOOLS.register(
         enabled=lambda c: c.enabled,
         build=lambda c: ContinualBackprop(c.replacement_rate, c.maturity, c.decay_rate, c.mean_corrected),
         charts={"CBP: units replaced per layer": "cbp/.*/replaced", "CBP: mean unit age": "cbp/.*/mean_age"},
-        resets_units=True,
     ),
 )
 TOOLS.register(
@@ -217,7 +212,6 @@ TOOLS.register(
         enabled=lambda r: r.enabled,
         build=lambda r: ReDo(r.tau, r.every),
         charts={"ReDo: units reset per network": "redo/.*/reset"},
-        resets_units=True,
     ),
 )
 TOOLS.register(

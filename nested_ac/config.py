@@ -220,18 +220,20 @@ class ProjectionConfig:
 
 @dataclass
 class NCLConfig:
-    """Natural continual learning, diagonal (``ncl``; Kao et al., NeurIPS 2021): the optimizer gets
-    Λ⁻¹·g + (θ − µ), Λ = ``prior`` + the Fisher of past tasks, µ the parameters at the last switch."""
+    """Natural continual learning, diagonal (``ncl``; Kao et al., NeurIPS 2021): the optimizer gets the
+    Laplace-regularised gradient g + Λ(θ − µ), and its update is preconditioned by λΛ⁻¹; Λ = ``prior`` +
+    the Fisher of past tasks, µ the parameters at the last switch."""
 
     enabled: bool = False
-    """Precondition gradients with the Fisher of past tasks."""
+    """Regularise toward the last switch's parameters and precondition the update with the Fisher of past
+    tasks."""
     prior: float = 1e-2
     """λ > 0, the precision before any task; between the median and the top decile of the Fisher's entries
     measured on permuted CartPole, so the Fisher decides the precision of the important weights."""
     fisher_samples: int = 256
     """States > 0 of the ending rollout the Fisher is averaged over."""
     max_norm: float = 0.5
-    """> 0, the cap on the direction's norm (PPO's ``max_grad_norm``)."""
+    """> 0, the cap on ‖g + Λ(θ − µ)‖ (PPO's ``max_grad_norm``)."""
 
 
 @dataclass

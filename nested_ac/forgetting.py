@@ -4,17 +4,18 @@
   (Konishi et al., "Parameter-Level Soft-Masking for Continual Learning", ICML 2023);
 - :class:`GradientProjection` — A-GEM, the gradient projected so that it does not increase the loss on an
   episodic memory of earlier tasks (Chaudhry et al., "Efficient Lifelong Learning with A-GEM", ICLR 2019);
-- :class:`NaturalContinualLearning` — NCL in its diagonal form: the Laplace-regularised gradient
-  preconditioned by the accumulated Fisher precision (Kao et al., "Natural continual learning: success is
-  a journey, not (just) a destination", NeurIPS 2021).
+- :class:`NaturalContinualLearning` — NCL in its diagonal form: the optimizer's update on the
+  Laplace-regularised loss, preconditioned by the accumulated Fisher precision (Kao et al., "Natural
+  continual learning: success is a journey, not (just) a destination", NeurIPS 2021).
 
 All three are task-aware (:class:`TaskAwareTool`): at every schedule switch after the first rollout they
 consolidate what the ending task taught, from "the ending task's data" — the last complete rollout before
 the switch, kept at each rollout end — and afterwards act on every gradient in ``before_optimizer_step``
-(after the backward pass and the gradient-norm clipping, before the optimizer's step), so they work with
-any optimizer (Adam, UPGD) and any agent built on ``ContinualPPO`` (``ppo``, ``nested-ppo``). As every
-plasticity tool, they touch the networks the agent's ``trainable_networks()`` lists (the actor and every
-critic not frozen); the exact rules are in each class's docstring.
+(after the backward pass and the gradient-norm clipping, before the optimizer's step; NCL also on the
+optimizer's update, in ``adjust_update``), so they work with any optimizer (Adam, UPGD) and any agent built
+on ``ContinualPPO`` (``ppo``, ``nested-ppo``). SPG and NCL keep state per entry of the networks the agent's
+``trainable_networks()`` lists (the actor and every critic not frozen); gradient projection projects the
+whole gradient (a Gaussian policy's ``log_std`` included). The exact rules are in each class's docstring.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from stable_baselines3.common.logger import Logger
 from torch import nn
 from torch.distributions import Categorical, Distribution, Normal, kl_divergence
 
-from nested_ac.hooks import PlasticityTool
+from nested_ac.hooks import Entries, PlasticityTool
 from nested_ac.networks import policy_networks
 
 # The rollout buffer's arrays that make up PPO's loss on a rollout (RolloutBufferSamples, in its order).
@@ -55,6 +56,18 @@ def network_means(model: BaseAlgorithm, values: dict[str, torch.Tensor]) -> dict
         if tensors:
             means[network.name] = torch.cat([t.flatten() for t in tensors]).mean().item()
     return means
+
+
+def zero_entries(model: BaseAlgorithm, values: dict[str, torch.Tensor], entries: Entries) -> bool:
+    """Set ``values`` (tensors by parameter name) to 0 at ``entries``; whether any was there."""
+    name_of = {id(p): name for name, p in model.policy.named_parameters()}
+    touched = False
+    for parameter, index in entries:
+        tensor = values.get(name_of[id(parameter)])
+        if tensor is not None:
+            tensor[index] = 0.0
+            touched = True
+    return touched
 
 
 def evenly_spaced(count: int, limit: int) -> torch.Tensor:
@@ -123,32 +136,37 @@ class TaskAwareTool(PlasticityTool):
 
 
 def spg_importance(gradient: torch.Tensor) -> torch.Tensor:
-    """SPG's importance of each entry of one parameter tensor: γ = tanh(standardise(|∂L/∂θ|)).
+    """SPG's importance of each entry of one parameter tensor (Konishi et al., ICML 2023):
 
-    Standardised within the tensor (minus the mean, over the standard deviation); a tensor of one entry, or
-    whose |gradient| is the same everywhere, has no spread to standardise and gets γ = 0.
+        γ = |tanh(standardise(∂L/∂θ))|,   standardise(g) = (g − mean(g)) / std(g) within the tensor
+
+    on the signed gradient ∂L/∂θ accumulated over the task's data; γ ∈ [0, 1), and an entry one standard
+    deviation from the tensor's mean gets γ = tanh(1) ≈ 0.76 whichever its sign. A tensor of one entry, or
+    whose gradient is the same everywhere, has no spread to standardise and gets γ = 0.
     """
-    magnitude = gradient.abs()
-    if magnitude.numel() < 2:
-        return torch.zeros_like(magnitude)
-    std = magnitude.std()
+    if gradient.numel() < 2:
+        return torch.zeros_like(gradient)
+    std = gradient.std()
     if std.item() == 0.0:
-        return torch.zeros_like(magnitude)
-    return torch.tanh((magnitude - magnitude.mean()) / std)
+        return torch.zeros_like(gradient)
+    return torch.tanh((gradient - gradient.mean()) / std).abs_()
 
 
 class SoftMasking(TaskAwareTool):
     """SPG, parameter-level soft masking (Konishi et al., ICML 2023).
 
-    At each task switch, with L PPO's loss on the ending task's last rollout, per parameter tensor:
+    At each task switch, with L PPO's loss on the ending task's last rollout (its gradient is the gradient
+    accumulated over that data), per parameter tensor:
 
-        γ = tanh(standardise(|∂L/∂θ|))      (:func:`spg_importance`)
+        γ = |tanh(standardise(∂L/∂θ))|      (:func:`spg_importance`: the signed gradient, standardised
+                                             within the tensor)
         γ_acc ← max(γ_acc, γ)               (γ_acc = 0 before the first switch)
 
-    and every later gradient is soft-masked before the optimizer step: g ← (1 − γ_acc) ⊙ g. An entry with
-    γ_acc = 1 gets no gradient; with a momentum optimizer (Adam) it may still move on momentum gathered
-    before its mask was set. Logs ``spg/<network>/masked_fraction``: the mean of γ_acc over the network's
-    entries, the fraction of its gradient the mask removes.
+    and every later gradient is soft-masked before the optimizer step: g ← (1 − γ_acc) ⊙ g. Entries another
+    tool reinitialises (continual backprop, ReDo) get γ_acc = 0: they hold nothing of earlier tasks. An
+    entry with γ_acc = 1 gets no gradient; with a momentum optimizer (Adam) it may still move on momentum
+    gathered before its mask was set. Logs ``spg/<network>/masked_fraction``: the mean of γ_acc over the
+    network's entries, the fraction of its gradient the mask removes.
     """
 
     def __init__(self) -> None:
@@ -168,9 +186,7 @@ class SoftMasking(TaskAwareTool):
                 continue
             importance = spg_importance(gradient)
             accumulated = self.mask.get(name)
-            self.mask[name] = (
-                importance.clamp(min=0.0) if accumulated is None else torch.maximum(accumulated, importance)
-            )
+            self.mask[name] = importance if accumulated is None else torch.maximum(accumulated, importance)
         self.masked_fraction = network_means(model, self.mask)
 
     @torch.no_grad()
@@ -182,6 +198,13 @@ class SoftMasking(TaskAwareTool):
             self.cache = [(parameters[name], 1.0 - mask) for name, mask in self.mask.items()]
         pairs = [(p.grad, keep) for p, keep in self.cache if p.grad is not None]
         torch._foreach_mul_([g for g, _ in pairs], [keep for _, keep in pairs])
+
+    @torch.no_grad()
+    def on_reinitialise(self, model: BaseAlgorithm, entries: Entries) -> None:
+        """Fresh entries (continual backprop, ReDo) hold nothing of earlier tasks: γ_acc ← 0 there."""
+        if zero_entries(model, self.mask, entries):
+            self.cache = None
+            self.masked_fraction = network_means(model, self.mask)
 
     def log(self, logger: Logger) -> None:
         for network, fraction in self.masked_fraction.items():
@@ -231,8 +254,12 @@ class GradientProjection(TaskAwareTool):
         L_ref = E[KL(π_then ‖ π)] + E[(V − V_then)²]        g_ref = ∇L_ref
         if g·g_ref < 0:   g ← g − (g·g_ref / ‖g_ref‖²)·g_ref
 
-    so the step does not increase the past tasks' loss, to first order. V is the agent's (inner) critic.
-    Costs one extra forward and backward pass on the reference batch per optimizer step. Logs
+    so the step does not increase the past tasks' loss, to first order. V is the agent's (inner) critic; g
+    and g_ref span every parameter with a gradient now — a Gaussian policy's ``log_std`` included, on which
+    the KL depends — so the projection is of the whole step the optimizer is about to take (a parameter
+    that L_ref does not depend on has g_ref = 0 there and keeps its gradient). Costs one extra forward and
+    backward pass on the reference batch per optimizer step, outside the agent's minibatch forward (no tool
+    observes it). Logs
     ``projection/conflict_rate`` (the fraction of an update's steps that were projected) and
     ``projection/memory_tasks``.
     """
@@ -294,13 +321,15 @@ class GradientProjection(TaskAwareTool):
         loss = self.reference_loss(model)
         if loss is None:
             return
-        parameters = [p for p in named_parameters(model).values() if p.grad is not None]
+        self.steps += 1
+        # g: the whole gradient the optimizer is about to use, log_std's included (the KL depends on it).
+        parameters = [p for p in model.policy.parameters() if p.grad is not None]
+        if not parameters:
+            return
         references = torch.autograd.grad(loss, parameters, allow_unused=True)
         with torch.no_grad():
             pairs = [(p.grad, r) for p, r in zip(parameters, references, strict=True) if r is not None]
-            gradients, references = [g for g, _ in pairs], [r for _, r in pairs]
-            self.steps += 1
-            projected = project(gradients, references)
+            projected = project([g for g, _ in pairs], [r for _, r in pairs])
             self.conflicts += int(projected)
 
     def log(self, logger: Logger) -> None:
@@ -356,12 +385,27 @@ class NaturalContinualLearning(TaskAwareTool):
             action the policy took) and of every critic (a unit-variance Gaussian likelihood)
         Λ ← Λ + F    (Λ = λ·I before the first switch, λ = ``prior``)        µ ← θ
 
-    and on every later minibatch the direction handed to the optimizer is
+    NCL's update on the next task is the gradient of the Laplace-regularised loss
+    L(θ) + ½(θ − µ)ᵀΛ(θ − µ), preconditioned by Λ⁻¹:
 
-        d = Λ⁻¹·g + (θ − µ),   scaled down to norm ``max_norm`` if it is longer (the trust region)
+        θ ← θ − γ·Λ⁻¹·(∇L(θ) + Λ(θ − µ))                                   (Kao et al., 2021)
 
-    — the gradient of L(θ) + ½(θ − µ)ᵀΛ(θ − µ), the Laplace-regularised loss, preconditioned by Λ⁻¹. Logs
-    ``ncl/<network>/precision_mean`` (mean of Λ) and ``ncl/capped_fraction`` (steps whose d was capped).
+    An adaptive optimizer (Adam, AdaptiveUPGD) divides each coordinate of what it is handed by that
+    coordinate's running RMS, so a fixed Λ⁻¹ applied to the gradient cancels within a task (what is left is
+    EWC's penalty). The preconditioner therefore acts on the optimizer's update instead, where the
+    optimizer cannot undo it. On every minibatch:
+
+        g̃ = g + Λ(θ − µ), scaled down to norm ``max_norm`` if longer   handed to the optimizer
+                                                                       (``before_optimizer_step``)
+        Δ = the optimizer's update from g̃ (its own state and rules)
+        θ ← θ_before + P ⊙ Δ,   P = λ·Λ⁻¹ ∈ (0, 1]                     (``adjust_update``)
+
+    With a plain gradient step (Δ = −α·g̃) this is the update above with γ = α·λ; with Adam it is Adam's
+    step on the Laplace-regularised loss (EWC's) preconditioned by λΛ⁻¹. P = 1 for a weight no task has
+    constrained (Λ = λ): it learns at the optimizer's own rate, and a weight with Fisher F ≫ λ moves
+    λ/(λ + F) as far. Entries another tool reinitialises (continual backprop, ReDo) start afresh: Λ = λ and
+    µ their new values, so nothing pulls them back toward the weights they replaced. Logs
+    ``ncl/<network>/precision_mean`` (mean of Λ) and ``ncl/capped_fraction`` (steps whose g̃ was capped).
     """
 
     def __init__(self, prior: float = 1e-2, fisher_samples: int = 256, max_norm: float = 0.5) -> None:
@@ -376,6 +420,8 @@ class NaturalContinualLearning(TaskAwareTool):
         self.anchor: dict[str, torch.Tensor] = {}  # µ by parameter name
         self.precision_mean: dict[str, float] = {}
         self.steps = self.capped = 0
+        # This step's parameters, their θ before it and P, from before_optimizer_step to adjust_update.
+        self._stepping: tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]] | None = None
 
     def fisher(self, model: BaseAlgorithm, parameters: dict[str, nn.Parameter]) -> dict[str, torch.Tensor]:
         """The diagonal Fisher F on the kept rollout (see the class docstring), by parameter name."""
@@ -414,23 +460,50 @@ class NaturalContinualLearning(TaskAwareTool):
 
     @torch.no_grad()
     def before_optimizer_step(self, model: BaseAlgorithm, optimizer: torch.optim.Optimizer) -> None:
+        """g ← g + Λ(θ − µ), capped at ``max_norm``; keeps θ for :meth:`adjust_update`."""
+        self._stepping = None
         if not self.precision:
             return
-        if self.cache is None:  # (parameter, Λ, µ) triples
+        if self.cache is None:  # per parameter: θ, Λ, µ, P = λΛ⁻¹ and a buffer for θ before the step
             parameters = dict(model.policy.named_parameters())
-            self.cache = [(parameters[n], self.precision[n], self.anchor[n]) for n in self.precision]
-        triples = [t for t in self.cache if t[0].grad is not None]
-        if not triples:
+            self.cache = [
+                (p, self.precision[n], self.anchor[n], self.prior / self.precision[n], torch.empty_like(p))
+                for n, p in ((n, parameters[n]) for n in self.precision)
+            ]
+        entries = [entry for entry in self.cache if entry[0].grad is not None]
+        if not entries:
             return
-        capped = ncl_direction(
-            [p.grad for p, _, _ in triples],
-            [precision for _, precision, _ in triples],
-            [p for p, _, _ in triples],
-            [anchor for _, _, anchor in triples],
-            self.max_norm,
-        )
+        parameters, precisions, anchors, preconditioners, before = map(list, zip(*entries, strict=True))
+        capped = ncl_gradient([p.grad for p in parameters], precisions, parameters, anchors, self.max_norm)
+        torch._foreach_copy_(before, parameters)
+        self._stepping = (parameters, before, preconditioners)
         self.steps += 1
         self.capped += int(capped)
+
+    @torch.no_grad()
+    def adjust_update(self, model: BaseAlgorithm, optimizer: torch.optim.Optimizer) -> None:
+        """θ ← θ_before + P ⊙ (θ − θ_before): the optimizer's update preconditioned by P = λΛ⁻¹."""
+        if self._stepping is None:
+            return
+        parameters, before, preconditioners = self._stepping
+        self._stepping = None
+        torch._foreach_lerp_(before, parameters, preconditioners)  # θ_before + P ⊙ (θ − θ_before)
+        torch._foreach_copy_(parameters, before)
+
+    @torch.no_grad()
+    def on_reinitialise(self, model: BaseAlgorithm, entries: Entries) -> None:
+        """Fresh entries (continual backprop, ReDo) start as before any task: Λ = λ, and µ their fresh
+        values, so nothing pulls them back toward the weights they replaced."""
+        if not self.precision:
+            return
+        name_of = {id(p): name for name, p in model.policy.named_parameters()}
+        for parameter, index in entries:
+            name = name_of[id(parameter)]
+            if name in self.precision:
+                self.precision[name][index] = self.prior
+                self.anchor[name][index] = parameter[index]
+        self.cache = None
+        self.precision_mean = network_means(model, self.precision)
 
     def log(self, logger: Logger) -> None:
         for network, mean in self.precision_mean.items():
@@ -458,17 +531,17 @@ class NaturalContinualLearning(TaskAwareTool):
 
 
 @torch.no_grad()
-def ncl_direction(
+def ncl_gradient(
     gradients: list[torch.Tensor],
     precisions: list[torch.Tensor],
     parameters: list[torch.Tensor],
     anchors: list[torch.Tensor],
     max_norm: float,
 ) -> bool:
-    """NCL's rule: each gradient g (changed in place) becomes d = Λ⁻¹·g + (θ − µ), and the whole d is
-    scaled to norm ``max_norm`` if it is longer. Returns whether it was scaled."""
-    torch._foreach_div_(gradients, precisions)
-    torch._foreach_add_(gradients, torch._foreach_sub(parameters, anchors))
+    """The gradient NCL hands the optimizer: each g (changed in place) becomes g + Λ(θ − µ), the gradient
+    of the Laplace-regularised loss, and the whole is scaled to norm ``max_norm`` if it is longer. Returns
+    whether it was scaled."""
+    torch._foreach_addcmul_(gradients, precisions, torch._foreach_sub(parameters, anchors))
     norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(gradients))).item()
     if not math.isfinite(norm) or norm <= max_norm:
         return False

@@ -7,10 +7,17 @@ its ``plasticity_tools`` list:
   the gradient-norm clipping and before ``optimizer.step()``: the gradients in ``parameter.grad`` are the
   ones the optimizer is about to use, and a tool may change them in place (masking, projection,
   preconditioning);
-- ``after_optimizer_step(model, optimizer)`` after every optimizer step inside the update;
+- ``adjust_update(model, optimizer)`` right after every optimizer step, before any tool's
+  ``after_optimizer_step``: the parameters have just taken exactly the optimizer's update, which a tool may
+  rescale (NCL's preconditioner acts there, where an adaptive optimizer cannot undo it);
+- ``after_optimizer_step(model, optimizer)`` after every optimizer step inside the update (after every
+  tool's ``adjust_update``);
 - ``on_task_switch(model, optimizer, task)`` when the task clock sets the environment's task: once at the
   start of training (the first task) and at every schedule switch after;
 - ``on_rollout_end(model)`` after each rollout is collected;
+- ``on_reinitialise(model, entries)`` when another tool has just reinitialised entries of the networks
+  (continual backprop and ReDo replacing units): a tool that keeps state per entry (SPG's mask, NCL's
+  precision and anchor, L2-Init's initial weights, continual backprop's unit ages) resets it for them;
 - ``log(logger)`` after each update, to record scalars on SB3's logger;
 - ``state_dict()`` / ``load_state_dict(state)`` to save and restore the tool's own state.
 
@@ -19,18 +26,34 @@ A new method is one subclass of :class:`PlasticityTool` overriding what it needs
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.logger import Logger
 
+# Entries a tool has just reinitialised: (parameter, index) pairs, ``parameter[index]`` the fresh entries.
+Entries = list[tuple[torch.nn.Parameter, Any]]
+
 
 class PlasticityTool:
-    """Base class of plasticity tools: every hook is a no-op until a subclass overrides it."""
+    """Base class of plasticity tools: every hook is a no-op until a subclass overrides it.
+
+    ``resets_units``: the tool reinitialises single weights (continual backprop, ReDo) and restarts their
+    optimizer state; the agent then gives its optimizer one step count per weight (Adam becomes
+    ``ElementwiseAdam``, UPGD gets ``per_element_steps``), so a restarted weight's bias correction restarts
+    too.
+    """
+
+    resets_units: ClassVar[bool] = False
 
     def before_optimizer_step(self, model: BaseAlgorithm, optimizer: torch.optim.Optimizer) -> None:
         """Called with the clipped gradients in place, just before every optimizer step."""
+
+    def adjust_update(self, model: BaseAlgorithm, optimizer: torch.optim.Optimizer) -> None:
+        """Called right after every optimizer step, before any tool's :meth:`after_optimizer_step`: the
+        parameters hold exactly the optimizer's update (a tool that rescales it keeps the parameters as
+        they were before the step from ``before_optimizer_step``)."""
 
     def after_optimizer_step(self, model: BaseAlgorithm, optimizer: torch.optim.Optimizer) -> None:
         """Called after every optimizer step."""
@@ -41,6 +64,10 @@ class PlasticityTool:
 
     def on_rollout_end(self, model: BaseAlgorithm) -> None:
         """Called after each rollout is collected, before the update."""
+
+    def on_reinitialise(self, model: BaseAlgorithm, entries: Entries) -> None:
+        """Called when another tool has just reinitialised ``entries`` (fresh weights, their optimizer state
+        already restarted): reset whatever this tool keeps per entry for them."""
 
     def log(self, logger: Logger) -> None:
         """Record the tool's scalars; called after each update."""

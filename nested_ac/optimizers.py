@@ -1,6 +1,6 @@
 """The ``--optimizer`` choices: each maps an :class:`OptimizerConfig` to an SB3 optimizer class and kwargs
-(``nested_ac.build.optimizer_spec`` picks the run's: with one step count per weight when a tool resets
-units)."""
+(the agent gives it one step count per weight when a tool resets units:
+:func:`nested_ac.optim.with_element_steps`)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,8 @@ from typing import Any
 import torch
 
 from nested_ac.config import OptimizerConfig
-from nested_ac.optim import UPGD, AdaptiveUPGD, ElementwiseAdam
+from nested_ac.optim import UPGD, AdaptiveUPGD, OptimizerSpec
 from nested_ac.registry import OPTIMIZERS
-
-OptimizerSpec = tuple[type[torch.optim.Optimizer], dict[str, Any]]
 
 
 def adam(config: OptimizerConfig) -> OptimizerSpec:
@@ -37,18 +35,6 @@ def upgd(config: OptimizerConfig) -> OptimizerSpec:
 
 def upgd_sgd(config: OptimizerConfig) -> OptimizerSpec:
     return UPGD, _utility_kwargs(config)
-
-
-def with_element_steps(spec: OptimizerSpec) -> OptimizerSpec:
-    """``spec`` with one step count per weight: Adam(W) becomes :class:`ElementwiseAdam`, UPGD gets
-    ``per_element_steps``; any other optimizer is returned as it is."""
-    optimizer_class, kwargs = spec
-    if optimizer_class in (torch.optim.Adam, torch.optim.AdamW):
-        adam_kwargs = {key: kwargs[key] for key in ("betas", "eps", "weight_decay") if key in kwargs}
-        return ElementwiseAdam, adam_kwargs
-    if issubclass(optimizer_class, (UPGD, AdaptiveUPGD)):
-        return optimizer_class, {**kwargs, "per_element_steps": True}
-    return spec
 
 
 OPTIMIZERS.register(

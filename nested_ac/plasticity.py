@@ -16,10 +16,12 @@ Every tool acts on the networks the agent's ``trainable_networks()`` lists — t
 that may change now (a nested agent's frozen outer critics are left out) — and on nothing else (a Gaussian
 policy's ``log_std`` is left alone).
 
-The unit resets (continual backprop, ReDo) zero the optimizer state of exactly the reset entries; runs
-with either use an optimizer with one step count per weight
-(:func:`nested_ac.build.optimizer_spec`), so that zeroing also restarts each reset weight's
-bias correction.
+The unit resets (continual backprop, ReDo) zero the optimizer state of exactly the reset entries and
+tell every other tool which entries are fresh (``on_reinitialise``: SPG's mask, NCL's precision and anchor,
+L2-Init's θ_0 and continual backprop's unit ages restart there). An agent built with either tool gives its
+optimizer one step count per weight (:func:`nested_ac.optim.with_element_steps`), so that zeroing also
+restarts each reset weight's bias correction; a tool added to an agent whose optimizer keeps one step count
+per tensor is refused with a ValueError.
 """
 
 from __future__ import annotations
@@ -34,9 +36,10 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.logger import Logger
 from torch import nn
 
-from nested_ac.hooks import PlasticityTool
+from nested_ac.hooks import Entries, PlasticityTool
 from nested_ac.metrics import dormant_mask
 from nested_ac.networks import Network, policy_networks, probe
+from nested_ac.optim import keeps_one_step_per_tensor
 
 # Per-parameter state tensors (shaped like the parameter) of torch's optimizers; an optimizer with a
 # ``per_parameter_state_keys`` attribute (nested_ac.optim's optimizers) names its own.
@@ -64,7 +67,7 @@ def optimizer_state_keys(optimizer: torch.optim.Optimizer) -> tuple[str, ...]:
 @torch.no_grad()
 def reset_units(
     network: Network, layer: int, units: torch.Tensor, optimizer: torch.optim.Optimizer, ortho_init: bool
-) -> None:
+) -> Entries:
     """Replace hidden ``units`` of ``layer`` by fresh ones whose outgoing weights are 0.
 
     Incoming weights are redrawn from the layer's own initialisation — SB3's orthogonal init with gain √2
@@ -76,6 +79,7 @@ def reset_units(
 
     The next layer loses the units' contribution W_out[:, i]·h_i: the output changes unless it is moved
     elsewhere first (continual backprop moves its average into the next bias, :func:`transfer_to_bias`).
+    Returns the reinitialised entries: the incoming rows and biases and the outgoing columns.
     """
     incoming, outgoing = network.hidden[layer], network.outgoing(layer)
     fresh = nn.Linear(incoming.in_features, incoming.out_features).to(incoming.weight.device)
@@ -85,15 +89,17 @@ def reset_units(
     incoming.bias[units] = 0.0
     outgoing.weight[:, units] = 0.0
     keys = optimizer_state_keys(optimizer)
-    for parameter, index in (
+    entries: Entries = [
         (incoming.weight, units),
         (incoming.bias, units),
         (outgoing.weight, (slice(None), units)),
-    ):
+    ]
+    for parameter, index in entries:
         state = optimizer.state.get(parameter, {})
         for key in keys:
             if isinstance(state.get(key), torch.Tensor):
                 state[key][index] = 0.0
+    return entries
 
 
 @torch.no_grad()
@@ -105,32 +111,54 @@ def transfer_to_bias(network: Network, layer: int, units: torch.Tensor, means: t
 
 
 def reset_layers(
+    model: BaseAlgorithm,
+    origin: PlasticityTool,
     network: Network,
     units_by_layer: dict[int, torch.Tensor],
-    optimizer: torch.optim.Optimizer,
-    ortho_init: bool,
     means_by_layer: dict[int, torch.Tensor] | None = None,
 ) -> None:
-    """:func:`reset_units` for several layers of one network, last layer first: a fresh row of layer l+1
-    would otherwise give back outgoing weights to the units just replaced in layer l.
+    """The reset of tool ``origin``: :func:`reset_units` for several layers of one of ``model``'s networks
+    (with the policy's optimizer and initialisation), last layer first — a fresh row of layer l+1 would
+    otherwise give back outgoing weights to the units just replaced in layer l — then every other tool of
+    ``model`` is told which entries are fresh (``on_reinitialise``).
 
     With ``means_by_layer`` (each replaced unit's mean activation, aligned with ``units_by_layer``) every
     layer's :func:`transfer_to_bias` comes first, on the weights before any reset: a replaced unit of layer
     l+1 then ends with bias 0, not with a share of layer l's transfer through its fresh weights.
     """
+    policy = model.policy
     for layer, means in (means_by_layer or {}).items():
         transfer_to_bias(network, layer, units_by_layer[layer], means)
+    entries: Entries = []
     for layer in sorted(units_by_layer, reverse=True):
-        reset_units(network, layer, units_by_layer[layer], optimizer, ortho_init)
+        entries += reset_units(network, layer, units_by_layer[layer], policy.optimizer, policy.ortho_init)
+    if entries:
+        model.notify_reinitialised(entries, origin)
+
+
+def check_steps_per_weight(optimizer: torch.optim.Optimizer, tool: str) -> None:
+    """A ValueError unless ``optimizer`` can restart single weights' bias correction (one step count per
+    weight, or none): ``tool`` resets units."""
+    if keeps_one_step_per_tensor(optimizer):
+        raise ValueError(
+            f"{tool} restarts the optimizer state of the weights it resets, step count included, but "
+            f"{type(optimizer).__name__} keeps one step count per tensor; pass the tool when building the "
+            "agent (ContinualPPO(..., plasticity_tools=[...]) then uses ElementwiseAdam, or UPGD with "
+            "per_element_steps) or build the optimizer so yourself"
+        )
 
 
 NONNEGATIVE_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Sigmoid)  # outputs ≥ 0 (or -0): mean |h| = mean h
 
 
 class ActivationRecorder:
-    """Keeps the last training-time output (under autograd, so not rollouts or probes) of each activation."""
+    """Keeps each activation's last output in the agent's own forward pass on a minibatch
+    (``model.in_minibatch_forward``, see ``ContinualPPO.minibatch_forward``): not rollouts, probes or
+    another tool's forward passes (gradient projection's memory batch, a consolidation), whichever engine
+    computes it and whether or not gradients are on."""
 
-    def __init__(self, networks: list[Network]) -> None:
+    def __init__(self, networks: list[Network], model: BaseAlgorithm) -> None:
+        self.model = model
         self.outputs: dict[tuple[str, int], torch.Tensor] = {}
         self._handles = [
             activation.register_forward_hook(self._hook((network.name, layer)))
@@ -140,7 +168,7 @@ class ActivationRecorder:
 
     def _hook(self, key: tuple[str, int]):
         def record(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
-            if torch.is_grad_enabled():
+            if self.model.in_minibatch_forward:
                 self.outputs[key] = output.detach()
 
         record.observes_only = (
@@ -239,6 +267,8 @@ class ContinualBackprop(PlasticityTool):
         self.replaced: dict[tuple[str, int], int] = {}
         self._traces: dict[str, _NetworkTrace] = {}  # by network name: flat views of mean and utility
 
+    resets_units = True
+
     def bind(self, model: BaseAlgorithm) -> None:
         """Start recording the hidden activations of every network of ``model`` (idempotent)."""
         if self.recorder is not None:
@@ -256,7 +286,8 @@ class ContinualBackprop(PlasticityTool):
                     self.mean[key] = torch.zeros(units, device=linear.weight.device)
                     self.carry[key], self.replaced[key] = 0.0, 0
         optimizer_state_keys(model.policy.optimizer)  # an unknown layout fails now, not at the first reset
-        self.recorder = ActivationRecorder(networks)
+        check_steps_per_weight(model.policy.optimizer, "continual backprop")
+        self.recorder = ActivationRecorder(networks, model)
 
     def on_rollout_end(self, model: BaseAlgorithm) -> None:
         self.bind(model)
@@ -271,13 +302,29 @@ class ContinualBackprop(PlasticityTool):
             if not due:
                 continue
             means = {layer: self.corrected_mean((network.name, layer))[units] for layer, units in due.items()}
-            reset_layers(network, due, optimizer, model.policy.ortho_init, means)
+            reset_layers(model, self, network, due, means)
             for layer, units in due.items():
-                key = (network.name, layer)
-                self.ages[key][units.cpu().numpy()] = 0
-                self.utility[key][units] = 0.0
-                self.mean[key][units] = 0.0
-                self.replaced[key] += len(units)
+                self._restart((network.name, layer), units)
+                self.replaced[(network.name, layer)] += len(units)
+
+    def _restart(self, key: LayerKey, units: torch.Tensor) -> None:
+        """Fresh units of layer ``key``: age 0, utility 0, running mean 0."""
+        self.ages[key][units.cpu().numpy()] = 0
+        self.utility[key][units] = 0.0
+        self.mean[key][units] = 0.0
+
+    @torch.no_grad()
+    def on_reinitialise(self, model: BaseAlgorithm, entries: Entries) -> None:
+        """Units another tool (ReDo) has reset — the rows of a hidden layer's incoming weights — restart."""
+        layer_of = {
+            id(linear.weight): (network.name, layer)
+            for network in model.trainable_networks().values()
+            for layer, linear in enumerate(network.hidden)
+        }
+        for parameter, index in entries:
+            key = layer_of.get(id(parameter))
+            if key in self.ages and isinstance(index, torch.Tensor):
+                self._restart(key, index)
 
     def corrected_mean(self, key: tuple[str, int]) -> torch.Tensor:
         """f̂ = f / (1 − η^a): the bias-corrected running mean activation of each unit of layer ``key``
@@ -435,6 +482,7 @@ class L2Init(PlasticityTool):
 
     θ_0 the parameters at the start of training, lr the parameter group's current learning rate, λ = ``coef``
     (the gradient of λ/2·‖θ − θ_0‖², applied outside the adaptive step as AdamW applies weight decay).
+    Entries another tool reinitialises (continual backprop, ReDo) take their fresh values as θ_0.
     """
 
     def __init__(self, coef: float) -> None:
@@ -455,6 +503,15 @@ class L2Init(PlasticityTool):
         if not self.initial:  # θ_0: the parameters before the first update
             self.initial = {name: p.detach().clone() for name, p in model.policy.named_parameters()}
 
+    @torch.no_grad()
+    def on_reinitialise(self, model: BaseAlgorithm, entries: Entries) -> None:
+        """Reinitialised entries have new initial values: θ_0 ← their fresh values."""
+        if not self.initial:
+            return
+        name_of = {id(p): name for name, p in model.policy.named_parameters()}
+        for parameter, index in entries:
+            self.initial[name_of[id(parameter)]][index] = parameter[index]
+
     def state_dict(self) -> dict[str, Any]:
         return {"initial": {name: value.clone() for name, value in self.initial.items()}}
 
@@ -470,6 +527,8 @@ class ReDo(PlasticityTool):
     weights, zero outgoing weights, zeroed optimizer state: :func:`reset_units`).
     """
 
+    resets_units = True
+
     def __init__(self, tau: float = 0.025, every: int = 10, probe_size: int = 1024) -> None:
         if tau < 0 or every <= 0:
             raise ValueError(f"redo needs tau >= 0 and every > 0, got tau={tau}, every={every}")
@@ -479,10 +538,11 @@ class ReDo(PlasticityTool):
 
     @torch.no_grad()
     def on_rollout_end(self, model: BaseAlgorithm) -> None:
+        if not self.rollouts:
+            check_steps_per_weight(model.policy.optimizer, "ReDo")
         self.rollouts += 1
         if self.rollouts % self.every:
             return
-        policy = model.policy
         _, features = probe(model, self.probe_size)
         for network in model.trainable_networks().values():
             dormant = {}
@@ -490,7 +550,7 @@ class ReDo(PlasticityTool):
                 units = torch.nonzero(dormant_mask(h, self.tau)).flatten()
                 if len(units):
                     dormant[layer] = units
-            reset_layers(network, dormant, policy.optimizer, policy.ortho_init)
+            reset_layers(model, self, network, dormant)
             count = sum(len(units) for units in dormant.values())
             self.reset[network.name] = self.reset.get(network.name, 0) + count
 

@@ -70,8 +70,8 @@ class ToolSpec(Generic[T]):
     tags (chart title → tag regex), shown under *plasticity and interventions*: a ``plasticity`` tool's
     (the diagnostics) first, then the gradient norm, then the ``interventions``' (``category``).
     ``changes_training``: False for a tool that only observes (diagnostics): a run with it alone still
-    counts as a baseline. ``resets_units``: the tool resets units, so the optimizer keeps one step count
-    per weight.
+    counts as a baseline. (A tool that resets units says so itself, ``PlasticityTool.resets_units``: the
+    agent then keeps one step count per weight.)
     """
 
     section: str
@@ -82,7 +82,6 @@ class ToolSpec(Generic[T]):
     charts: Mapping[str, str] = field(default_factory=dict)
     category: str = "interventions"
     changes_training: bool = True
-    resets_units: bool = False
 
 
 AGENTS: Registry[AgentSpec] = Registry("agent")

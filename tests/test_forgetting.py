@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import signal
 
 import pytest
 import torch
+from stable_baselines3.common.env_util import make_vec_env
 
 from nested_ac.agents import ContinualPPO
 from nested_ac.forgetting import (
     GradientProjection,
     NaturalContinualLearning,
     SoftMasking,
-    ncl_direction,
+    ncl_gradient,
     project,
     spg_importance,
 )
+from nested_ac.hooks import PlasticityTool
 from nested_ac.sweep import load_experiment
 from nested_ac.train import train
 from tests.conftest import FAST, read_scalars
@@ -41,13 +44,40 @@ def after_a_switch(tool, model: ContinualPPO) -> None:
     tool.on_task_switch(model, model.policy.optimizer, 1)
 
 
-def test_spg_importance_is_tanh_of_the_standardised_gradient_magnitude():
-    gradient = torch.tensor([[-3.0, 1.0], [0.0, 2.0]])
-    magnitude = torch.tensor([3.0, 1.0, 0.0, 2.0])
-    expected = torch.tanh((magnitude - 1.5) / magnitude.std()).reshape(2, 2)
-    assert torch.allclose(spg_importance(gradient), expected)
+def test_spg_importance_is_the_absolute_tanh_of_the_standardised_signed_gradient():
+    """Konishi et al. (2023): γ = |tanh((g − mean g) / std g)|, on the signed gradient."""
+    gradient = torch.tensor([[-3.0, 1.0], [0.0, 6.0]])  # mean 1, std √(16 + 0 + 1 + 25)/√3 = √14
+    z = torch.tensor([[-4.0, 0.0], [-1.0, 5.0]]) / math.sqrt(14.0)
+    assert torch.allclose(spg_importance(gradient), torch.tanh(z).abs())
+    # By hand: |tanh(-4/√14)|, |tanh(0)|, |tanh(-1/√14)|, |tanh(5/√14)|. The entry 0, whose |g| lies below
+    # the tensor's mean |g| (2.5), is protected too.
+    expected = torch.tensor([[0.7891, 0.0], [0.2611, 0.8708]])
+    assert torch.allclose(spg_importance(gradient), expected, atol=1e-4)
     assert torch.equal(spg_importance(torch.tensor([5.0])), torch.zeros(1))  # no spread: no importance
     assert torch.equal(spg_importance(torch.full((3,), -2.0)), torch.zeros(3))
+
+
+def ppo_loss_by_formula(model: ContinualPPO, batch) -> torch.Tensor:
+    """PPO's loss on ``batch`` (SB3's clipped surrogate, value and entropy terms), written out here."""
+    actions = batch.actions.long().flatten()
+    values, log_prob, entropy = model.policy.evaluate_actions(batch.observations, actions)
+    advantages = (batch.advantages - batch.advantages.mean()) / (batch.advantages.std() + 1e-8)
+    ratio = torch.exp(log_prob - batch.old_log_prob)
+    surrogate = torch.min(advantages * ratio, advantages * torch.clamp(ratio, 0.8, 1.2))
+    value_loss = (batch.returns - values.flatten()).pow(2).mean()
+    return -surrogate.mean() - model.ent_coef * entropy.mean() + model.vf_coef * value_loss
+
+
+def test_spg_consolidates_the_importance_of_the_ppo_loss_gradient_on_the_kept_rollout():
+    model = make_model()
+    spg = SoftMasking()
+    after_a_switch(spg, model)  # the importance of the rollout kept before the switch, at the switch
+    assert model.clip_range(1.0) == 0.2 and model.clip_range_vf is None
+    parameters = {name: p for name, p in model.policy.named_parameters() if name != "log_std"}
+    gradients = torch.autograd.grad(ppo_loss_by_formula(model, spg.ending_batch()), list(parameters.values()))
+    assert set(spg.mask) == set(parameters)
+    for name, gradient in zip(parameters, gradients, strict=True):
+        torch.testing.assert_close(spg.mask[name], spg_importance(gradient), rtol=1e-4, atol=1e-5, msg=name)
 
 
 def test_spg_with_full_mask_leaves_the_weight_unchanged_and_the_rest_learning():
@@ -129,25 +159,161 @@ def test_projected_training_step_does_not_raise_the_reference_loss_to_first_orde
     parameters = [p for p in model.policy.parameters() if p.grad is not None]
     reference = torch.autograd.grad(projection.reference_loss(model), parameters, allow_unused=True)
     projection.before_optimizer_step(model, model.policy.optimizer)
+    assert projection.conflicts == 1  # the minibatch's gradient conflicted with g_ref, and was projected
     dot = sum(torch.sum(p.grad * r) for p, r in zip(parameters, reference, strict=True) if r is not None)
     assert dot.item() >= -1e-6
 
 
-def test_ncl_direction_is_the_preconditioned_laplace_gradient_under_the_norm_cap():
+def test_projection_spans_log_std_which_the_kl_to_the_stored_gaussian_policy_depends_on():
+    """Pendulum: with the policy moved only in log_std since the switch, g_ref lives in log_std alone; a
+    gradient that raises log_std further conflicts with it, and is projected."""
+    env = make_vec_env("Pendulum-v1", n_envs=1, seed=0)
+    model = ContinualPPO("MlpPolicy", env, n_steps=64, batch_size=64, seed=0)
+    projection = GradientProjection(memory_size=32)
+    after_a_switch(projection, model)
+    with torch.no_grad():
+        model.policy.log_std.add_(0.5)
+    parameters = list(model.policy.parameters())
+    reference = torch.autograd.grad(projection.reference_loss(model), parameters)
+    log_std = model.policy.log_std
+    assert reference[0] is not None and parameters[0] is log_std and torch.all(reference[0] > 0)
+    for p in parameters:  # g: −1 on log_std only (widen the policy further), no gradient elsewhere
+        p.grad = -torch.ones_like(p) if p is log_std else None
+    projection.before_optimizer_step(model, model.policy.optimizer)
+    assert projection.conflicts == 1 and projection.steps == 1
+    dot = sum(torch.sum(p.grad * r) for p, r in zip(parameters, reference, strict=True) if p.grad is not None)
+    assert dot.item() >= -1e-6
+    # The same with a gradient on every network parameter too (where g_ref is 0: the means are unmoved).
+    projection.steps = projection.conflicts = 0
+    for p in parameters:
+        p.grad = -torch.ones_like(p) if p is log_std else torch.full_like(p, 1e-3)
+    projection.before_optimizer_step(model, model.policy.optimizer)
+    assert projection.conflicts == 1
+    dot = sum(torch.sum(p.grad * r) for p, r in zip(parameters, reference, strict=True))
+    assert dot.item() >= -1e-6
+
+
+def test_ncl_gradient_is_the_laplace_regularised_gradient_under_the_norm_cap():
     g = [torch.tensor([1.0, -2.0]), torch.tensor([4.0])]
     precision = [torch.tensor([2.0, 4.0]), torch.tensor([8.0])]
     theta = [torch.tensor([1.0, 1.0]), torch.tensor([0.0])]
     anchor = [torch.tensor([0.5, 1.0]), torch.tensor([1.0])]
-    expected = [torch.tensor([0.5 + 0.5, -0.5 + 0.0]), torch.tensor([0.5 - 1.0])]
+    expected = [torch.tensor([1.0 + 2.0 * 0.5, -2.0 + 0.0]), torch.tensor([4.0 - 8.0])]  # g + Λ(θ − µ)
     uncapped = [t.clone() for t in g]
-    assert not ncl_direction(uncapped, precision, theta, anchor, max_norm=10.0)
+    assert not ncl_gradient(uncapped, precision, theta, anchor, max_norm=10.0)
     for got, want in zip(uncapped, expected, strict=True):
         assert torch.allclose(got, want)
     capped = [t.clone() for t in g]
-    assert ncl_direction(capped, precision, theta, anchor, max_norm=0.1)
-    norm = math.sqrt(1.0**2 + 0.5**2 + 0.5**2)
+    assert ncl_gradient(capped, precision, theta, anchor, max_norm=0.1)
     for got, want in zip(capped, expected, strict=True):
-        assert torch.allclose(got, want * 0.1 / norm)
+        assert torch.allclose(got, want * 0.1 / math.sqrt(24.0))
+
+
+def test_ncl_fisher_is_the_mean_over_states_of_each_states_squared_score():
+    """F = E_s[(∂/∂θ (log π(a|s) + V(s)))²] over several states: the square of each state's gradient, not of
+    their mean."""
+    model = make_model()
+    ncl = NaturalContinualLearning(prior=0.5, fisher_samples=3, max_norm=1e6)
+    after_a_switch(ncl, model)
+    batch, parameters = ncl.ending_batch(), dict(model.policy.named_parameters())
+    assert len(batch.observations) == 64
+    squares = {name: torch.zeros_like(p) for name, p in parameters.items()}
+    sums = {name: torch.zeros_like(p) for name, p in parameters.items()}
+    for i in (0, 32, 63):  # three states evenly spaced over the rollout
+        values, log_prob, _ = model.policy.evaluate_actions(
+            batch.observations[i : i + 1], batch.actions[i : i + 1].long().flatten()
+        )
+        model.policy.optimizer.zero_grad()
+        (values.sum() + log_prob.sum()).backward()
+        for name, p in parameters.items():
+            if p.grad is not None:
+                squares[name] += p.grad.pow(2)
+                sums[name] += p.grad
+    for name, precision in ncl.precision.items():
+        torch.testing.assert_close(precision, 0.5 + squares[name] / 3, msg=name)
+    weight_fisher = ncl.precision[WEIGHT] - 0.5
+    assert not torch.allclose(weight_fisher, (sums[WEIGHT] / 3).pow(2))  # the test tells the two apart
+
+
+def with_ncl_state(model: ContinualPPO, ncl: NaturalContinualLearning) -> dict[str, torch.Tensor]:
+    """``ncl`` given a precision Λ spread over four decades above its prior, and an anchor µ near θ, as if
+    a task had ended; returns P = λΛ⁻¹ by parameter name."""
+    generator = torch.Generator().manual_seed(1)
+    for name, p in model.policy.named_parameters():
+        if name != "log_std":
+            ncl.precision[name] = ncl.prior * 10 ** (4 * torch.rand(p.shape, generator=generator))
+            ncl.anchor[name] = p.detach() + 0.01 * torch.randn(p.shape, generator=generator)
+    return {name: ncl.prior / precision for name, precision in ncl.precision.items()}
+
+
+def one_step(model: ContinualPPO, tools: list) -> dict[str, torch.Tensor]:
+    """The change of every parameter in one training step (backward, clipping, the tools, the optimizer)."""
+    model.plasticity_tools = tools
+    before = {name: p.detach().clone() for name, p in model.policy.named_parameters()}
+    model._optimizer_step(minibatch_loss(model), {})
+    return {name: p.detach() - before[name] for name, p in model.policy.named_parameters()}
+
+
+class LaplacePenalty(PlasticityTool):
+    """EWC's gradient, written here: g ← g + Λ(θ − µ), capped at ``max_norm`` as NCL caps it."""
+
+    def __init__(self, precision: dict, anchor: dict, max_norm: float) -> None:
+        self.precision, self.anchor, self.max_norm = precision, anchor, max_norm
+
+    @torch.no_grad()
+    def before_optimizer_step(self, model, optimizer) -> None:
+        parameters = dict(model.policy.named_parameters())
+        for name, precision in self.precision.items():
+            parameters[name].grad.add_(precision * (parameters[name] - self.anchor[name]))
+        norm = torch.linalg.vector_norm(torch.cat([parameters[n].grad.flatten() for n in self.precision]))
+        if norm > self.max_norm:
+            for name in self.precision:
+                parameters[name].grad.mul_(self.max_norm / norm)
+
+
+@pytest.mark.parametrize("max_norm", [1e6, 0.5])
+def test_ncl_step_under_adam_is_ewcs_step_preconditioned_by_the_precision(max_norm):
+    """Kao et al.'s preconditioner survives Adam: the same Adam state, one step, and NCL's update is EWC's
+    (Adam on the Laplace-regularised gradient) times P = λΛ⁻¹ — not EWC's itself, as it would be were Λ⁻¹
+    applied to the gradient that Adam then normalises."""
+    model = make_model()
+    for _ in range(5):  # Adam with a history of moments
+        one_step(model, [])
+    ncl = NaturalContinualLearning(prior=1e-2, max_norm=max_norm)
+    preconditioner = with_ncl_state(model, ncl)
+    saved = copy.deepcopy((model.policy.state_dict(), model.policy.optimizer.state_dict()))
+    ncl_step = one_step(model, [ncl])
+    model.policy.load_state_dict(saved[0])
+    model.policy.optimizer.load_state_dict(saved[1])
+    ewc_step = one_step(model, [LaplacePenalty(ncl.precision, ncl.anchor, max_norm)])
+    difference = norm = 0.0
+    for name, step in ewc_step.items():
+        expected = step * preconditioner[name] if name in preconditioner else step  # log_std: no NCL
+        # Steps of ~1e-4 read off float32 weights of ~1: to within their rounding (~1e-7).
+        torch.testing.assert_close(ncl_step[name], expected, rtol=1e-4, atol=2e-7, msg=name)
+        difference += (ncl_step[name] - step).pow(2).sum().item()
+        norm += step.pow(2).sum().item()
+    assert difference > 0.25 * norm  # P spans four decades: NCL's step is far from EWC's
+    assert ncl.capped == (max_norm == 0.5)
+
+
+def test_ncl_step_under_sgd_is_kao_et_als_update():
+    """θ ← θ − γΛ⁻¹(g + Λ(θ − µ)) with γ = lr·λ, g the clipped gradient."""
+    model = make_model(torch.optim.SGD)
+    model.policy.optimizer.param_groups[0]["lr"] = 1.0  # γ = 1e-2: steps well above float32 rounding
+    ncl = NaturalContinualLearning(prior=1e-2, max_norm=1e6)
+    with_ncl_state(model, ncl)
+    parameters = dict(model.policy.named_parameters())
+    model.policy.optimizer.zero_grad()
+    minibatch_loss(model).backward()
+    torch.nn.utils.clip_grad_norm_(model.policy.parameters(), model.max_grad_norm)
+    gradient = {name: p.grad.clone() for name, p in parameters.items()}
+    theta = {name: p.detach().clone() for name, p in parameters.items()}
+    step = one_step(model, [ncl])
+    lr, prior = model.policy.optimizer.param_groups[0]["lr"], ncl.prior
+    for name, precision in ncl.precision.items():
+        natural = gradient[name] / precision + (theta[name] - ncl.anchor[name])
+        torch.testing.assert_close(step[name], -lr * prior * natural, rtol=1e-4, atol=2e-7, msg=name)
 
 
 def test_ncl_precision_grows_by_the_fisher_and_the_anchor_is_the_switch_parameters():
@@ -169,12 +335,12 @@ def test_ncl_precision_grows_by_the_fisher_and_the_anchor_is_the_switch_paramete
     ncl.on_task_switch(model, model.policy.optimizer, 0)  # a second switch adds a second Fisher
     for name, precision in ncl.precision.items():
         assert torch.allclose(precision, first[name] + parameters[name].grad.pow(2))
-    # The direction handed to Adam: Λ⁻¹g + (θ − µ), here θ = µ.
+    # The gradient handed to the optimizer: g + Λ(θ − µ), here θ = µ.
     model.policy.optimizer.zero_grad()
     minibatch_loss(model).backward()
     raw = parameters[WEIGHT].grad.clone()
     ncl.before_optimizer_step(model, model.policy.optimizer)
-    assert torch.allclose(parameters[WEIGHT].grad, raw / ncl.precision[WEIGHT])
+    assert torch.equal(parameters[WEIGHT].grad, raw)
 
 
 TOOLS = {

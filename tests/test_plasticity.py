@@ -8,16 +8,18 @@ import numpy as np
 import pytest
 import torch
 from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.logger import Logger
 
 from nested_ac import envs
 from nested_ac.agents import ContinualPPO, NestedPPO
-from nested_ac.agents.ppo import call
-from nested_ac.build import optimizer_spec
+from nested_ac.agents.ppo import ENGINES, call
+from nested_ac.build import build_agent, optimizer_spec, plasticity_tools
 from nested_ac.callbacks import TaskClock
 from nested_ac.config import RunConfig
+from nested_ac.forgetting import GradientProjection, NaturalContinualLearning, SoftMasking
 from nested_ac.hooks import PlasticityTool
 from nested_ac.networks import policy_networks
-from nested_ac.optim import UPGD, ElementwiseAdam
+from nested_ac.optim import UPGD, AdaptiveUPGD, ElementwiseAdam, FlatAdam, with_element_steps
 from nested_ac.plasticity import (
     ContinualBackprop,
     L2Init,
@@ -32,7 +34,7 @@ from tests.test_reliability import assert_same_final_run, cli_args, interrupt_at
 
 
 def make_model(
-    optimizer_class=torch.optim.Adam, net_arch=None, activation=torch.nn.ReLU, optimizer_kwargs=None
+    optimizer_class=torch.optim.Adam, net_arch=None, activation=torch.nn.ReLU, optimizer_kwargs=None, tools=()
 ):
     env = make_vec_env("CartPole-v1", n_envs=1, seed=0)
     policy_kwargs = {
@@ -41,7 +43,15 @@ def make_model(
         "optimizer_class": optimizer_class,
         "optimizer_kwargs": optimizer_kwargs or {},
     }
-    return ContinualPPO("MlpPolicy", env, n_steps=64, batch_size=64, seed=0, policy_kwargs=policy_kwargs)
+    return ContinualPPO(
+        "MlpPolicy",
+        env,
+        n_steps=64,
+        batch_size=64,
+        seed=0,
+        policy_kwargs=policy_kwargs,
+        plasticity_tools=list(tools),
+    )
 
 
 def observations(n=64):
@@ -50,7 +60,8 @@ def observations(n=64):
 
 def training_step(model, obs):
     """One forward (recorded by the tools' hooks) and one optimizer step, as inside PPO's update."""
-    values, log_prob, entropy = model.policy.evaluate_actions(obs, torch.zeros(len(obs), dtype=torch.long))
+    with model.minibatch_forward():
+        values, log_prob, _ = model.policy.evaluate_actions(obs, torch.zeros(len(obs), dtype=torch.long))
     loss = values.pow(2).mean() - log_prob.mean()
     model.policy.optimizer.zero_grad()
     loss.backward()
@@ -64,9 +75,8 @@ def outputs(model, obs):
 
 
 def test_replacing_a_dead_unit_keeps_outputs_and_resets_exactly_its_entries():
-    model = make_model(activation=torch.nn.Tanh)  # tanh: no unit is dead by chance, as ReLU units can be
     cbp = ContinualBackprop(replacement_rate=1 / 16, maturity=2, decay_rate=0.9)
-    model.plasticity_tools = [cbp]
+    model = make_model(activation=torch.nn.Tanh, tools=[cbp])  # tanh: no unit is dead by chance, as ReLU's
     cbp.bind(model)
     obs = observations()
     for _ in range(2):  # immature: no replacement during the first m = 2 steps
@@ -114,11 +124,10 @@ def test_replacing_a_dead_unit_keeps_outputs_and_resets_exactly_its_entries():
 def test_a_replacement_moves_the_mean_contribution_into_the_next_bias():
     # One observation, repeated, and lr = 0: every activation equals its running mean f̂, so moving
     # W_out[:, i]·f̂_i into the next bias before zeroing W_out[:, i] leaves the output unchanged.
-    model = make_model(activation=torch.nn.Tanh)
+    cbp = ContinualBackprop(replacement_rate=1 / 16, maturity=5, decay_rate=0.9)
+    model = make_model(activation=torch.nn.Tanh, tools=[cbp])
     for group in model.policy.optimizer.param_groups:
         group["lr"] = 0.0
-    cbp = ContinualBackprop(replacement_rate=1 / 16, maturity=5, decay_rate=0.9)
-    model.plasticity_tools = [cbp]
     cbp.bind(model)
     obs = observations(1).repeat(64, 1)
     for _ in range(8):  # replacements at steps 6, 7, 8; the fresh units stay immature until step 12
@@ -150,8 +159,12 @@ def test_a_reset_weight_restarts_its_optimizer_like_a_fresh_one(name, betas):
     config.optimizer.name, config.optimizer.betas, config.cbp.enabled = name, betas, True
     config.optimizer.sigma, config.optimizer.protect = 0.0, False  # UPGD: no noise, the gate only on noise
     optimizer_class, kwargs = optimizer_spec(config)
-    model = make_model(optimizer_class, activation=torch.nn.Tanh, optimizer_kwargs=kwargs)
+    model = make_model(
+        optimizer_class, activation=torch.nn.Tanh, optimizer_kwargs=kwargs, tools=plasticity_tools(config)
+    )
+    optimizer_class, kwargs = with_element_steps((optimizer_class, kwargs))  # what the agent built
     optimizer, lr = model.policy.optimizer, model.policy.optimizer.param_groups[0]["lr"]
+    assert type(optimizer) is optimizer_class
     obs = observations()
     for _ in range(300):
         training_step(model, obs)
@@ -183,21 +196,42 @@ def test_a_reset_weight_restarts_its_optimizer_like_a_fresh_one(name, betas):
 
 
 def test_per_element_steps_only_with_unit_resets():
-    config = RunConfig()
-    assert optimizer_spec(config)[0] is torch.optim.Adam
-    for key in ("cbp", "redo"):
+    env = make_vec_env("CartPole-v1", n_envs=1, seed=0)
+    for engine in ENGINES:
         config = RunConfig()
-        getattr(config, key).enabled = True
-        assert optimizer_spec(config)[0] is ElementwiseAdam
-        config.optimizer.name = "upgd-sgd"
-        optimizer_class, kwargs = optimizer_spec(config)
-        assert optimizer_class is UPGD and kwargs["per_element_steps"] is True
+        config.ppo.engine = engine
+        assert type(build_agent(config, env).policy.optimizer) in (torch.optim.Adam, FlatAdam)
+        for key in ("cbp", "redo"):
+            config = RunConfig()
+            config.ppo.engine = engine
+            getattr(config, key).enabled = True
+            optimizer = build_agent(config, env).policy.optimizer
+            assert type(optimizer) is ElementwiseAdam and optimizer.defaults["eps"] == config.optimizer.eps
+            config.optimizer.name = "upgd-sgd"
+            optimizer = build_agent(config, env).policy.optimizer
+            assert type(optimizer) is UPGD and optimizer.per_element_steps
+
+
+@pytest.mark.parametrize("tool", [ContinualBackprop, ReDo])
+def test_an_agent_built_directly_with_a_unit_reset_keeps_a_step_count_per_weight(tool):
+    """ContinualPPO(plasticity_tools=[...]) as through a run configuration: Adam becomes ElementwiseAdam
+    (SB3's Adam eps), UPGD gets per-element steps; a tool added later to a per-tensor Adam is refused."""
+    env = make_vec_env("CartPole-v1", n_envs=1, seed=0)
+    for engine in ENGINES:
+        optimizer = ContinualPPO("MlpPolicy", env, engine=engine, plasticity_tools=[tool()]).policy.optimizer
+        assert type(optimizer) is ElementwiseAdam and optimizer.defaults["eps"] == 1e-5
+    policy_kwargs = {"optimizer_class": AdaptiveUPGD, "optimizer_kwargs": {"sigma": 0.0}}
+    model = ContinualPPO("MlpPolicy", env, plasticity_tools=[tool()], policy_kwargs=policy_kwargs)
+    assert type(model.policy.optimizer) is AdaptiveUPGD and model.policy.optimizer.per_element_steps
+    model = ContinualPPO("MlpPolicy", env, n_steps=64, batch_size=64)
+    model.plasticity_tools = [tool()]
+    with pytest.raises(ValueError, match="keeps one step count per tensor; pass the tool when building"):
+        model.learn(64)
 
 
 def test_replacement_count_follows_rate_with_carry():
-    model = make_model()
     cbp = ContinualBackprop(replacement_rate=0.1, maturity=0, decay_rate=0.9)
-    model.plasticity_tools = [cbp]
+    model = make_model(tools=[cbp])
     cbp.bind(model)
     obs = observations()
     for _ in range(10):
@@ -217,9 +251,8 @@ def test_replacement_count_follows_rate_with_carry():
 @pytest.mark.parametrize("activation", [torch.nn.ReLU, torch.nn.Tanh])
 def test_contribution_utility_is_mean_absolute_activation_times_outgoing_weight_mass(activation):
     """c_i = mean_batch |h_i| · Σ_k |W_out[k, i]|, bit for bit (ReLU: mean h serves as mean |h|)."""
-    model = make_model(activation=activation)
     cbp = ContinualBackprop(replacement_rate=0.0, decay_rate=0.9)
-    model.plasticity_tools = [cbp]
+    model = make_model(activation=activation, tools=[cbp])
     cbp.bind(model)
     training_step(model, observations())
     for network in policy_networks(model.policy):
@@ -244,9 +277,8 @@ def test_the_fast_engine_runs_forward_hooks_as_module_call_does():
 
 
 def test_immature_units_are_never_replaced():
-    model = make_model()
     cbp = ContinualBackprop(replacement_rate=1.0, maturity=5)
-    model.plasticity_tools = [cbp]
+    model = make_model(tools=[cbp])
     cbp.bind(model)
     obs = observations()
     for _ in range(5):
@@ -263,8 +295,6 @@ def test_optimizer_state_layouts():
     assert optimizer_state_keys(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)) == (
         "momentum_buffer",
     )
-    from nested_ac.optim import AdaptiveUPGD
-
     upgd = AdaptiveUPGD([torch.zeros(1, requires_grad=True)])
     assert optimizer_state_keys(upgd) == ("utility_trace", "exp_avg", "exp_avg_sq")
     model = make_model(torch.optim.RMSprop)
@@ -273,11 +303,8 @@ def test_optimizer_state_layouts():
 
 
 def test_upgd_traces_of_replaced_units_are_zeroed():
-    from nested_ac.optim import AdaptiveUPGD
-
-    model = make_model(AdaptiveUPGD)
     cbp = ContinualBackprop(replacement_rate=0.25, maturity=1)
-    model.plasticity_tools = [cbp]
+    model = make_model(AdaptiveUPGD, tools=[cbp])
     cbp.bind(model)
     obs = observations()
     for _ in range(2):
@@ -446,7 +473,7 @@ def test_l2_init_pulls_toward_the_initial_weights():
 
 
 def test_redo_resets_a_dormant_unit():
-    model = make_model()
+    model = make_model(ElementwiseAdam)
     model.learn(64)  # fills the rollout buffer
     actor = policy_networks(model.policy)[0]
     with torch.no_grad():
@@ -457,3 +484,131 @@ def test_redo_resets_a_dormant_unit():
     assert tool.reset["actor"] >= 1
     assert torch.all(actor.hidden[1].weight[:, 5] == 0) and actor.hidden[0].bias[5] == 0
     assert actor.hidden[0].weight[5].abs().sum() > 0
+
+
+@pytest.mark.parametrize(("mode", "freeze"), [("polyak", None), ("distill", None), ("distill", 0)])
+def test_continual_backprop_replaces_the_same_units_of_the_same_networks_on_both_engines(mode, freeze):
+    """One rule on both engines: every network the agent lets tools change (nested-ppo: every critic until
+    frozen, in either mode), its units scored on the update's minibatch."""
+    env = make_vec_env("CartPole-v1", n_envs=4, seed=0)
+    nested = {"levels": 2, "mode": mode, "freeze_outer_after": freeze, "n_steps": 128, "batch_size": 64}
+    policy_kwargs = {"net_arch": {"pi": [32, 32], "vf": [32, 32]}, "optimizer_class": ElementwiseAdam}
+    collector = NestedPPO("MlpPolicy", env, engine="sb3", seed=0, policy_kwargs=policy_kwargs, **nested)
+    collector.learn(1)  # one rollout, shared by both engines' updates
+    replaced = {}
+    for engine in ENGINES:
+        cbp = ContinualBackprop(replacement_rate=0.02, maturity=3, decay_rate=0.9)
+        model = NestedPPO(
+            "MlpPolicy", env, engine=engine, seed=0, policy_kwargs=policy_kwargs, plasticity_tools=[cbp],
+            **nested,
+        )  # fmt: skip
+        cbp.bind(model)
+        model.rollout_buffer, model.num_timesteps = collector.rollout_buffer, collector.num_timesteps
+        model.set_logger(Logger(None, []))
+        np.random.seed(1)
+        model.train()
+        replaced[engine] = {key: (count, cbp.ages[key].tolist()) for key, count in cbp.replaced.items()}
+    assert replaced["fast"] == replaced["sb3"]
+    networks = {name for (name, _), (count, _) in replaced["fast"].items() if count}
+    assert networks == ({"actor", "critic_1"} if freeze == 0 else {"actor", "critic_1", "critic_2"})
+
+
+class RowsSeen(PlasticityTool):
+    """After every optimizer step (and after the tools before it), the row counts of the activations
+    continual backprop has just scored its units on."""
+
+    def __init__(self, cbp: ContinualBackprop) -> None:
+        self.cbp, self.rows = cbp, set()
+
+    def after_optimizer_step(self, model, optimizer) -> None:
+        self.rows |= {len(h) for h in self.cbp.recorder.outputs.values()}
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_with_gradient_projection_continual_backprop_scores_units_on_the_minibatch(engine):
+    cbp, projection = ContinualBackprop(replacement_rate=0.0), GradientProjection(memory_size=16)
+    seen = RowsSeen(cbp)
+    model = ContinualPPO(
+        "MlpPolicy",
+        make_vec_env("CartPole-v1", n_envs=2, seed=0),
+        engine=engine,
+        n_steps=64,
+        batch_size=32,
+        n_epochs=2,
+        seed=0,
+        plasticity_tools=[cbp, projection, seen],
+        policy_kwargs={"net_arch": {"pi": [16, 16], "vf": [16, 16]}, "optimizer_class": ElementwiseAdam},
+    )
+    model.learn(128)
+    projection.on_task_switch(model, model.policy.optimizer, 0)
+    projection.on_task_switch(model, model.policy.optimizer, 1)  # a memory of task 0: 16 observations
+    seen.rows.clear()
+    model.learn(256, reset_num_timesteps=False)
+    assert projection.cache[0].shape[0] == 16  # projection ran its forward passes on its memory
+    assert seen.rows == {32}
+
+
+def fresh_entries(model, cbp) -> dict[str, torch.Tensor]:
+    """By parameter name, where continual backprop's last replacements left fresh entries (units of age 0:
+    their incoming rows and biases, their outgoing columns)."""
+    name_of = {id(p): name for name, p in model.policy.named_parameters()}
+    fresh = {name: torch.zeros_like(p, dtype=torch.bool) for name, p in model.policy.named_parameters()}
+    for network in policy_networks(model.policy):
+        for layer, linear in enumerate(network.hidden):
+            units = torch.as_tensor(np.flatnonzero(cbp.ages[(network.name, layer)] == 0))
+            fresh[name_of[id(linear.weight)]][units] = True
+            fresh[name_of[id(linear.bias)]][units] = True
+            fresh[name_of[id(network.outgoing(layer).weight)]][:, units] = True
+    return fresh
+
+
+def test_units_continual_backprop_replaces_restart_in_spg_ncl_and_l2_init():
+    """SPG's mask, NCL's precision and anchor and L2-Init's θ_0 of a replaced unit's entries restart; every
+    other entry keeps its state."""
+    cbp = ContinualBackprop(replacement_rate=1 / 16, maturity=2, decay_rate=0.9)
+    spg, ncl, l2 = SoftMasking(), NaturalContinualLearning(prior=1e-2, max_norm=1e6), L2Init(coef=0.0)
+    model = make_model(activation=torch.nn.Tanh, tools=[cbp, spg, ncl, l2])
+    parameters = {name: p for name, p in model.policy.named_parameters() if name != "log_std"}
+    spg.mask = {name: torch.full_like(p, 0.9) for name, p in parameters.items()}
+    ncl.precision = {name: torch.full_like(p, 5.0) for name, p in parameters.items()}
+    ncl.anchor = {name: p.detach() + 0.1 for name, p in parameters.items()}
+    l2.initial = {name: p.detach() - 0.1 for name, p in model.policy.named_parameters()}
+    cbp.bind(model)
+    obs = observations()
+    for _ in range(3):  # mature after two steps: the third replaces one unit of every hidden layer
+        training_step(model, obs)
+    assert all(count == 1 for count in cbp.replaced.values())
+    fresh = fresh_entries(model, cbp)
+    for name, p in parameters.items():
+        new, kept = fresh[name], ~fresh[name]
+        assert torch.all(spg.mask[name][new] == 0) and torch.all(spg.mask[name][kept] == 0.9), name
+        assert torch.all(ncl.precision[name][new] == ncl.prior) and torch.all(ncl.precision[name][kept] == 5)
+        assert torch.equal(ncl.anchor[name][new], p.detach()[new]), name
+        assert torch.equal(l2.initial[name][new], p.detach()[new]), name
+        assert not torch.equal(l2.initial[name][kept], p.detach()[kept]), name
+    assert any(fresh[name].any() for name in parameters)
+    # Nothing pulls a fresh entry back toward the weights it replaced: g + Λ(θ − µ) = g there.
+    model.policy.optimizer.zero_grad()
+    minibatch = model.policy.evaluate_actions(obs, torch.zeros(len(obs), dtype=torch.long))
+    (minibatch[0].pow(2).mean() - minibatch[1].mean()).backward()
+    raw = {name: p.grad.clone() for name, p in parameters.items()}
+    ncl.before_optimizer_step(model, model.policy.optimizer)
+    for name, p in parameters.items():
+        torch.testing.assert_close(p.grad[fresh[name]], raw[name][fresh[name]], msg=name)
+
+
+def test_units_redo_resets_restart_in_continual_backprop():
+    cbp, redo = ContinualBackprop(replacement_rate=0.0), ReDo(tau=0.025, every=1)
+    model = make_model(tools=[cbp, redo])
+    model.learn(64)  # a rollout to probe (ReDo) and activations to score (continual backprop)
+    assert all(np.all(ages > 0) for ages in cbp.ages.values())
+    actor = policy_networks(model.policy)[0]
+    with torch.no_grad():
+        actor.hidden[0].weight[5] = 0.0
+        actor.hidden[0].bias[5] = -1.0  # ReLU(negative) = 0: unit 5 never fires
+    before = sum(redo.reset.values())
+    redo.on_rollout_end(model)
+    key = ("actor", 0)
+    assert cbp.ages[key][5] == 0 and cbp.utility[key][5] == 0 and cbp.mean[key][5] == 0
+    restarted = sum(np.count_nonzero(ages == 0) for ages in cbp.ages.values())
+    assert restarted == sum(redo.reset.values()) - before  # exactly the units ReDo reset

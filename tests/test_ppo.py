@@ -11,10 +11,11 @@ import pytest
 import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
-from stable_baselines3.common.logger import Logger
+from stable_baselines3.common.logger import KVWriter, Logger
 
 from nested_ac import envs  # noqa: F401  (registers the permuted CartPole)
 from nested_ac.agents import ContinualPPO
+from nested_ac.agents.ppo import ENGINES
 
 SMALL = {"n_steps": 64, "batch_size": 32, "n_epochs": 2, "seed": 0}
 NETS = {"net_arch": {"pi": [64, 64], "vf": [64, 64]}, "activation_fn": torch.nn.ReLU}
@@ -93,7 +94,7 @@ def test_fast_engine_update_equals_the_exact_one_to_float_rounding(kwargs):
     start = untrained("sb3", **kwargs).policy.state_dict()
     assert fast.policy.optimizer.param_groups[0]["fused"]
     assert not exact.policy.optimizer.param_groups[0]["fused"]
-    assert fast._by_hand and not exact._by_hand  # the fast engine's gradient is written by hand
+    assert fast._hand is not None and exact._hand is None  # the fast engine's gradient is written by hand
     for name, p in fast.policy.state_dict().items():
         q = exact.policy.state_dict()[name]
         assert not torch.equal(q, start[name])  # the update moved every tensor
@@ -123,11 +124,12 @@ def test_direct_log_density_and_entropy_equal_sb3_distributions(env_id):
 
 def gradients(model: ContinualPPO, batch, clip_range_vf: float | None, by_hand: bool) -> dict:
     """The gradient of ``model``'s loss on ``batch``, by hand or by autograd (None where it has none)."""
-    assert model._by_hand_applies()
+    model._hand = model._choose_gradient()
+    assert model._hand is not None
     loss, _, _ = model._loss(batch, 0.2, clip_range_vf, defaultdict(list), by_hand=by_hand)
     assert (loss.grad_fn is None) == by_hand
     if by_hand:
-        model.policy.backward_by_hand(*model._loss_derivatives)
+        model._hand.backward(*model._loss_derivatives)
     else:
         model.policy.optimizer.zero_grad()
         loss.backward()
@@ -162,3 +164,109 @@ def test_gradient_by_hand_equals_autograd(env_id, activation, ent_coef, clip_val
     model.learn(1024)  # a few updates: ratios away from 1, some clipped
     model.set_logger(Logger(None, []))
     assert_gradient_by_hand_equals_autograd(model, "median" if clip_values else None)
+
+
+class Doubled(torch.nn.Linear):
+    """A Linear layer with its own forward: twice the affine map."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 2 * super().forward(x)
+
+
+def _rebuild_optimizer(policy) -> None:
+    """The policy's optimizer made anew over its parameters now (as after changing its layers)."""
+    lr = policy.optimizer.param_groups[0]["lr"]
+    policy.optimizer = type(policy.optimizer)(policy.parameters(), lr=lr, **policy.optimizer_kwargs)
+
+
+def _freeze_log_std(policy) -> None:
+    policy.log_std.requires_grad_(False)
+
+
+def _zero_gradient_hook(policy) -> None:
+    policy.mlp_extractor.policy_net[0].weight.register_hook(lambda g: 0 * g)
+
+
+def _weight_norm(policy) -> None:
+    torch.nn.utils.parametrizations.weight_norm(policy.mlp_extractor.policy_net[0])
+    _rebuild_optimizer(policy)
+
+
+def _linear_subclass(policy) -> None:
+    layer = policy.mlp_extractor.policy_net[0]
+    doubled = Doubled(layer.in_features, layer.out_features)
+    doubled.load_state_dict(layer.state_dict())
+    policy.mlp_extractor.policy_net[0] = doubled
+    _rebuild_optimizer(policy)
+
+
+# A change to the policy that autograd honours and a hand-written gradient would not, the env it is tried on,
+# and what the run's log names as the reason for taking autograd.
+NOT_BY_HAND = {
+    "frozen log_std": (_freeze_log_std, "Pendulum-v1", "parameter log_std does not require a gradient"),
+    "gradient hook": (_zero_gradient_hook, "CartPole-v1", "has a gradient hook"),
+    "weight_norm": (_weight_norm, "Pendulum-v1", "is parametrized"),
+    "Linear subclass": (_linear_subclass, "CartPole-v1", "is a Doubled, not exactly torch.nn.Linear"),
+}
+
+
+def changed_update(engine: str, change, env_id: str) -> ContinualPPO:
+    """:func:`one_update` of a model whose policy ``change`` altered (on the unchanged one's rollout)."""
+    collector = untrained("sb3", env_id)
+    collector.learn(1)
+    model = untrained(engine, env_id)
+    change(model.policy)
+    model.rollout_buffer = collector.rollout_buffer
+    model.set_logger(Logger(None, []))
+    np.random.seed(1)
+    model.train()
+    return model
+
+
+@pytest.mark.parametrize("case", list(NOT_BY_HAND))
+def test_what_autograd_honours_gives_the_same_update_on_both_engines(case):
+    change, env_id, reason = NOT_BY_HAND[case]
+    start = untrained("sb3", env_id)
+    change(start.policy)
+    fast, exact = (changed_update(engine, change, env_id) for engine in ("fast", "sb3"))
+    moved = 0
+    for (name, p), q in zip(fast.policy.named_parameters(), exact.policy.parameters(), strict=True):
+        assert torch.linalg.vector_norm(p - q) <= 1e-5 * torch.linalg.vector_norm(q), name
+        moved += not torch.equal(q, dict(start.policy.named_parameters())[name])
+    assert moved > 0
+    said = fast.logger.name_to_value["engine/gradient"]
+    assert said.startswith("autograd: ") and reason in said, said
+    if case == "frozen log_std":
+        assert torch.equal(fast.policy.log_std, start.policy.log_std)
+    if case == "gradient hook":
+        weight = "mlp_extractor.policy_net.0.weight"
+        assert torch.equal(dict(fast.policy.named_parameters())[weight], start.policy.state_dict()[weight])
+
+
+class Recorded(KVWriter):
+    """An SB3 output that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.writes: list[dict] = []
+
+    def write(self, key_values, key_excluded, step=0) -> None:
+        self.writes.append(dict(key_values))
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_the_run_says_once_which_gradient_path_it_takes_and_why(engine):
+    model = untrained(engine)
+    output = Recorded()
+    model.set_logger(Logger(None, [output]))
+    model.learn(4 * 64 * 8)  # four updates
+    said = [write["engine/gradient"] for write in output.writes if "engine/gradient" in write]
+    expected = {
+        "fast": "written by hand (autograd's gradient: every rule of nested_ac.agents.by_hand holds)",
+        "sb3": "autograd: ppo.engine is 'sb3' (Stable-Baselines3's update, number for number)",
+    }
+    assert said == [expected[engine]]
+    if engine == "fast":  # a hook added later: the path changes, and the log says so once more
+        _zero_gradient_hook(model.policy)
+        model.learn(2 * 64 * 8, reset_num_timesteps=False)
+        said = [write["engine/gradient"] for write in output.writes if "engine/gradient" in write]
+        assert said[1:] == ["autograd: parameter mlp_extractor.policy_net.0.weight has a gradient hook"]

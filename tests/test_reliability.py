@@ -22,7 +22,8 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.logger import Logger, TensorBoardOutputFormat
 
 from nested_ac import checkpoint, rundir
-from nested_ac.agents.ppo import ContinualActorCriticPolicy
+from nested_ac.agents.by_hand import HandGradient
+from nested_ac.agents.policy import ContinualActorCriticPolicy
 from nested_ac.callbacks import Throughput
 from nested_ac.checkpoint import CheckpointStore
 from nested_ac.config import RunConfig, resolve_config
@@ -213,17 +214,16 @@ def test_nan_in_the_loss_stops_with_a_message_and_a_good_checkpoint(cli, tmp_pat
     def poisoned(original):
         def evaluate_actions(self, obs, actions):
             values, log_prob, entropy = original(self, obs, actions)
-            if self.poison:
+            if ContinualActorCriticPolicy.poison:
                 values = values * float("nan")
             return values, log_prob, entropy
 
         return evaluate_actions
 
     monkeypatch.setattr(ContinualActorCriticPolicy, "poison", False, raising=False)
-    for name in ("evaluate_actions", "evaluate_actions_by_hand"):  # autograd's path and the fast engine's
-        monkeypatch.setattr(
-            ContinualActorCriticPolicy, name, poisoned(getattr(ContinualActorCriticPolicy, name))
-        )
+    # Autograd's path and the fast engine's hand-written one.
+    for cls in (ContinualActorCriticPolicy, HandGradient):
+        monkeypatch.setattr(cls, "evaluate_actions", poisoned(cls.evaluate_actions))
     rollout_end = Throughput._on_rollout_end
 
     def poison_after(self) -> None:
