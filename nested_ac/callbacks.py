@@ -23,13 +23,18 @@ class TaskClock(BaseCallback):
     at the start, is immediate). Tells an agent with ``notify_task_switch`` (``ContinualPPO``: its
     plasticity tools) at each scheduled switch. Logs ``task/index`` and the task's physical parameters
     (``task/<name>``, e.g. ``task/friction``) every rollout, and ``task/switch`` (valued the new task) at
-    the exact step of each switch; keeps ``switches``, the ``(step, task)`` list of every change.
+    the exact step of each switch; keeps ``switches``, the ``(step, task)`` list of every change. No task
+    starts at or after step ``end`` (the run's budget): PPO's last rollout may run past it, and those steps
+    stay on the last task the run measures.
     """
 
-    def __init__(self, schedule: TaskAtStep, at_episode_boundary: bool = False) -> None:
+    def __init__(
+        self, schedule: TaskAtStep, at_episode_boundary: bool = False, end: int | None = None
+    ) -> None:
         super().__init__()
         self.schedule = schedule
         self.at_episode_boundary = at_episode_boundary
+        self.end = end
         self.task = -1
         self.switches: list[tuple[int, int]] = []
         self.pending: set[int] = set()  # copies still on the previous task (episode-boundary mode)
@@ -49,13 +54,20 @@ class TaskClock(BaseCallback):
         if notify is not None:
             notify(task)
 
+    def _scheduled_task(self) -> int:
+        """The task the schedule sets at the current step; the current one from step ``end`` on."""
+        step = self.model.num_timesteps
+        if self.end is not None and step >= self.end and self.task >= 0:
+            return self.task
+        return self.schedule.task_at(step)
+
     def _on_training_start(self) -> None:
-        task = self.schedule.task_at(self.model.num_timesteps)
+        task = self._scheduled_task()
         if task != self.task:  # a resumed run is already on its task
             self._switch_to(task, now=True)
 
     def _on_step(self) -> bool:
-        task = self.schedule.task_at(self.num_timesteps)
+        task = self._scheduled_task()
         if task != self.task:
             self._switch_to(task, now=not self.at_episode_boundary)
         if self.pending:
