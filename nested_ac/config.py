@@ -67,8 +67,13 @@ class PPOConfig:
     clip_range: float = 0.2
     ent_coef: float = 0.0
     vf_coef: float = 0.5
-    max_grad_norm: float = 0.5
+    max_grad_norm: float | None = 0.5
+    """The gradient norm is clipped to this (SB3's default 0.5); ``null``: no clipping."""
     normalize_advantage: bool = True
+    normalize_advantage_over: str = "minibatch"
+    """Where advantages are normalised to mean 0 and standard deviation 1, with ``normalize_advantage``:
+    ``minibatch`` (SB3's, in each minibatch: (A − mean)/(std + 1e-8)) or ``batch`` (once over the whole
+    rollout before the epochs, as Dohare et al.'s PPO: (A − mean)/std)."""
     engine: str = "fast"
 
 
