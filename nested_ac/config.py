@@ -97,6 +97,11 @@ class OptimizerConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-5
     weight_decay: float = 0.0
+    """Decoupled weight decay λ: w ← (1 − lr·λ)·w besides the step (AdamW's; UPGD's)."""
+    l2: float = 0.0
+    """Adam only: coupled L2 λ, added to the gradient before Adam's moments (g ← g + λ·w: torch Adam's
+    ``weight_decay``), on every parameter, biases and a Gaussian policy's log-std included. Dohare et al.'s
+    "L2" (1e-3) and continual backprop's (1e-4). Not together with ``weight_decay``."""
     beta_utility: float = 0.999  # UPGD: decay of the utility trace
     sigma: float = 1e-3  # UPGD: standard deviation of the perturbation noise
     protect: bool = True  # UPGD: gate the gradient too (the paper's UPGD), not only the noise
