@@ -83,6 +83,7 @@ def policy_kwargs(config: RunConfig) -> dict[str, Any]:
     return {
         "net_arch": {"pi": list(network.actor), "vf": list(network.critic)},
         "activation_fn": ACTIVATIONS[network.activation],
+        "init": network.init,
         "optimizer_class": optimizer_class,
         "optimizer_kwargs": optimizer_kwargs,
     }
@@ -182,7 +183,15 @@ TOOLS.register(
         CBPConfig,
         ContinualBackprop,
         enabled=lambda c: c.enabled,
-        build=lambda c: ContinualBackprop(c.replacement_rate, c.maturity, c.decay_rate, c.mean_corrected),
+        build=lambda c: ContinualBackprop(
+            c.replacement_rate,
+            c.maturity,
+            c.decay_rate,
+            c.mean_corrected,
+            c.rounding,
+            c.reset_optimizer_state,
+            c.move_mean_to_bias,
+        ),
         charts={"CBP: units replaced per layer": "cbp/.*/replaced", "CBP: mean unit age": "cbp/.*/mean_age"},
     ),
 )

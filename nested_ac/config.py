@@ -84,6 +84,10 @@ class NetworkConfig:
     actor: list[int] = field(default_factory=lambda: [64, 64])
     critic: list[int] = field(default_factory=lambda: [64, 64])
     activation: str = "relu"
+    init: str = "orthogonal"
+    """The initial weights: ``orthogonal`` (SB3's: gain √2 for hidden layers, 0.01 for the action head, 1 for
+    the value head, biases 0) or ``lecun_uniform`` (every layer, heads included, W ~ U(±√(3/fan_in)),
+    biases 0: Dohare et al.'s PPO). Continual backprop and ReDo redraw replaced units the same way."""
 
 
 @dataclass
@@ -136,6 +140,18 @@ class CBPConfig:
     maturity: int = 10_000
     decay_rate: float = 0.99
     mean_corrected: bool = False
+    rounding: str = "carry"
+    """How the expected number of replacements n = ρ·(mature units) becomes a whole number each step:
+    ``carry`` (⌊n + carried⌋, the fraction carried to the next step) or ``stochastic`` (⌊n⌋, plus one
+    with probability n − ⌊n⌋: Dohare et al.'s RL code, identical to it while n < 1)."""
+    reset_optimizer_state: bool = True
+    """Zero the optimizer state (Adam's moments and, with one step count per weight, its step count) of
+    every replaced entry: the authors' supervised code (AdamGnT). ``false``: leave it, as their RL code
+    does (plain torch Adam)."""
+    move_mean_to_bias: bool = True
+    """Add a replaced unit's mean contribution W_out[:, i]·f̂_i to the next layer's bias (the paper's
+    algorithm). ``false``: add nothing, which is what the authors' code computes (it zeroes f_i before
+    adding W_out[:, i]·f_i)."""
 
 
 @dataclass
