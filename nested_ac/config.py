@@ -36,6 +36,11 @@ class ScheduleConfig:
     tasks: list[int] | None = None
     switches: list[list[int]] = field(default_factory=list)
     at_episode_boundary: bool = False
+    since_last_switch: bool = False
+    """With ``at_episode_boundary`` and a periodic kind (``every``, ``cyclic``, ``random``): the next task
+    starts at the first episode end more than ``every`` steps after the previous switch (steps numbered from
+    0, the start counting as a switch at step 0), Dohare et al.'s SlipperyAnt rule; instead of at the next
+    episode end after each multiple of ``every``. Phase k runs the task the schedule gives step k·every."""
 
 
 @dataclass
@@ -307,6 +312,18 @@ class RunConfig:
             raise ConfigError(
                 f"env.schedule.every must be >= 0 (0 = never switch), got {self.env.schedule.every}"
             )
+        schedule = self.env.schedule
+        if schedule.since_last_switch and (not schedule.at_episode_boundary or schedule.kind == "explicit"):
+            raise ConfigError(
+                "env.schedule.since_last_switch counts from the episode end where the last switch happened: "
+                "it needs env.schedule.at_episode_boundary=true and a periodic kind (every, cyclic or random)"
+            )
+        if self.ppo.max_grad_norm is not None and self.ppo.max_grad_norm <= 0:
+            raise ConfigError(
+                f"ppo.max_grad_norm must be > 0 (null: no clipping), got {self.ppo.max_grad_norm}"
+            )
+        if self.optimizer.l2 < 0:
+            raise ConfigError(f"optimizer.l2 must be >= 0, got {self.optimizer.l2}")
         if self.checkpoint.every < 0:
             raise ConfigError(
                 f"checkpoint.every must be >= 0 (0 = only on an interrupt), got {self.checkpoint.every}"

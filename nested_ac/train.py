@@ -244,7 +244,7 @@ def _learn(
     agent.set_logger(logger)
     episodes = EpisodeStats()
     clock = (
-        TaskClock(schedule, config.env.schedule.at_episode_boundary)
+        TaskClock(schedule, config.env.schedule.at_episode_boundary, config.env.schedule.since_last_switch)
         if agent.get_env().has_attr("set_task")
         else None
     )
