@@ -42,11 +42,12 @@ def slippery_ant(
       per episode; no setting changes it).
 
     Two settings reproduce what the authors' agent did with the env rather than the env itself:
-    ``unclipped_actions`` widens the action space to ±3.4e38 (float32's largest; SB3 needs finite bounds), so
-    the Gaussian policy's sample reaches the env unclipped (as their agent sent it: MuJoCo clamps the motor controls to [-1, 1], the control cost is
-    charged on the sample; SB3 otherwise clips the sample to [-1, 1] first), and ``time_limit_terminates``
-    ends an episode cut at 1000 steps as a termination (no bootstrap from V there, as their PPO read
-    gym's single ``done`` flag: :class:`~nested_ac.envs.wrappers.TimeLimitAsTermination`).
+    ``unclipped_actions`` widens the action space to ±3.4e38 (float32's largest; SB3 needs finite
+    bounds), so the Gaussian policy's sample reaches the env unclipped, as their agent sent it (MuJoCo
+    clamps the motor controls to [-1, 1], the control cost is charged on the sample; SB3 otherwise clips
+    the sample to [-1, 1] first), and ``time_limit_terminates`` ends an episode cut at 1000 steps as a
+    termination (no bootstrap from V there, as their PPO read gym's single ``done`` flag:
+    :class:`~nested_ac.envs.wrappers.TimeLimitAsTermination`).
     """
     if zero_contact_forces:
         clash = {"include_cfrc_ext_in_observation", "contact_cost_weight"} & set(kwargs)
