@@ -154,8 +154,8 @@ class CBPConfig:
     every replaced entry: the authors' supervised code (AdamGnT). ``false``: leave it, as their RL code
     does (plain torch Adam)."""
     move_mean_to_bias: bool = True
-    """Add a replaced unit's mean contribution W_out[:, i]·f̂_i to the next layer's bias (the paper's
-    algorithm). ``false``: add nothing, which is what the authors' code computes (it zeroes f_i before
+    """Add a replaced unit's mean contribution W_out[:, i]·f̂_i to the next layer's bias (what the authors'
+    code sets out to do). ``false``: add nothing, which is what their code computes (it zeroes f_i before
     adding W_out[:, i]·f_i)."""
 
 

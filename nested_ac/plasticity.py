@@ -255,8 +255,9 @@ class ContinualBackprop(PlasticityTool):
     ⌊n⌋ otherwise — Dohare et al.'s RL code, which replaces one unit with probability n while n < 1 (its
     regime: 256 units × 1e-4) and truncates n ≥ 1.
 
-    Replacing unit i (the paper's algorithm): b_next += W_out[:, i]·f̂_i (``move_mean_to_bias``; the
-    authors' code zeroes f_i before this line, so it adds nothing: ``move_mean_to_bias=False``), then
+    Replacing unit i (what the authors' code sets out to do): b_next += W_out[:, i]·f̂_i
+    (``move_mean_to_bias``; their code zeroes f_i before this line, so it adds nothing:
+    ``move_mean_to_bias=False``), then
     W_out[:, i] = 0 (:func:`transfer_to_bias`: the next layer keeps its mean input, and the output changes
     by W_out[:, i]·(h_i − f̂_i), not by the whole contribution W_out[:, i]·h_i); fresh incoming weights
     from the layer's own initialisation, bias 0, age 0, utility 0, f_i = 0; and, with
