@@ -100,6 +100,29 @@ def ppo_kwargs(config: RunConfig) -> dict[str, Any]:
     }
 
 
+def sb3_ppo_kwargs(config: RunConfig) -> dict[str, Any]:
+    """Plain ``stable_baselines3.PPO``'s keyword arguments for ``config``, to compare with Stable-Baselines3:
+    :func:`ppo_kwargs` without what only ContinualPPO takes. A ConfigError where ``config`` asks for what
+    SB3's PPO cannot do (whole-batch advantages, no gradient clipping, LeCun-uniform initialisation)."""
+    ppo = config.ppo
+    if (
+        ppo.normalize_advantage_over != "minibatch"
+        or ppo.max_grad_norm is None
+        or config.network.init != "orthogonal"
+    ):
+        raise ConfigError(
+            "Stable-Baselines3's PPO normalises advantages per minibatch, clips the gradient norm and "
+            "initialises orthogonally; this configuration asks otherwise"
+        )
+    kwargs = {
+        key: value
+        for key, value in ppo_kwargs(config).items()
+        if key not in ("engine", "normalize_advantage_over")
+    }
+    kwargs["policy_kwargs"] = {key: value for key, value in kwargs["policy_kwargs"].items() if key != "init"}
+    return kwargs
+
+
 def nested_ppo_kwargs(config: RunConfig) -> dict[str, Any]:
     """:class:`~nested_ac.agents.NestedPPO`'s keyword arguments: PPO's and the ``nested`` section's."""
     nested = config.nested

@@ -11,13 +11,14 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.logger import Logger
 
 from nested_ac import envs
 from nested_ac.agents import ContinualPPO, NestedPPO
 from nested_ac.agents.ppo import clip_grad_norm, normalize_advantages
-from nested_ac.build import build_agent, optimizer_spec, plasticity_tools
+from nested_ac.build import build_agent, optimizer_spec, plasticity_tools, sb3_ppo_kwargs
 from nested_ac.callbacks import TaskClock
 from nested_ac.config import RunConfig, resolve_config
 from nested_ac.envs.mujoco import slippery_ant
@@ -549,3 +550,12 @@ def test_slippery_ant_smoke_each_arm_through_a_friction_change(arm, tmp_path):
     result = train(config)
     assert result.steps == 192 and len(result.switches) >= 2 and result.switches[1][0] > 61
     assert Path(result.run_dir, "model.zip").exists()
+
+
+def test_plain_sb3_ppo_takes_the_default_settings_but_not_the_recipe():
+    kwargs = sb3_ppo_kwargs(RunConfig())
+    assert "engine" not in kwargs and "normalize_advantage_over" not in kwargs
+    assert "init" not in kwargs["policy_kwargs"]
+    PPO("MlpPolicy", make_vec_env("CartPole-v1", n_envs=1), **kwargs)
+    with pytest.raises(ConfigError, match="Stable-Baselines3's PPO normalises advantages per minibatch"):
+        sb3_ppo_kwargs(resolve_config(preset=load_preset("cbp-paper")))
