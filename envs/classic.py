@@ -1,4 +1,4 @@
-"""Non-stationary classic-control worlds: Gymnasium's five classic-control tasks, each with three kinds of
+"""Non-stationary classic-control worlds: Gymnasium's five classic-control tasks, each with four kinds of
 change per task, and the two-task CartPole for forgetting studies.
 
 The kinds of change (one :class:`~nested_ac.envs.worlds.World` each):
@@ -12,6 +12,8 @@ The kinds of change (one :class:`~nested_ac.envs.worlds.World` each):
   al., CoLLAs 2023): what the agent sees keeps its meaning, what its choices do changes.
 - ``Drifting<Task>``: physical parameters redrawn per task (cf. the changing friction and masses of
   Dohare et al., Nature 2024): the same task under other dynamics.
+- ``Remapped<Task>``: the first two at once, drawn independently: what the agent sees and what its
+  actions do both lose their meaning at each switch.
 
 Every task uses the dynamics, rewards and time limits of Gymnasium's own task; the vector form steps all
 copies as one array (:mod:`nested_ac.envs.numpy_classic`). ``return_floor``: the lowest episode return
@@ -54,6 +56,12 @@ def permuted_actions(observations: gym.spaces.Space, actions: gym.spaces.Space) 
 
 def flipped_actions(observations: gym.spaces.Space, actions: gym.spaces.Space) -> list[TaskEffect]:
     return [ActionSignFlip(actions)]
+
+
+def remapped(observations: gym.spaces.Space, actions: gym.spaces.Space) -> list[TaskEffect]:
+    """The observation permuted and sign-flipped, and the actions permuted (discrete) or sign-flipped."""
+    action_change = permuted_actions if isinstance(actions, gym.spaces.Discrete) else flipped_actions
+    return permuted_observation(observations, actions) + action_change(observations, actions)
 
 
 @dataclass(frozen=True)
@@ -138,6 +146,8 @@ def classic_worlds() -> dict[str, tuple[World, str, float | None]]:
             if task.discrete
             else ("ActionFlipped", flipped_actions, "each action entry's sign flipped at random"),
             ("Drifting", task.drift, task.drift.describe() + " redrawn"),
+            ("Remapped", remapped, "observation permuted and sign-flipped, and actions "
+             + ("permuted" if task.discrete else "sign-flipped")),
         ]
         for prefix, effects, changes in kinds:
             world = World(task.base_id, task.vector_base, effects)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import sys
 from collections.abc import Callable
@@ -82,3 +83,25 @@ def resolve_env_id(env_id: str) -> gym.envs.registration.EnvSpec:
     if spec is None:
         raise unknown_choice("env", name, gym.envs.registry, limit=12)
     return spec
+
+
+def registration(env_id: str) -> NonStationaryEnvInfo | None:
+    """What :func:`register_nonstationary` recorded for ``env_id`` (its default schedule, its return floor),
+    or None for any other env; ``module:EnvId`` is looked up as ``EnvId`` once ``module`` is imported."""
+    return NONSTATIONARY_ENVS.get(resolve_env_id(env_id).id)
+
+
+def takes_task_seed(env_id: str) -> bool:
+    """Whether ``env_id``'s entry point takes the run seed as ``task_seed``: every env registered with
+    :func:`register_nonstationary`, and any other whose entry point (a function or a class) has a
+    parameter of that name."""
+    spec = resolve_env_id(env_id)
+    if spec.id in NONSTATIONARY_ENVS:
+        return True
+    entry_point = spec.entry_point
+    if isinstance(entry_point, str):
+        entry_point = gym.envs.registration.load_env_creator(entry_point)
+    try:
+        return "task_seed" in inspect.signature(entry_point).parameters
+    except (TypeError, ValueError):  # no signature to read (e.g. a builtin)
+        return False

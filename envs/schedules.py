@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from nested_ac.envs.registry import NONSTATIONARY_ENVS
+from nested_ac.envs.registry import registration
 from nested_ac.errors import ConfigError, unknown_choice
 
 if TYPE_CHECKING:
@@ -142,7 +142,7 @@ def make_schedule(config: RunConfig) -> TaskSchedule:
     A ConfigError for an empty task set, a cyclic/random schedule without a positive ``every``, or an
     explicit switch at or past ``steps`` (a schedule longer than the run).
     """
-    info = NONSTATIONARY_ENVS.get(config.env.id)
+    info = registration(config.env.id)
     schedule = config.env.schedule
     if schedule.kind is None:
         schedule.kind = info.default_kind if info else "every"

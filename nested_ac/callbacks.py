@@ -29,15 +29,22 @@ class TaskClock(BaseCallback):
     Tells an agent with ``notify_task_switch`` (``ContinualPPO``: its
     plasticity tools) at each scheduled switch. Logs ``task/index`` and the task's physical parameters
     (``task/<name>``, e.g. ``task/friction``) every rollout, and ``task/switch`` (valued the new task) at
-    the exact step of each switch; keeps ``switches``, the ``(step, task)`` list of every change.
+    the exact step of each switch; keeps ``switches``, the ``(step, task)`` list of every change. No task
+    starts at or after step ``end`` (the run's budget): PPO's last rollout may run past it, and those steps
+    stay on the last task the run measures.
     """
 
     def __init__(
-        self, schedule: TaskAtStep, at_episode_boundary: bool = False, since_last_switch: bool = False
+        self,
+        schedule: TaskAtStep,
+        at_episode_boundary: bool = False,
+        end: int | None = None,
+        since_last_switch: bool = False,
     ) -> None:
         super().__init__()
         self.schedule = schedule
         self.at_episode_boundary = at_episode_boundary
+        self.end = end
         self.since_last_switch = since_last_switch
         self.task = -1
         self.switches: list[tuple[int, int]] = []
@@ -60,15 +67,18 @@ class TaskClock(BaseCallback):
         if notify is not None:
             notify(task)
 
-    def _scheduled_task(self, step: int) -> int:
-        """The task the schedule gives now: at ``step``, or, counted from switch to switch, the task of the
-        current phase."""
+    def _scheduled_task(self) -> int:
+        """The task the schedule sets at the current step (counted from switch to switch, the task of the
+        current phase); the current one from step ``end`` on."""
+        step = self.model.num_timesteps
+        if self.end is not None and step >= self.end and self.task >= 0:
+            return self.task
         if self.since_last_switch:
             return self.schedule.task_at(self.phase * self.schedule.every)
         return self.schedule.task_at(step)
 
     def _on_training_start(self) -> None:
-        task = self._scheduled_task(self.model.num_timesteps)
+        task = self._scheduled_task()
         if task != self.task:  # a resumed run is already on its task
             self._switch_to(task, now=True)
 
@@ -78,7 +88,7 @@ class TaskClock(BaseCallback):
             every = self.schedule.every
             if every > 0 and step - self.last_switch > every and any(self.locals["dones"]):
                 self.phase, self.last_switch = self.phase + 1, step
-        task = self._scheduled_task(self.num_timesteps)
+        task = self._scheduled_task()
         if task != self.task:
             self._switch_to(task, now=not self.at_episode_boundary)
         if self.pending:

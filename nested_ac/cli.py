@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
 from nested_ac.errors import ConfigError
+from nested_ac.rundir import REPORT_DIR
 
 LIST_TOPICS = ("envs", "agents", "optimizers", "tools", "presets", "experiments")
 NUMERICAL_FAULT_EXIT = 3
@@ -27,8 +30,28 @@ TRAIN_FLAGS = {
 }
 
 
+class _Formatter(argparse.HelpFormatter):
+    """argparse's help text, wrapped without breaking a word at its hyphens (docs/cli-and-config.md stays
+    one piece)."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return textwrap.fill(
+            " ".join(text.split()),
+            width,
+            initial_indent=indent,
+            subsequent_indent=indent,
+            break_on_hyphens=False,
+        )
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+
 class _Parser(argparse.ArgumentParser):
-    """An argparse parser whose errors are one line and exit code 2."""
+    """An argparse parser whose errors are one line and exit code 2, and whose help keeps paths whole."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, formatter_class=_Formatter, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -38,7 +61,12 @@ def _build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="nested-ac", description="Continual RL on non-stationary Gymnasium environments.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    train = commands.add_parser("train", help="train one agent", description="Train one agent; see README.")
+    train = commands.add_parser(
+        "train",
+        help="train one agent",
+        description="Train one agent. Every flag and the run directory: docs/cli-and-config.md; every config "
+        "key (--set KEY=VALUE), with its type, default and meaning: docs/config-keys.md.",
+    )
     train.add_argument("--env", help="Gymnasium id or module:EnvId (default nested_ac/PermutedCartPole-v0)")
     train.add_argument("--agent", help="agent name (nested-ac list agents; default ppo)")
     train.add_argument("--optimizer", help="optimizer name (nested-ac list optimizers; default adam)")
@@ -66,7 +94,9 @@ def _build_parser() -> argparse.ArgumentParser:
     )
 
     sweep = commands.add_parser(
-        "sweep", help="run every (variant, seed) of an experiment", description="Run an experiment file."
+        "sweep",
+        help="run every (variant, seed) of an experiment",
+        description="Run every (variant, seed) of an experiment file, then report on them: docs/sweeps.md.",
     )
     sweep.add_argument(
         "experiment",
@@ -79,7 +109,9 @@ def _build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--sweep-dir", dest="sweep_dir", help="where the runs go (default runs/<name>)")
 
     report = commands.add_parser(
-        "report", help="tables and plots of many runs", description="Report on runs or sweeps."
+        "report",
+        help="tables and plots of many runs",
+        description="Report on runs or sweeps; what the table and figures show: docs/metrics-and-reports.md.",
     )
     report.add_argument("paths", nargs="+", metavar="RUN_OR_SWEEP_DIR")
     report.add_argument("--out", help="output directory (default: <first path>/report)")
@@ -88,7 +120,12 @@ def _build_parser() -> argparse.ArgumentParser:
         "--reps", type=int, default=10_000, help="bootstrap resamples per interval (default: 10000)"
     )
 
-    listing = commands.add_parser("list", help="list the available choices")
+    listing = commands.add_parser(
+        "list",
+        help="list the available choices",
+        description="List the available choices; your own envs, tools and agents: docs/environments.md, "
+        "docs/write-your-own-tool.md.",
+    )
     listing.add_argument("topic", choices=LIST_TOPICS)
     return parser
 
@@ -127,21 +164,47 @@ def _train(args: argparse.Namespace) -> int:
     except DiskFull as full:
         print(f"nested-ac: {full}", file=sys.stderr)
         return DISK_FULL_EXIT
-    returns = [episode_return for _, episode_return, _ in result.episodes[-20:]]
-    recent = (
-        f"; mean return of the last {len(returns)} episodes {sum(returns) / len(returns):.1f}"
-        if returns
-        else ""
-    )
     config = result.config
     past = (
         f" ({config.steps:,} asked; PPO trains whole rollouts of {config.ppo.n_steps * config.env.n_envs:,})"
         if result.steps != config.steps
         else ""
     )
-    print(f"trained {result.steps:,} steps{past} in {result.seconds:.0f} s{recent}")
-    print(f"run written to {result.run_dir}  (view: tensorboard --logdir {result.run_dir.parent})")
+    for note in result.summary["notes"]:
+        print(f"nested-ac: note: {note}", file=sys.stderr)
+    print(f"trained {result.steps:,} steps{past} in {result.seconds:.0f} s")
+    print(learned(result.summary))
+    view = f"{tensorboard_command()} --logdir {result.run_dir.parent}"
+    report = f", its report to {result.run_dir / REPORT_DIR / 'report.md'}" if config.report else ""
+    print(f"run written to {result.run_dir}{report}  (view: {view})")
     return 0
+
+
+SHOWN_TASKS = 8  # a run with more tasks shows the first and last few R_k
+
+
+def learned(summary: dict) -> str:
+    """What a finished run learned, in a line: R_k of each task (of the first and last few when there are
+    many) and P_late, from its ``summary.json``."""
+    R = ["—" if value is None else f"{value:.1f}" for value in summary["R"]]
+    if len(R) == 1:
+        return f"return at the end of the run (R_1): {R[0]}"
+    if len(R) > SHOWN_TASKS:
+        half = SHOWN_TASKS // 2
+        R = [*R[:half], "…", *R[-half:]]
+    p_late = summary["P_late"]
+    tail = f"; P_late {p_late:.2f}" if p_late is not None else "; P_late —"
+    return f"return at the end of each of {len(summary['R'])} tasks (R_k): {', '.join(R)}{tail}"
+
+
+def tensorboard_command() -> str:
+    """The ``tensorboard`` executable beside this Python (the venv's), as a path relative to the current
+    directory where it lies below it; plain ``tensorboard`` if there is none."""
+    executable = Path(sys.executable).with_name("tensorboard")
+    if not executable.is_file():
+        return "tensorboard"
+    relative = Path(os.path.relpath(executable))
+    return str(executable) if relative.parts[0] == ".." else str(relative)
 
 
 def _sweep(args: argparse.Namespace) -> int:
@@ -162,7 +225,7 @@ def _sweep(args: argparse.Namespace) -> int:
     root = experiment.runs[0].run_dir.parent.parent
     report = _report_paths([root], None, None)
     add_report_images(root, Path(report))
-    print(f"report written to {report}  (view: tensorboard --logdir {root})")
+    print(f"report written to {report}  (view: {tensorboard_command()} --logdir {root})")
     return 1 if failures else 0
 
 
@@ -172,6 +235,9 @@ def _report_paths(paths: list, out: str | None, reference: str | None, reps: int
     report = write_report(paths, out, reference, reps)
     for note in report.skipped:
         print(f"nested-ac: skipped: {note}", file=sys.stderr)
+    for note in report.notes:
+        print(f"nested-ac: note: {note}", file=sys.stderr)
+    print("\n".join(report.table))
     return str(report.path)
 
 

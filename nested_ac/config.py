@@ -19,23 +19,27 @@ import yaml
 
 from nested_ac.errors import ConfigError, closest_first
 from nested_ac.registry import TOOLS
+from nested_ac.rundir import check_directory_name
+
+MAX_SEED = 2**32 - 1  # numpy's global seed (SB3 seeds it with the run seed) takes 0 … 2**32 − 1
 
 
 @dataclass
 class ScheduleConfig:
-    """When the environment's task changes; None takes the environment's own default.
-
-    ``kind``: ``every`` (a new task every ``every`` steps), ``cyclic`` (through ``tasks``, ``every`` steps
-    each), ``random`` (a task drawn from ``tasks`` every ``every`` steps) or ``explicit`` (``switches``, a
-    list of ``[step, task]``). ``at_episode_boundary``: each copy switches at its next episode end instead
-    of at the scheduled step.
-    """
+    """When the environment's task changes (``env.schedule``); None takes the env's own default."""
 
     kind: str | None = None
+    """``every`` (a new task every ``every`` steps), ``cyclic`` (through ``tasks``), ``random`` (one of
+    ``tasks`` per interval) or ``explicit`` (``switches``); null: the env's default (``every``)."""
     every: int | None = None
+    """Steps per task (global steps, summed over the copies); 0: never switch; null: the env's default
+    (stationary for an env nested-ac does not know)."""
     tasks: list[int] | None = None
+    """The tasks a ``cyclic`` or ``random`` schedule uses, e.g. ``[0, 1]``; null: the env's default."""
     switches: list[list[int]] = field(default_factory=list)
+    """``explicit``: ``[[step, task], …]``, steps strictly increasing and below ``steps``; task 0 before."""
     at_episode_boundary: bool = False
+    """Each copy switches at the end of its current episode instead of at the scheduled step."""
     since_last_switch: bool = False
     """With ``at_episode_boundary`` and a periodic kind (``every``, ``cyclic``, ``random``): the next task
     starts at the first episode end more than ``every`` steps after the previous switch (steps numbered from
@@ -45,50 +49,68 @@ class ScheduleConfig:
 
 @dataclass
 class EnvConfig:
-    """The (non-stationary) environment: a Gymnasium id (``module:EnvId`` works too) and its copies.
-
-    ``vectorized``: use the env's numpy-vectorized implementation where it has one (the fast path).
-    """
+    """The (non-stationary) environment (``env``) and its parallel copies."""
 
     id: str = "nested_ac/PermutedCartPole-v0"
+    """A Gymnasium id; ``module:EnvId`` imports ``module`` first (a plug-in env)."""
     n_envs: int = 8
+    """Parallel copies of the environment."""
     kwargs: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of the env's entry point (``gym.make``)."""
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     vectorized: bool = True
+    """Run the copies through the env's numpy-vectorized implementation where it has one (the fast path)."""
+    return_floor: float | None = None
+    """R_min, the lowest return an episode can have: P_k then measures the return above it; null: the env's
+    own (a ``return_floor`` attribute of the env, else its registration's), or none."""
 
 
 @dataclass
 class PPOConfig:
-    """Stable-Baselines3 PPO hyperparameters (same names and meaning as ``stable_baselines3.PPO``), and
-    ``engine``: ``fast`` (the default: the same update with less overhead, equal to float rounding) or
-    ``sb3`` (Stable-Baselines3's numbers exactly); see ``nested_ac.agents.ContinualPPO``."""
+    """Stable-Baselines3 PPO hyperparameters (``ppo``), with the names and meaning of
+    ``stable_baselines3.PPO``'s arguments, and the engine (``nested_ac.agents.ContinualPPO``)."""
 
     learning_rate: float = 3e-4
+    """The optimizer's learning rate (> 0)."""
     n_steps: int = 256
+    """Steps per copy in each rollout: a rollout is ``n_steps`` × ``env.n_envs`` env steps."""
     batch_size: int = 256
+    """Minibatch size of the update."""
     n_epochs: int = 10
+    """Passes over each rollout in the update."""
     gamma: float = 0.99
+    """Discount factor."""
     gae_lambda: float = 0.95
+    """λ of generalized advantage estimation."""
     clip_range: float = 0.2
+    """PPO's clipping range of the probability ratio."""
     ent_coef: float = 0.0
+    """Weight of the entropy bonus in the loss."""
     vf_coef: float = 0.5
+    """Weight of the value loss in the loss."""
     max_grad_norm: float | None = 0.5
-    """The gradient norm is clipped to this (SB3's default 0.5); ``null``: no clipping."""
+    """The gradient's norm is clipped to this; null: no clipping (Dohare et al.'s PPO)."""
     normalize_advantage: bool = True
+    """Normalize the advantages (where: ``normalize_advantage_over``)."""
     normalize_advantage_over: str = "minibatch"
     """Where advantages are normalised to mean 0 and standard deviation 1, with ``normalize_advantage``:
     ``minibatch`` (SB3's, in each minibatch: (A − mean)/(std + 1e-8)) or ``batch`` (once over the whole
     rollout before the epochs, as Dohare et al.'s PPO: (A − mean)/std)."""
     engine: str = "fast"
+    """``fast`` (the same update with less overhead, equal to float rounding) or ``sb3`` (Stable-Baselines3's
+    numbers exactly)."""
 
 
 @dataclass
 class NetworkConfig:
-    """Separate actor and critic MLPs (hidden widths per layer) with one activation function."""
+    """Separate actor and critic MLPs with one activation function (``network``)."""
 
     actor: list[int] = field(default_factory=lambda: [64, 64])
+    """Hidden widths of the actor (the policy network), one per layer."""
     critic: list[int] = field(default_factory=lambda: [64, 64])
+    """Hidden widths of the critic (the value network), one per layer."""
     activation: str = "relu"
+    """``relu``, ``tanh``, ``leaky_relu``, ``elu`` or ``gelu``."""
     init: str = "orthogonal"
     """The initial weights: ``orthogonal`` (SB3's: gain √2 for hidden layers, 0.01 for the action head, 1 for
     the value head, biases 0) or ``lecun_uniform`` (every layer, heads included, W ~ U(±√(3/fan_in)),
@@ -97,54 +119,66 @@ class NetworkConfig:
 
 @dataclass
 class OptimizerConfig:
-    """The optimizer of every network and its hyperparameters (the learning rate is ``ppo.learning_rate``).
-
-    ``betas``, ``eps`` and ``weight_decay`` (decoupled) serve Adam and UPGD; the ``UPGD`` fields only UPGD.
-    """
+    """The optimizer of every network and its hyperparameters (``optimizer``; the learning rate is
+    ``ppo.learning_rate``)."""
 
     name: str = "adam"
+    """The optimizer (``nested-ac list optimizers``)."""
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    """Adam's β1, β2 (Adam and UPGD)."""
     eps: float = 1e-5
+    """Adam's ε (Adam and UPGD)."""
     weight_decay: float = 0.0
-    """Decoupled weight decay λ: w ← (1 − lr·λ)·w besides the step (AdamW's; UPGD's)."""
+    """Decoupled weight decay λ (Adam and UPGD): w ← (1 − lr·λ)·w besides the step (AdamW's)."""
     l2: float = 0.0
     """Adam only: coupled L2 λ, added to the gradient before Adam's moments (g ← g + λ·w: torch Adam's
     ``weight_decay``), on every parameter, biases and a Gaussian policy's log-std included. Dohare et al.'s
     "L2" (1e-3) and continual backprop's (1e-4). Not together with ``weight_decay``."""
-    beta_utility: float = 0.999  # UPGD: decay of the utility trace
-    sigma: float = 1e-3  # UPGD: standard deviation of the perturbation noise
-    protect: bool = True  # UPGD: gate the gradient too (the paper's UPGD), not only the noise
-    log_every: int = 10  # UPGD: log the scaled utilities every N updates (0: never)
+    beta_utility: float = 0.999
+    """UPGD: decay of the utility trace."""
+    sigma: float = 1e-3
+    """UPGD: standard deviation of the perturbation noise."""
+    protect: bool = True
+    """UPGD: gate the gradient too (the paper's UPGD), not only the noise."""
+    log_every: int = 10
+    """UPGD: log the scaled utilities every N updates (0: never)."""
 
 
 @dataclass
 class NestedConfig:
-    """The nested-critic agent (``--agent nested-ppo``): K critics, each a learned loss for the inner one.
-
-    ``levels`` = K; ``kappa`` = κ (weight of the pull towards the neighbouring critics); ``lr_ratio`` = ρ_lr
-    (critic k learns at ``lr·ρ_lr^(k-1)``); ``mode`` = ``distill`` or ``polyak`` (with rate ``tau``);
-    ``freeze_outer_after`` = N environment steps after which the outer critics stop changing (None: never);
-    ``critic`` = hidden widths of the outer critics (None: ``network.critic``). See ``agents/nested.py``.
-    """
+    """The nested-critic agent (``--agent nested-ppo``): K critics, each a learned loss for the inner one
+    (``nested``; see ``agents/nested.py``)."""
 
     levels: int = 2
+    """K ≥ 1 critics (1: PPO)."""
     kappa: float = 1.0
+    """κ ≥ 0, the weight of each critic's pull towards its outer neighbour."""
     lr_ratio: float = 0.1
+    """ρ_lr in (0, 1]: critic k learns at ``ppo.learning_rate``·ρ_lr^(k-1)."""
     mode: str = "distill"
+    """``distill`` (the outer critics learn from the inner ones' losses) or ``polyak`` (averaging)."""
     tau: float = 0.02
+    """τ in (0, 1], the Polyak rate (``mode`` = ``polyak``)."""
     freeze_outer_after: int | None = None
+    """Env steps (0 … ``steps``) after which the outer critics stop changing; null: never."""
     critic: list[int] | None = None
+    """Hidden widths of the outer critics; null: ``network.critic``."""
 
 
 @dataclass
 class CBPConfig:
-    """Continual backprop (``--cbp``): replacement rate ρ, maturity m (optimizer steps), decay η."""
+    """Continual backprop (``cbp``; Dohare et al., Nature 2024)."""
 
     enabled: bool = False
+    """Replace low-utility hidden units (``--cbp`` sets it)."""
     replacement_rate: float = 1e-4
+    """ρ in [0, 1]: the fraction of each layer's mature units replaced per optimizer step."""
     maturity: int = 10_000
+    """m ≥ 0: optimizer steps before a unit can be replaced."""
     decay_rate: float = 0.99
+    """η in [0, 1): decay of the running utility."""
     mean_corrected: bool = False
+    """Use |h − f̂| (the activation less its running mean) in the utility."""
     rounding: str = "carry"
     """How the expected number of replacements n = ρ·(mature units) becomes a whole number each step:
     ``carry`` (⌊n + carried⌋, the fraction carried to the next step) or ``stochastic`` (⌊n⌋, plus one
@@ -161,91 +195,108 @@ class CBPConfig:
 
 @dataclass
 class ShrinkPerturbConfig:
-    """Shrink & Perturb: ``mode`` off, ``step`` (θ ← shrink·θ + sigma·ε each optimizer step) or ``switch``
-    (θ ← alpha·θ + (1 - alpha)·θ_fresh at each task switch)."""
+    """Shrink & Perturb (``shrink_perturb``; Ash & Adams, 2020)."""
 
     mode: str = "off"
+    """``off``, ``step`` (θ ← shrink·θ + sigma·ε after each optimizer step) or ``switch``
+    (θ ← alpha·θ + (1 − alpha)·θ_fresh at each task switch)."""
     shrink: float = 0.999
+    """``step``: the factor θ is shrunk by."""
     sigma: float = 1e-4
+    """``step``: standard deviation of the noise ε."""
     alpha: float = 0.5
+    """``switch``: the weight of the current parameters against fresh ones."""
 
 
 @dataclass
 class L2InitConfig:
-    """L2-Init: pull toward the initial weights with strength ``coef`` (0: off)."""
+    """L2-Init (``l2_init``; Kumar et al., 2023)."""
 
     coef: float = 0.0
+    """λ, the strength of the pull toward the initial weights (0: off)."""
 
 
 @dataclass
 class ReDoConfig:
-    """ReDo: reset the τ-dormant units every ``every`` updates."""
+    """ReDo (``redo``; Sokar et al., 2023): recycle dormant units."""
 
     enabled: bool = False
+    """Reset the τ-dormant units."""
     tau: float = 0.025
+    """τ: a unit is dormant when its mean |activation| over the layer's mean is at most τ."""
     every: int = 10
+    """Reset every N updates."""
 
 
 @dataclass
 class SPGConfig:
-    """SPG soft masking (Konishi et al., ICML 2023): at each task switch each weight's importance to the
-    ending task is accumulated into a mask γ_acc; later gradients are scaled by 1 − γ_acc."""
+    """SPG soft masking (``spg``; Konishi et al., ICML 2023)."""
 
     enabled: bool = False
+    """At each task switch, accumulate each weight's importance to the ending task into a mask γ_acc;
+    later gradients are scaled by 1 − γ_acc."""
 
 
 @dataclass
 class ProjectionConfig:
-    """Gradient projection (A-GEM, Chaudhry et al., ICLR 2019): ``memory_size`` observations of each past
-    task; a gradient that would raise their loss is projected onto the plane orthogonal to theirs."""
+    """Gradient projection (``projection``; A-GEM, Chaudhry et al., ICLR 2019)."""
 
     enabled: bool = False
+    """Project a gradient that would raise the loss on past tasks onto the plane orthogonal to theirs."""
     memory_size: int = 256
+    """M > 0 observations kept of each past task."""
 
 
 @dataclass
 class NCLConfig:
-    """Natural continual learning, diagonal (Kao et al., NeurIPS 2021): the optimizer gets
-    Λ⁻¹·g + (θ − µ), Λ = ``prior`` + the Fisher of past tasks on ``fisher_samples`` states each, µ the
-    parameters at the last switch, the direction's norm capped at ``max_norm``. The default prior lies
-    between the median and the top decile of the Fisher's entries measured on permuted CartPole, so the
-    Fisher decides the precision of the important weights; the cap equals PPO's ``max_grad_norm``."""
+    """Natural continual learning, diagonal (``ncl``; Kao et al., NeurIPS 2021): the optimizer gets the
+    Laplace-regularised gradient g + Λ(θ − µ), and its update is preconditioned by λΛ⁻¹; Λ = ``prior`` +
+    the Fisher of past tasks, µ the parameters at the last switch."""
 
     enabled: bool = False
+    """Regularise toward the last switch's parameters and precondition the update with the Fisher of past
+    tasks."""
     prior: float = 1e-2
+    """λ > 0, the precision before any task; between the median and the top decile of the Fisher's entries
+    measured on permuted CartPole, so the Fisher decides the precision of the important weights."""
     fisher_samples: int = 256
+    """States > 0 of the ending rollout the Fisher is averaged over."""
     max_norm: float = 0.5
+    """> 0, the cap on ‖g + Λ(θ − µ)‖ (PPO's ``max_grad_norm``)."""
 
 
 @dataclass
 class DiagnosticsConfig:
-    """Plasticity diagnostics every ``every`` rollouts (0: off) on ``probe_size`` recent observations."""
+    """Plasticity diagnostics (``diagnostics``): dormant units, feature rank, weights, entropy."""
 
     every: int = 10
+    """Every N rollouts (0: off)."""
     probe_size: int = 512
+    """Observations of the last rollout the diagnostics are measured on."""
     tau: float = 0.025
+    """τ of the dormant fraction (ReDo's definition)."""
     delta: float = 0.01
+    """δ of srank_δ, the feature rank."""
 
 
 @dataclass
 class CheckpointConfig:
-    """Periodic checkpoints in ``<run>/checkpoints/``: every ``every`` steps (0: only on an interrupt)."""
+    """Periodic checkpoints in ``<run>/checkpoints/`` (``checkpoint``)."""
 
     every: int = 50_000
+    """Every N env steps (0: only on an interrupt)."""
     keep: int = 3
+    """How many of the latest checkpoints are kept."""
 
 
 @dataclass
 class RunConfig:
-    """Everything a run needs; ``name`` = None picks ``<agent>-<optimizer>-<env>-s<seed>``.
-
-    ``plugins``: modules imported before the configuration is read (the current directory first), so the
-    tools, agents or optimizers they register are there; a registered tool's config section that is not
-    one of the fields below is a top-level section too (``sections``, read through :meth:`section`).
-    """
+    """Everything a run needs. A registered tool's config section that is not one of the fields below is
+    a top-level section too (``sections``, read through :meth:`section`)."""
 
     env: EnvConfig = field(default_factory=EnvConfig)
     agent: str = "ppo"
+    """The agent (``nested-ac list agents``)."""
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
@@ -260,13 +311,25 @@ class RunConfig:
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     steps: int = 100_000
+    """Env steps in total, summed over the copies; PPO trains whole rollouts, so the last may run past."""
     seed: int = 0
+    """Seeds the networks, the environments and the tasks (0 … 2³² − 1)."""
     run_dir: str = "runs"
+    """The parent directory of the run."""
     name: str | None = None
+    """The run's directory name (one name, no ``/``); null: ``<agent>-<optimizer>-<env>-s<seed>``."""
     device: str = "cpu"
+    """The torch device of the networks."""
     torch_threads: int = 1
+    """torch's threads in the training process."""
     progress_bar: bool = True
+    """Show a progress bar while training."""
+    report: bool = True
+    """When the run finishes, write its own report (``<run>/report/``, its figures also in TensorBoard's
+    Images tab); a sweep's runs leave it to the sweep's report."""
     plugins: list[str] = field(default_factory=list)
+    """Modules imported before the configuration is read (the current directory first), so the tools,
+    agents, optimizers or envs they register are there."""
     sections: dict[str, Any] = field(default_factory=dict, repr=False, metadata={"internal": True})
 
     def __post_init__(self) -> None:
@@ -306,6 +369,10 @@ class RunConfig:
         for key, value in positive.items():
             if value <= 0:
                 raise ConfigError(f"{key} must be a positive integer, got {value}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError(f"seed must be an integer in 0 … {MAX_SEED}, got {self.seed}")
+        if self.name is not None:
+            check_directory_name("name", self.name)
         if self.ppo.learning_rate <= 0:
             raise ConfigError(f"ppo.learning_rate must be > 0, got {self.ppo.learning_rate}")
         if self.env.schedule.every is not None and self.env.schedule.every < 0:

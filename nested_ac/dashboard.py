@@ -13,7 +13,8 @@ and ``add_image``, ``tensorboard.plugins.hparams.summary_v2``) into the event fi
   changes), in the session group of its variant; when it finishes, its metrics (:data:`METRICS`) are
   scalars at its last step. A sweep writes the experiment (those keys and metrics) into its own event
   file, so the HParams table and parallel-coordinates view compare its variants, one row per variant.
-- **Images**: a sweep's report figures go into the sweep's own event file (:func:`add_report_images`).
+- **Images**: a sweep's report figures go into the sweep's own event file, a lone run's into its own
+  (:func:`add_report_images`).
 
 A resumed run opens a new event file in the same directory; what a run writes once (layout, session start,
 experiment) is written only if no event file of the directory holds it yet (:func:`written_tags`).
@@ -42,8 +43,12 @@ from nested_ac import (
 from nested_ac.config import RunConfig
 from nested_ac.envs.schedules import make_schedule
 from nested_ac.registry import TOOLS
+from nested_ac.report import COLLAPSED_AT, SUSTAINED_AT
 
 LAYOUT_TAG = custom_scalars_metadata.CONFIG_SUMMARY_TAG
+# Constant scalars beside P_k, one point at each task's end: the lines a P chart is read against.
+THRESHOLD_TAGS = ("continual/P_collapsed_at", "continual/P_sustained_at")
+THRESHOLDS = dict(zip(THRESHOLD_TAGS, (COLLAPSED_AT, SUSTAINED_AT), strict=True))
 SESSION_TAG = hparams_metadata.SESSION_START_INFO_TAG
 EXPERIMENT_TAG = hparams_metadata.EXPERIMENT_TAG
 
@@ -55,7 +60,7 @@ METRICS = {
     "continual/R_final": "final return",  # R[-1]: return at the end of the last task
 }
 ALWAYS_RECORDED = ("agent", "optimizer.name", "seed")
-NOT_HYPERPARAMETERS = ("name", "run_dir", "progress_bar")  # where a run goes, not what it is
+NOT_HYPERPARAMETERS = ("name", "run_dir", "progress_bar", "report")  # where a run goes, not what it is
 IMAGE_LINK = re.compile(r"^!\[[^\]]*\]\(([^)]+\.png)\)$", re.MULTILINE)
 
 Layout = dict[str, dict[str, list[Any]]]
@@ -68,10 +73,12 @@ def _multiline(*patterns: str) -> list[Any]:
 def layout(agent: BaseAlgorithm, switching: bool) -> Layout:
     """The custom-scalars layout of a run of ``agent`` (``switching``: its env changes task), in torch's
     ``add_custom_scalars`` format: category → chart title → ``["Multiline", tag regexes]`` or
-    ``["Margin", [value, lower, upper]]``. Only charts whose tags the run writes, but every category even
-    if empty: TensorBoard merges the layouts of the runs it shows into the first run's (by name), and
-    charts of a category that run lacks would be dropped from the merge. A plasticity tool's charts are
-    its registration's (:class:`~nested_ac.registry.ToolSpec` ``charts``), shown when the agent has it."""
+    ``["Margin", [value, lower, upper]]``. Each chart holds tags of one scale: the return, the task index,
+    R_k, P_k with the collapse and sustain lines, the ratios. Two categories, neither ever empty:
+    TensorBoard shows an empty one, and merges the layouts of the runs it shows into the first run's (by
+    name), dropping charts of a category that run lacks. Only charts whose tags the run writes; a
+    plasticity tool's charts are its registration's (:class:`~nested_ac.registry.ToolSpec` ``charts``),
+    the diagnostics' first, then the gradient norm, then the interventions'."""
     tools = getattr(agent, "plasticity_tools", [])
     used = [entry.target for entry in TOOLS if any(isinstance(tool, entry.target.tool) for tool in tools)]
 
@@ -83,27 +90,31 @@ def layout(agent: BaseAlgorithm, switching: bool) -> Layout:
             for title, tag in spec.charts.items()
         }
 
-    continual: dict[str, list[Any]] = {
-        "episode return (band: min–max over the rollout's episodes)": [
-            "Margin",
-            ["episode/return", "episode/return_min", "episode/return_max"],
-        ],
-    }
+    continual: dict[str, list[Any]] = {}
     if switching:
-        continual["episode return and task switches (value: the new task)"] = _multiline(
-            "episode/return", "task/switch"
-        )
-    continual["R_k and P_k at the end of each task"] = _multiline("continual/R", "continual/P")
-    continual["run-level: R_1, P_late, slide, final return"] = _multiline(
-        f"({'|'.join(re.escape(tag) for tag in METRICS)})"
+        continual[
+            f"P_k at the end of each task, and P_late: collapsed at or below {COLLAPSED_AT}, "
+            f"sustained at or above {SUSTAINED_AT}"
+        ] = _multiline("continual/P", "continual/P_late", *THRESHOLD_TAGS)
+    continual["R_k: return at the end of each task; R_1 and the final return"] = _multiline(
+        "continual/R", "continual/R_1", "continual/R_final"
     )
+    if switching:
+        continual["task: index, and the new task at each switch"] = _multiline("task/index", "task/switch")
+        continual["run-level ratios: slide S (collapse ≤ 0.75, sustained ≥ 0.95), late/early"] = _multiline(
+            "continual/slide", "continual/late_early"
+        )
+    continual["episode return (band: min–max over the rollout's episodes)"] = [
+        "Margin",
+        ["episode/return", "episode/return_min", "episode/return_max"],
+    ]
     plasticity = charts("plasticity")
     plasticity["gradient norm before clipping"] = _multiline("train/grad_norm")
-    interventions = charts("interventions")
+    plasticity |= charts("interventions")
     if getattr(agent.policy, "levels", 1) > 1:
-        interventions["nested critics: gap to the next critic"] = _multiline(r"nested/critic_\d+/gap")
-        interventions["nested critics: churn on a fixed probe"] = _multiline(r"nested/critic_\d+/churn")
-    return {"continual": continual, "plasticity": plasticity, "interventions": interventions}
+        plasticity["nested critics: gap to the next critic"] = _multiline(r"nested/critic_\d+/gap")
+        plasticity["nested critics: churn on a fixed probe"] = _multiline(r"nested/critic_\d+/churn")
+    return {"continual": continual, "plasticity and interventions": plasticity}
 
 
 def _flat(config: RunConfig) -> dict[str, Any]:
@@ -238,14 +249,14 @@ def write_experiment(sweep_dir: Path, configs: Sequence[RunConfig], keys: Sequen
         writer.file_writer.add_summary(hp.hparams_config_pb(columns, metrics))
 
 
-def add_report_images(sweep_dir: Path, report: Path) -> list[str]:
-    """Put every figure ``report`` (a report.md) links to into ``sweep_dir``'s own event file as an image
-    ``report/<name>``, at the step = the number of finished runs under ``sweep_dir`` (a rerun of a finished
-    sweep writes nothing again); returns the tags written."""
+def add_report_images(directory: Path, report: Path) -> list[str]:
+    """Put every figure ``report`` (a report.md) links to into ``directory``'s own event file (a sweep's,
+    or a lone run's) as an image ``report/<name>``, at the step = the number of finished runs under
+    ``directory`` (a rerun of a finished sweep writes nothing again); returns the tags written."""
     import matplotlib.pyplot as plt
 
-    step = sum(1 for _ in sweep_dir.rglob(rundir.SUMMARY_FILE))
-    present = written(sweep_dir)
+    step = sum(1 for _ in directory.rglob(rundir.SUMMARY_FILE))
+    present = written(directory)
     figures = [report.parent / name for name in IMAGE_LINK.findall(report.read_text())]
     todo = {
         f"report/{path.stem}": path
@@ -253,7 +264,7 @@ def add_report_images(sweep_dir: Path, report: Path) -> list[str]:
         if path.is_file() and (f"report/{path.stem}", step) not in present
     }
     if todo:
-        with SummaryWriter(str(sweep_dir)) as writer:
+        with SummaryWriter(str(directory)) as writer:
             for tag, path in todo.items():
                 writer.add_image(tag, plt.imread(path)[..., :3], step, dataformats="HWC")
     return list(todo)

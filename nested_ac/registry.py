@@ -67,9 +67,11 @@ class ToolSpec(Generic[T]):
     becomes one of its top-level sections when the tool is registered); ``enabled(section)``: whether the
     run uses the tool; ``build(section)``: the tool (a ValueError for out-of-range settings);
     ``tool``: the class ``build`` returns. ``charts``: the TensorBoard custom-scalars charts of the tool's
-    tags (chart title → tag regex), in the dashboard's ``category``. ``changes_training``: False for a tool
-    that only observes (diagnostics): a run with it alone still counts as a baseline. (A tool that resets
-    units says so itself, ``PlasticityTool.resets_units``: the agent then keeps one step count per weight.)
+    tags (chart title → tag regex), shown under *plasticity and interventions*: a ``plasticity`` tool's
+    (the diagnostics) first, then the gradient norm, then the ``interventions``' (``category``).
+    ``changes_training``: False for a tool that only observes (diagnostics): a run with it alone still
+    counts as a baseline. (A tool that resets units says so itself, ``PlasticityTool.resets_units``: the
+    agent then keeps one step count per weight.)
     """
 
     section: str

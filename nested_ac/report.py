@@ -41,8 +41,9 @@ from nested_ac.errors import ConfigError
 
 RETURN_TAG = "episode/return"
 DIAGNOSTIC_TAGS = ("plasticity/actor/dormant", "plasticity/actor/srank")
-IDENTITY_KEYS = ("seed", "name", "run_dir", "progress_bar")
+IDENTITY_KEYS = ("seed", "name", "run_dir", "progress_bar", "report")
 BAND_REPS = 1_000  # resamples per point of a figure's band
+COLLAPSED_AT, SUSTAINED_AT = 0.7, 0.9  # P_late at or below: collapsed; at or above: sustained
 
 
 @dataclass
@@ -328,6 +329,10 @@ def plot(
     return [f"{name}{suffix}.png" for name in ("tasks", "returns", "diagnostics")]
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _improvement(group: Group, ref: Reference | None, scores: dict[str, dict[int, float]], reps: int) -> str:
     """P(X > base) of the group's per-seed ``scores`` (higher is better) over the reference group's."""
     if ref is None:
@@ -448,7 +453,10 @@ def _plot_profiles(scores: dict[str, np.ndarray], out: Path, reps: int) -> str:
         xlabel="P_late (τ)",
         ylabel="fraction of runs with P_late > τ",
     )
-    for tau, name in ((0.7, "collapsed ≤ 0.7"), (0.9, "sustained ≥ 0.9")):
+    for tau, name in (
+        (COLLAPSED_AT, f"collapsed ≤ {COLLAPSED_AT}"),
+        (SUSTAINED_AT, f"sustained ≥ {SUSTAINED_AT}"),
+    ):
         axis.axvline(tau, color="grey", linewidth=0.8, linestyle="--")
         axis.text(tau, 1.02, name, fontsize=8, ha="center")
     axis.legend(fontsize=8)
@@ -459,10 +467,13 @@ def _plot_profiles(scores: dict[str, np.ndarray], out: Path, reps: int) -> str:
 
 
 class WrittenReport(NamedTuple):
-    """What :func:`write_report` wrote (``path``: the report.md) and the runs it skipped, one note each."""
+    """What :func:`write_report` wrote (``path``: the report.md), the runs it skipped, one note each, its
+    tables (markdown lines: in a suite, a heading per section) and its notes (each once)."""
 
     path: Path
     skipped: list[str]
+    table: list[str]
+    notes: list[str]
 
 
 def write_report(
@@ -485,6 +496,7 @@ def write_report(
         )
     groups = group_runs(runs)
     refs, notes = references(groups, reference)
+    notes += dict.fromkeys(note for run in runs for note in run.summary.get("notes", []))
     worlds = by_world(groups)
     out = Path(out) if out is not None else Path(paths[0]) / "report"
     out.mkdir(parents=True, exist_ok=True)
@@ -501,10 +513,10 @@ def write_report(
     lines = [
         "# nested-ac report",
         "",
-        f"{len(runs)} runs in {len(groups)} groups"
+        f"{_count(len(runs), 'run')} in {_count(len(groups), 'group')}"
         + (f" in {len(worlds)} worlds" if len(worlds) > 1 else "")
-        + ". P_late (primary): mean R_k/R_ref over the last half of "
-        "the tasks (collapsed ≤ 0.7, sustained ≥ 0.9), its interquartile mean (IQM) and mean across seeds; "
+        + ". P_late (primary): mean R_k/R_ref over the last half of the tasks (collapsed ≤ "
+        f"{COLLAPSED_AT}, sustained ≥ {SUSTAINED_AT}), its interquartile mean (IQM) and mean across seeds; "
         "P(X > base): probability that the group's P_late beats the baseline's (the reference group), on "
         "the seeds both ran; seeds: how many seeds' P_late contributed. Intervals: 95 % stratified "
         f"bootstrap ({reps} resamples; rliable, Agarwal et al. 2021); one seed has none. Secondary: R_1, the "
@@ -530,4 +542,5 @@ def write_report(
         )
     lines += [f"- note: {note}" for note in notes] + [f"- skipped: {line}" for line in skipped]
     (out / "report.md").write_text("\n".join(lines) + "\n")
-    return WrittenReport(out / "report.md", skipped)
+    table = [line for line in lines if line.startswith(("|", "## "))]
+    return WrittenReport(out / "report.md", skipped, table, notes)

@@ -8,6 +8,7 @@
     <run>/checkpoints/step_<N>.pt the last checkpoints (see :mod:`nested_ac.checkpoint`)
     <run>/summary.json        the continual metrics, written when the run finishes
     <run>/model.zip           the final model: the run is finished
+    <run>/report/             the run's own report (report.md, figures), written after the model
     <run>/.lock               held by the process that trains the run
 
 **One writer.** A process that trains a run holds an exclusive OS lock (``fcntl.flock``) on the file
@@ -42,6 +43,7 @@ VERSIONS_FILE = "versions.json"
 SUMMARY_FILE = "summary.json"
 MODEL_FILE = "model.zip"
 CHECKPOINT_DIR = "checkpoints"
+REPORT_DIR = "report"
 CHECKPOINT_NAME = re.compile(r"^step_(\d+)\.pt$")
 LOCK_FILE = ".lock"
 
@@ -49,6 +51,14 @@ LOCK_FILE = ".lock"
 def checkpoint_file(step: int) -> str:
     """The name of the checkpoint taken at environment step ``step`` (it matches CHECKPOINT_NAME)."""
     return f"step_{step}.pt"
+
+
+def check_directory_name(what: str, name: str) -> None:
+    """A ConfigError unless ``name`` is one directory name, so that what is written under it stays inside
+    its parent: not empty, not ``.`` or ``..``, no ``/`` (or the OS's separator) and no NUL."""
+    separators = {"/", os.sep, "\0"} | ({os.altsep} if os.altsep else set())
+    if name in ("", ".", "..") or any(separator in name for separator in separators):
+        raise ConfigError(f"{what} must be a single directory name (no '/', not '.' or '..'), got {name!r}")
 
 
 def create(parent: str | Path, name: str) -> Path:
@@ -101,6 +111,7 @@ def read_json(run_dir: Path, name: str) -> dict | None:
     """The run's ``name`` file (SUMMARY_FILE, VERSIONS_FILE), or None if it has none."""
     path = run_dir / name
     return json.loads(path.read_text()) if path.is_file() else None
+
 
 _held: dict[Path, tuple[int, int]] = {}  # run directory -> (lock file descriptor, hold depth)
 

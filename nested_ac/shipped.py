@@ -1,6 +1,7 @@
 """YAML files shipped inside the package (presets, experiments), found by name.
 
-Each file's first line is a comment: the one-line description ``nested-ac list`` prints.
+Each file starts with a comment paragraph (up to the first line that is a bare ``#`` or no comment): the
+description ``nested-ac list`` prints, whole.
 """
 
 from __future__ import annotations
@@ -27,4 +28,11 @@ class ShippedFiles:
         return self.directory / f"{name}.yaml"
 
     def description(self, name: str) -> str:
-        return self.path(name).read_text().splitlines()[0].lstrip("#").strip()
+        """The file's first comment paragraph, its lines joined."""
+        lines = []
+        for line in self.path(name).read_text().splitlines():
+            text = line.lstrip("#").strip()
+            if not line.startswith("#") or not text:
+                break
+            lines.append(text)
+        return " ".join(lines)

@@ -55,12 +55,12 @@ from pathlib import Path
 from typing import Any
 
 from nested_ac import dashboard, rundir
-from nested_ac.config import RunConfig, load_yaml, resolve_config
+from nested_ac.config import MAX_SEED, RunConfig, load_yaml, resolve_config
 from nested_ac.errors import ConfigError, unknown_choice
 from nested_ac.experiments import EXPERIMENTS
 from nested_ac.interrupts import SIGNALS, InterruptGuard, TrainingInterrupted
 from nested_ac.presets import load_preset
-from nested_ac.rundir import LOCK_FILE, RunDirBusy, hold, holder
+from nested_ac.rundir import LOCK_FILE, RunDirBusy, check_directory_name, hold, holder
 from nested_ac.train import resume, train, validate
 
 BACKENDS = ("local", "ray")
@@ -117,6 +117,18 @@ def experiment_path(experiment: str | Path) -> Path:
     return EXPERIMENTS.path(str(experiment))
 
 
+def _is_seed(seed: Any) -> bool:
+    return isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed <= MAX_SEED
+
+
+def _check_name(path: Path, what: str, name: str) -> None:
+    """A ConfigError naming the file unless ``name`` is one directory name (it names a directory of runs)."""
+    try:
+        check_directory_name(what, name)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
+
+
 def _named_entries(
     path: Path, data: dict[str, Any], key: str, valid: tuple[str, ...]
 ) -> list[dict[str, Any]]:
@@ -130,6 +142,7 @@ def _named_entries(
         if not isinstance(entry, dict) or not entry.get("name"):
             raise ConfigError(f"{path}: {what} #{index + 1} needs a 'name'")
         label = str(entry["name"])
+        _check_name(path, f"a {what}'s name", label)
         if label in seen:
             raise ConfigError(f"{path}: duplicate {what} name {label!r}")
         seen.add(label)
@@ -150,8 +163,10 @@ def load_experiment(experiment: str | Path, sweep_dir: str | Path | None = None)
             f"{path}: unknown experiment keys {unknown}; valid keys: {', '.join(EXPERIMENT_KEYS)}"
         )
     seeds = data.get("seeds")
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
-        raise ConfigError(f"{path}: 'seeds' must be a non-empty list of integers, got {seeds!r}")
+    if not isinstance(seeds, list) or not seeds or not all(_is_seed(s) for s in seeds):
+        raise ConfigError(
+            f"{path}: 'seeds' must be a non-empty list of integers in 0 … {MAX_SEED}, got {seeds!r}"
+        )
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"{path}: 'seeds' has duplicates: {seeds}")
     base = data.get("base") or {}
@@ -160,6 +175,7 @@ def load_experiment(experiment: str | Path, sweep_dir: str | Path | None = None)
     variants = _named_entries(path, data, "variants", VARIANT_KEYS)
     worlds = _named_entries(path, data, "worlds", WORLD_KEYS) if "worlds" in data else [{"name": ""}]
     name = str(data.get("name") or path.stem)
+    _check_name(path, "the experiment's name", name)
     root = Path(sweep_dir) if sweep_dir is not None else Path("runs") / name
     experiment = Experiment(name)
     hparams: set[str] = set()  # every key any run changes: each run's HParams session records them all
@@ -176,7 +192,9 @@ def load_experiment(experiment: str | Path, sweep_dir: str | Path | None = None)
             preset = load_preset(str(variant["preset"])) if "preset" in variant else None
             label = "/".join(filter(None, (world["name"], variant["name"])))
             for seed in seeds:
-                overrides.update(seed=seed, run_dir=str(root / label), name=f"seed{seed}", progress_bar=False)
+                overrides.update(
+                    seed=seed, run_dir=str(root / label), name=f"seed{seed}", progress_bar=False, report=False
+                )
                 try:
                     config = resolve_config(overrides=overrides, preset=preset)
                     validate(config)

@@ -39,6 +39,7 @@ from nested_ac.build import build_agent
 from nested_ac.callbacks import EpisodeStats, ProgressBar, TaskClock, Throughput
 from nested_ac.checkpoint import Checkpointer, CheckpointStore, restore
 from nested_ac.config import RunConfig, resolve_config
+from nested_ac.envs.registry import registration, takes_task_seed
 from nested_ac.envs.schedules import TaskSchedule, check_kind, check_schedule_fits, make_schedule
 from nested_ac.errors import ConfigError
 from nested_ac.events import DeferredOutput, rewind_events
@@ -51,7 +52,8 @@ from nested_ac.rundir import DiskFull, hold, replace_atomically, writing
 @dataclass
 class RunResult:
     """Where a finished run lives and what it saw; ``steps``: the steps it trained, at least
-    ``config.steps`` (PPO trains whole rollouts, so the last one may run past it)."""
+    ``config.steps`` (PPO trains whole rollouts, so the last one may run past it); ``summary``: its
+    continual metrics, as in ``summary.json``."""
 
     config: RunConfig
     run_dir: Path
@@ -59,6 +61,7 @@ class RunResult:
     switches: list[tuple[int, int]]
     seconds: float
     steps: int
+    summary: dict[str, Any]
 
 
 def validate(config: RunConfig) -> gym.envs.registration.EnvSpec:
@@ -70,14 +73,15 @@ def validate(config: RunConfig) -> gym.envs.registration.EnvSpec:
 
 
 def make_env(config: RunConfig) -> VecEnv:
-    """``n_envs`` copies of the env, seeded from the run seed; nested-ac envs get ``task_seed`` = seed.
+    """``n_envs`` copies of the env, seeded from the run seed; an env whose entry point takes ``task_seed``
+    (every nested-ac env, a plug-in's that has the parameter) gets ``task_seed`` = seed.
 
     The fast path: where the env has a same-step numpy-vectorized implementation and ``env.vectorized``
     is on, one vector env behind :class:`nested_ac.envs.GymnasiumVecEnv`; otherwise SB3's ``DummyVecEnv``.
     Per-copy switching at episode boundaries needs separate copies, so it always takes the ``DummyVecEnv``.
     """
     kwargs = dict(config.env.kwargs)
-    if config.env.id in envs.NONSTATIONARY_ENVS:
+    if takes_task_seed(config.env.id):
         kwargs.setdefault("task_seed", config.seed)
     try:
         if config.env.vectorized and not config.env.schedule.at_episode_boundary:
@@ -89,6 +93,31 @@ def make_env(config: RunConfig) -> VecEnv:
         return make_vec_env(config.env.id, n_envs=config.env.n_envs, seed=config.seed, env_kwargs=kwargs)
     except TypeError as error:
         raise ConfigError(f"env {config.env.id!r} rejected env.kwargs {config.env.kwargs}: {error}") from None
+
+
+def return_floor(config: RunConfig, env: VecEnv) -> float | None:
+    """R_min, the lowest return an episode can have: ``env.return_floor`` if set, else the env's own (its
+    ``return_floor`` attribute, else what :func:`~nested_ac.envs.register_nonstationary` recorded); None
+    where none is known."""
+    if config.env.return_floor is not None:
+        return config.env.return_floor
+    if env.has_attr("return_floor") and env.get_attr("return_floor")[0] is not None:
+        return float(env.get_attr("return_floor")[0])
+    info = registration(config.env.id)
+    return info.return_floor if info else None
+
+
+def floor_note(env_id: str, episodes: Sequence[tuple[int, float, int]], floor: float | None) -> str | None:
+    """What to say when ``env_id`` gave negative episode returns (``episodes``: (step, return, length))
+    and no floor is known: P_k and the ratios then measure the return above 0 (none where R_1 ≤ 0)."""
+    if floor is not None or all(episode_return >= 0 for _, episode_return, _ in episodes):
+        return None
+    return (
+        f"env {env_id} gave negative episode returns and has no known return floor, so P_k, P_late, the "
+        "slide and late/early measure the return above 0 and are missing where R_1 <= 0; give the lowest "
+        "return an episode can have: --set env.return_floor=VALUE, or a return_floor attribute of the env "
+        "(docs/environments.md)"
+    )
 
 
 LIBRARIES = ("nested-ac", "torch", "numpy", "gymnasium", "stable-baselines3")
@@ -198,16 +227,20 @@ def write_summary(
     agent: BaseAlgorithm,
     logger: Logger,
     R_min: float | None = None,
+    notes: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Write the run's continual metrics to ``summary.json`` and TensorBoard (``continual/*``): R_k and P_k
-    at each phase's last step, the run-level numbers at the final step. Phases end at ``steps``: the last
+    at each phase's last step (with the collapse and sustain lines, :data:`dashboard.THRESHOLDS`), the
+    run-level numbers at the final step. Phases end at ``steps``: the last
     rollout may overshoot it, and a switch there starts no phase. ``R_min``: the env's return floor if
-    any (P_k then measures the return above it)."""
+    any (P_k then measures the return above it). ``notes``: what the reader of the numbers must know
+    (``summary.json``'s ``notes``, repeated by the report)."""
     total = agent.num_timesteps
     phases = continual.phases_from_switches(switches or [(0, 0)], steps_budget)
     steps = [step for step, _, _ in episodes]
     returns = [episode_return for _, episode_return, _ in episodes]
     summary = continual.summarize(steps, returns, phases, R_min=R_min, copies=agent.n_envs)
+    summary["notes"] = list(notes)
     missing = [k + 1 for k, R in enumerate(summary["R"]) if R is None]
     if missing:
         warnings.warn(
@@ -222,11 +255,23 @@ def write_summary(
         for name, value in (("R", R), ("P", P)):
             if value is not None:
                 logger.record(f"continual/{name}", value)
+        for tag, value in dashboard.THRESHOLDS.items():
+            logger.record(tag, value)
         logger.dump(end)
     for tag, value in dashboard.final_metrics(summary).items():
         logger.record(tag, value)
     logger.dump(total)
     return summary
+
+
+def write_run_report(run_dir: Path) -> Path:
+    """A finished run's own report, ``<run>/report/report.md`` with its figures, the figures also in the
+    run's TensorBoard Images tab; returns the report's path."""
+    from nested_ac.report import write_report
+
+    report = write_report([run_dir], run_dir / rundir.REPORT_DIR).path
+    dashboard.add_report_images(run_dir, report)
+    return report
 
 
 def _learn(
@@ -244,7 +289,12 @@ def _learn(
     agent.set_logger(logger)
     episodes = EpisodeStats()
     clock = (
-        TaskClock(schedule, config.env.schedule.at_episode_boundary, config.env.schedule.since_last_switch)
+        TaskClock(
+            schedule,
+            config.env.schedule.at_episode_boundary,
+            end=config.steps,
+            since_last_switch=config.env.schedule.since_last_switch,
+        )
         if agent.get_env().has_attr("set_task")
         else None
     )
@@ -275,9 +325,12 @@ def _learn(
             )
             if checkpointer.stopped_at is None:  # a finished run: its continual metrics
                 switches = clock.switches if clock else []
-                info = envs.NONSTATIONARY_ENVS.get(config.env.id)
-                floor = info.return_floor if info else None
-                write_summary(run_dir, episodes.episodes, switches, config.steps, agent, logger, floor)
+                floor = return_floor(config, agent.get_env())
+                note = floor_note(config.env.id, episodes.episodes, floor)
+                notes = [note] if note else []
+                summary = write_summary(
+                    run_dir, episodes.episodes, switches, config.steps, agent, logger, floor, notes
+                )
             with writing("a TensorBoard event file"):
                 events.flush()
         except NumericalFault as fault:
@@ -295,6 +348,8 @@ def _learn(
 
     model = run_dir / rundir.MODEL_FILE
     replace_atomically(model, save_model, str(model))
+    seconds = time.perf_counter() - start  # the training's, not the report's
+    if config.report:
+        write_run_report(run_dir)
     switches = clock.switches if clock is not None else []
-    seconds = time.perf_counter() - start
-    return RunResult(config, run_dir, episodes.episodes, switches, seconds, agent.num_timesteps)
+    return RunResult(config, run_dir, episodes.episodes, switches, seconds, agent.num_timesteps, summary)

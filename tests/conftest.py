@@ -13,8 +13,19 @@ from nested_ac.cli import main
 
 torch.set_num_threads(1)
 
-# A few thousand steps of PPO: small rollouts and few epochs keep each test run to a few seconds.
-FAST = ["--no-progress", "--set", "ppo.n_steps=128", "--set", "ppo.batch_size=128", "--set", "ppo.n_epochs=2"]
+# A few thousand steps of PPO: small rollouts and few epochs, and no report of its own, keep each test run
+# to a few seconds.
+FAST = [
+    "--no-progress",
+    "--set",
+    "ppo.n_steps=128",
+    "--set",
+    "ppo.batch_size=128",
+    "--set",
+    "ppo.n_epochs=2",
+    "--set",
+    "report=false",
+]
 
 
 @pytest.fixture

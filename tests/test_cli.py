@@ -7,6 +7,7 @@ import math
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -76,6 +77,11 @@ def test_train_smoke_writes_events_config_and_model(cli, tmp_path):
     assert [phase[2] for phase in summary["phases"]] == [0, 1, 2, 3] and len(summary["R"]) == 4
     assert summary["R_ref"] == summary["R"][0] and summary["slide"] is not None
     assert [step for step, _ in scalars["continual/R"]] == [1024, 2048, 3072, 4096]
+    # The closing lines: what the run learned, R_k of each task and P_late, and a command that opens it.
+    R = ", ".join(f"{r:.1f}" for r in summary["R"])
+    assert f"return at the end of each of 4 tasks (R_k): {R}; P_late {summary['P_late']:.2f}\n" in out
+    view = out.split("(view: ")[1].split(" --logdir ")[0]
+    assert shutil.which(view) or Path(view).is_file(), view  # the venv's tensorboard, runnable as printed
 
     saved = resolve_config(run_dir / "config.yaml")
     assert saved.seed == 3 and saved.env.n_envs == 4 and saved.ppo.n_epochs == 2
@@ -83,6 +89,17 @@ def test_train_smoke_writes_events_config_and_model(cli, tmp_path):
     # The resolved config round-trips exactly.
     (tmp_path / "again.yaml").write_text((run_dir / "config.yaml").read_text())
     assert resolve_config(tmp_path / "again.yaml").to_dict() == saved.to_dict()
+
+
+def test_the_closing_line_shows_the_first_and_last_tasks_of_a_long_run():
+    from nested_ac.cli import learned
+
+    summary = {"R": [500.0, None, *range(300, 327)], "P_late": 0.612}
+    assert learned(summary) == (
+        "return at the end of each of 29 tasks (R_k): 500.0, —, 300.0, 301.0, …, 323.0, 324.0, 325.0, 326.0; "
+        "P_late 0.61"
+    )
+    assert learned({"R": [123.44], "P_late": None}) == "return at the end of the run (R_1): 123.4"
 
 
 def test_config_file_reruns_the_same_run(cli, tmp_path):
@@ -159,6 +176,11 @@ BAD_INPUTS = [
     (["--set", "checkpoint.every=-1"], "checkpoint.every must be >= 0 (0 = only on an interrupt), got -1"),
     (["--set", "checkpoint.keep=0"], "checkpoint.keep must be a positive integer, got 0"),
     (["--bogus-flag"], "unrecognized arguments: --bogus-flag"),
+    (["--seed", "-1"], "seed must be an integer in 0 … 4294967295, got -1"),
+    (["--seed", str(2**32)], "seed must be an integer in 0 … 4294967295, got 4294967296"),
+    (["--name", "../escape"], "name must be a single directory name (no '/', not '.' or '..'), got '../e"),
+    (["--name", "a/b"], "name must be a single directory name"),
+    (["--name", ".."], "name must be a single directory name"),
 ]
 
 
@@ -168,7 +190,7 @@ def test_bad_input_is_one_clear_line_exit_2_nothing_written(cli, tmp_path, args,
     assert code == 2
     assert message in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
-    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+    assert [path for path in tmp_path.rglob("*") if path != tmp_path / "runs"] == []  # nothing, anywhere
 
 
 @pytest.mark.parametrize(

@@ -45,6 +45,7 @@ variants:
     agent: nested-ppo
 """
 VARIANTS = {"adam", "upgd-cbp", "nested"}
+PLASTICITY = "plasticity and interventions"
 TENSORBOARD = Path(sys.executable).with_name("tensorboard")
 
 
@@ -123,21 +124,38 @@ def test_tensorboard_serves_the_sweeps_layout_hparams_and_report_images(served):
         return {c["title"]: [chart["title"] for chart in c.get("chart", [])] for c in layout["category"]}
 
     # Ready when every run is loaded: the charts of all three variants' interventions are there.
+    interventions = {
+        "UPGD: mean scaled utility per network",
+        "UPGD: fraction of weights with utility > 0.5",
+        "CBP: units replaced per layer",
+        "CBP: mean unit age",
+        "nested critics: gap to the next critic",
+        "nested critics: churn on a fixed probe",
+    }
     layout = served.until(
         "/data/plugin/custom_scalars/layout",
         None,
-        lambda a: "category" in a and len(titles(a).get("interventions", [])) == 6,
+        lambda a: "category" in a and interventions <= set(titles(a).get(PLASTICITY, [])),
     )
     charts = titles(layout)
-    assert set(charts) == {"continual", "plasticity", "interventions"}
-    assert sum(len(titles) for titles in charts.values()) >= 3
+    assert list(charts) == ["continual", PLASTICITY] and all(charts.values())  # no empty section
     assert any("margin" in chart for category in layout["category"] for chart in category["chart"])
     # Merged over the runs: each intervention appears once, from the variants that use it.
-    assert {"UPGD: mean scaled utility per network", "CBP: units replaced per layer"} <= set(
-        charts["interventions"]
+    assert len(charts[PLASTICITY]) == len(set(charts[PLASTICITY]))
+    assert "ReDo: units reset per network" not in charts[PLASTICITY]  # no variant uses ReDo
+    # Each chart is of one scale: the return alone, the task index alone, P_k with its two lines.
+    tags = {chart["title"]: chart for category in layout["category"] for chart in category["chart"]}
+    (p_chart,) = [title for title in tags if title.startswith("P_k")]
+    assert tags[p_chart]["multiline"]["tag"] == [
+        "^continual/P$",
+        "^continual/P_late$",
+        "^continual/P_collapsed_at$",
+        "^continual/P_sustained_at$",
+    ]
+    return_charts = [chart for title, chart in tags.items() if "episode/return" in json.dumps(chart)]
+    assert return_charts and not any(
+        "task/" in json.dumps(c) or "continual/" in json.dumps(c) for c in return_charts
     )
-    assert "nested critics: gap to the next critic" in charts["interventions"]
-    assert "ReDo: units reset per network" not in charts["interventions"]  # no variant uses ReDo
 
     experiment = served.until("/data/plugin/hparams/experiment", {"experimentName": ""}, lambda a: a)
     metrics = {m["name"]["tag"]: m["displayName"] for m in experiment["metricInfos"]}
@@ -225,7 +243,7 @@ def test_hparams_record_the_changes_from_the_defaults(tmp_path):
     assert dashboard.hparams(config, ["network.actor"])["network.actor"] == "[64, 64]"
 
 
-def test_a_plain_run_gets_no_intervention_charts(tmp_path):
+def test_a_plain_run_gets_no_intervention_charts_and_no_empty_section(tmp_path):
     from stable_baselines3.common.env_util import make_vec_env
 
     from nested_ac.build import build_agent
@@ -234,9 +252,26 @@ def test_a_plain_run_gets_no_intervention_charts(tmp_path):
     env = make_vec_env("CartPole-v1", n_envs=1)
     layout = dashboard.layout(build_agent(config, env), switching=False)
     env.close()
-    assert list(layout) == ["continual", "plasticity", "interventions"] and layout["interventions"] == {}
-    assert not any("task switches" in title for title in layout["continual"])
-    assert list(layout["plasticity"]) == ["gradient norm before clipping"]
+    assert list(layout) == ["continual", PLASTICITY] and all(layout.values())
+    assert not any(title.startswith(("task", "P_k", "run-level")) for title in layout["continual"])
+    assert list(layout[PLASTICITY]) == ["gradient norm before clipping"]
+
+
+def test_a_lone_run_has_its_report_figures_in_its_images_tab_and_p_k_its_lines(tmp_path):
+    result = train(small_config(tmp_path, "lone", report=True, **{"checkpoint.every": 0}))
+    run_dir = result.run_dir
+    counts = plugin_summaries(run_dir)
+    assert {tag: counts[tag] for tag in ("report/tasks", "report/returns", "report/diagnostics")} == {
+        "report/tasks": 1,
+        "report/returns": 1,
+        "report/diagnostics": 1,
+    }
+    assert (run_dir / "report" / "report.md").is_file()
+    scalars = read_scalars(run_dir)
+    ends = [step for step, _ in scalars["continual/P"]]
+    assert len(ends) == 7  # 6144 steps, a task every 1000
+    assert scalars["continual/P_collapsed_at"] == [(step, pytest.approx(0.7)) for step in ends]
+    assert scalars["continual/P_sustained_at"] == [(step, pytest.approx(0.9)) for step in ends]
 
 
 def test_the_progress_bar_stops_at_its_total_and_the_final_line_states_the_steps(tmp_path, monkeypatch, cli):

@@ -8,6 +8,7 @@ The plug-in example of docs/environments.md runs verbatim in tests/test_packagin
 
 from __future__ import annotations
 
+import itertools
 import re
 import shlex
 import subprocess
@@ -83,6 +84,20 @@ def test_readme_is_a_short_front_page():
         "bash scripts/test.sh",
     ]
     assert "not met" in text and "](docs/collapse-tasks.png)" in text  # the headline: its per-task figure
+
+
+def test_the_demo_ends_where_a_task_does_after_whole_rollouts():
+    """The demo's last rollout ends on a task boundary: it trains no steps of a task it does not finish."""
+    args = shlex.split(
+        (ROOT / "scripts" / "demo.sh").read_text().split(".venv/bin/nested-ac ")[1].splitlines()[0]
+    )
+    steps = int(args[args.index("--steps") + 1])
+    (every,) = [int(arg.split("=")[1]) for arg in args if arg.startswith("env.schedule.every=")]
+    defaults = RunConfig()
+    rollout = defaults.ppo.n_steps * defaults.env.n_envs
+    assert every and steps % every == 0 and every % rollout == 0, (steps, every, rollout)
+    tasks = f"{steps // every} tasks of {every:,} steps"
+    assert tasks in README.read_text() and tasks in (ROOT / "docs" / "index.md").read_text()
 
 
 def _heading_anchors(page: Path) -> set[str]:
@@ -336,3 +351,65 @@ def test_layout_sections_list_the_tree():
     assert inside - architecture == set(), (
         f"docs/architecture.md's layout misses {sorted(inside - architecture)}"
     )
+
+
+# -- what a newcomer reads first ----------------------------------------------------------------------------
+
+
+def test_the_config_key_page_is_generated_from_the_code_and_current():
+    from nested_ac import config_keys
+    from nested_ac.config import plugin_sections
+
+    assert (ROOT / "docs" / "config-keys.md").read_text() == config_keys.page(), (
+        "docs/config-keys.md is stale: .venv/bin/python -m nested_ac.config_keys > docs/config-keys.md"
+    )
+    built_in = {key for key in _config_keys() if key.split(".")[0] not in plugin_sections()}
+    leaves = {key for key in built_in if not any(other.startswith(key + ".") for other in built_in)}
+    assert {key.name for key in config_keys.keys()} == leaves
+    assert all(key.meaning for key in config_keys.keys())  # every key says what it means
+
+
+def _flag_table(page: Path) -> set[str]:
+    """The flags in the first column of the page's flag table."""
+    return {
+        flag
+        for line in page.read_text().splitlines()
+        if line.startswith("| `--")
+        for flag in re.findall(r"`(--[a-z][\w-]*)", line.split("|")[1])
+    }
+
+
+def test_every_train_flag_is_in_the_flag_table(options):
+    assert options["train"] - {"--help"} == _flag_table(ROOT / "docs" / "cli-and-config.md")
+
+
+def test_each_commands_help_points_to_a_page_of_the_docs(cli):
+    for command in SUBCOMMANDS:
+        text = " ".join(_help(cli, command).split())
+        pages = re.findall(r"docs/[\w-]+\.md", text)  # whole: a path is not broken at its hyphens
+        assert pages and all((ROOT / page).is_file() for page in pages), (command, text)
+        assert "README" not in text
+
+
+def test_list_shows_each_description_whole_and_its_wall_time_agrees_with_the_readme(cli):
+    from nested_ac.experiments import EXPERIMENTS
+    from nested_ac.presets import PRESETS
+
+    for topic, shipped in (("experiments", EXPERIMENTS), ("presets", PRESETS)):
+        code, out, _ = cli("list", topic)
+        assert code == 0
+        for name in shipped.names():
+            lines = shipped.path(name).read_text().splitlines()
+            comments = itertools.takewhile(lambda line: line.startswith("#") and line.strip("# "), lines)
+            paragraph = " ".join(line.lstrip("#").strip() for line in comments)
+            (row,) = [line for line in out.splitlines() if line.startswith(name + " ")]
+            assert row.split(None, 1)[1] == paragraph, name
+    readme = README.read_text()
+    for name, minutes in re.findall(r"nested-ac sweep ([\w-]+) --workers 2\s+# (\d+) min", readme):
+        assert f"{minutes} min" in EXPERIMENTS.description(name), name
+
+
+def test_the_docs_index_shows_a_figure():
+    index = (ROOT / "docs" / "index.md").read_text()
+    figures = re.findall(r"!\[[^\]]+\]\(([\w.-]+\.png)\)", index)
+    assert figures and all((ROOT / "docs" / figure).is_file() for figure in figures)

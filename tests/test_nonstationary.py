@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import sys
+from pathlib import Path
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -227,13 +231,23 @@ def test_plugged_in_env_trains_with_its_own_set_task(cli, tmp_path):
     )
     assert code == 0, err
     scalars = read_scalars(tmp_path / "plug")
-    assert [(step, value) for step, value in scalars["task/switch"]] == [
-        (0, 0),
-        (512, 5),
-        (1024, 0),
-        (1536, 5),
-    ]
+    # No task starts at the run's last step (1536): a switch there would start a task no step runs on.
+    assert [(step, value) for step, value in scalars["task/switch"]] == [(0, 0), (512, 5), (1024, 0)]
     assert {value for _, value in scalars["task/index"]} == {0, 5}
+
+
+def test_steps_past_the_budget_stay_on_the_last_measured_task(cli, tmp_path):
+    """1000 steps asked, whole rollouts of 256 give 1024: the switch due at 1000 is not made."""
+    args = ["--steps", "1000", "--n-envs", "2", "--run-dir", str(tmp_path), "--name", "past", *FAST]
+    code, _, err = cli("train", *args, "--set", "env.schedule.every=500")
+    assert code == 0, err
+    scalars = read_scalars(tmp_path / "past")
+    assert [(step, value) for step, value in scalars["task/switch"]] == [(0, 0), (500, 1)]
+    assert scalars["task/index"][-1] == (1024, 1)
+    assert [phase[2] for phase in json.loads((tmp_path / "past" / "summary.json").read_text())["phases"]] == [
+        0,
+        1,
+    ]
 
 
 def test_drifting_cartpole_trains_through_the_adapter_and_logs_its_gravity(cli, tmp_path):
@@ -258,3 +272,112 @@ def test_drifting_cartpole_trains_through_the_adapter_and_logs_its_gravity(cli, 
     assert [step for step, _ in scalars["task/switch"]] == [0, 768, 1536]
     assert len({value for _, value in scalars["task/gravity"]}) == 3
     assert sum(value for _, value in scalars["episode/count"]) > 20 and "train/value_loss" in scalars
+
+
+PLUGIN = """
+import math
+
+import json
+import sys
+from pathlib import Path
+
+import gymnasium as gym
+
+from nested_ac import envs
+
+FLOOR = -200 * (math.pi**2 + 0.1 * 8**2 + 0.001 * 2**2)
+
+
+def gravity_pendulum(task_seed=0):
+    return envs.DriftAttribute(gym.make("Pendulum-v1"), "g", 5.0, 15.0, task_seed=task_seed)
+
+
+class FlooredPendulum(envs.DriftAttribute):
+    return_floor = FLOOR
+
+    def __init__(self, task_seed=0):
+        super().__init__(gym.make("Pendulum-v1"), "g", 5.0, 15.0, task_seed=task_seed)
+
+
+gym.register("PlainGravity-v0", entry_point=gravity_pendulum)
+gym.register("FlooredGravity-v0", entry_point=FlooredPendulum)
+envs.register_nonstationary(
+    "RegisteredGravity-v0", gravity_pendulum, changes="gravity", default_every=2048, return_floor=FLOOR
+)
+"""
+PENDULUM_FLOOR = -200 * (np.pi**2 + 0.1 * 8**2 + 0.001 * 2**2)
+PLUGIN_IDS = ("PlainGravity-v0", "FlooredGravity-v0", "nested_ac/RegisteredGravity-v0")
+
+
+@pytest.fixture
+def plugin(tmp_path, monkeypatch):
+    """A user's plug-in module ``gravity_plugin`` in the current directory (Pendulum whose gravity each
+    task redraws: negative returns), imported by ``--env gravity_plugin:...``; unregistered afterwards."""
+    (tmp_path / "gravity_plugin.py").write_text(PLUGIN)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield tmp_path
+    sys.modules.pop("gravity_plugin", None)
+    for env_id in PLUGIN_IDS:
+        gym.envs.registry.pop(env_id, None)
+        envs.NONSTATIONARY_ENVS.pop(env_id, None)
+
+
+def pendulum_run(cli, name: str, *args: str) -> tuple[dict, str]:
+    """Train a plug-in Pendulum for 4 phases of 2048 steps; its summary.json and the CLI's stderr."""
+    run = ("--steps", "8192", "--n-envs", "2", "--run-dir", "runs", "--name", name, *FAST)
+    code, _, err = cli("train", *run, *args)
+    assert code == 0, err
+    return json.loads(Path("runs", name, "summary.json").read_text()), err
+
+
+def test_a_plugin_env_draws_its_tasks_from_the_run_seed(cli, plugin):
+    gravities = {}
+    for seed in (0, 1):
+        schedule = ("--set", "env.schedule.every=256")
+        run = ("--steps", "1024", "--n-envs", "2", "--run-dir", "runs", "--name", f"s{seed}", *FAST)
+        code, _, err = cli(
+            "train", "--env", "gravity_plugin:PlainGravity-v0", "--seed", str(seed), *run, *schedule
+        )
+        assert code == 0, err
+        scalars = read_scalars(Path("runs", f"s{seed}"))
+        tasks = dict(scalars["task/index"])  # logged with the task's gravity, at the same steps
+        gravities[seed] = {int(tasks[step]): value for step, value in scalars["task/g"]}
+        assert len(gravities[seed]) >= 3
+        for task, g in gravities[seed].items():  # the documented draw: default_rng([run seed, task])
+            assert g == pytest.approx(np.random.default_rng([seed, task]).uniform(5.0, 15.0), rel=1e-6)
+    assert gravities[0] != gravities[1]
+
+
+def test_a_registered_plugin_named_with_its_module_keeps_its_defaults(cli, plugin):
+    summary, err = pendulum_run(cli, "reg", "--env", "gravity_plugin:nested_ac/RegisteredGravity-v0")
+    config = resolve_config(Path("runs", "reg", "config.yaml"))
+    assert (config.env.schedule.kind, config.env.schedule.every) == ("every", 2048)  # its default schedule
+    assert len(summary["phases"]) == 4 and summary["R_min"] == pytest.approx(PENDULUM_FLOOR)
+    assert None not in summary["P"] and summary["notes"] == [] and "note" not in err
+
+
+@pytest.mark.parametrize(
+    "env_id, args",
+    [("FlooredGravity-v0", ()), ("PlainGravity-v0", ("--set", f"env.return_floor={PENDULUM_FLOOR}"))],
+)
+def test_a_plugin_envs_floor_comes_from_its_class_or_the_config(cli, plugin, env_id, args):
+    schedule = ("--set", "env.schedule.every=2048")
+    summary, err = pendulum_run(cli, "floored", "--env", f"gravity_plugin:{env_id}", *schedule, *args)
+    assert summary["R_min"] == pytest.approx(PENDULUM_FLOOR) and summary["R"][0] < 0
+    R, floor = summary["R"], summary["R_min"]
+    assert summary["P"] == pytest.approx([(r - floor) / (R[0] - floor) for r in R])
+    assert summary["notes"] == [] and "note" not in err
+
+
+def test_an_unknown_floor_on_negative_returns_is_said_once_with_the_fix(cli, plugin):
+    schedule = ("--set", "env.schedule.every=2048")
+    for name in ("a", "b"):
+        summary, err = pendulum_run(cli, name, "--env", "gravity_plugin:PlainGravity-v0", *schedule)
+        assert summary["R_min"] is None and summary["P"] == [None] * 4
+        assert len(summary["notes"]) == 1 and "--set env.return_floor=" in summary["notes"][0]
+        assert err.count("nested-ac: note: ") == 1 and "no known return floor" in err
+    code, _, err = cli("report", "runs", "--reps", "100")
+    assert code == 0 and err.count("no known return floor") == 1
+    report = Path("runs", "report", "report.md").read_text()
+    assert report.count("no known return floor") == 1 and "return_floor attribute of the env" in report

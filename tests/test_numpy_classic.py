@@ -120,7 +120,8 @@ def test_classic_worlds_are_registered_with_their_vector_forms_and_floors():
     ids = [f"nested_ac/{kind}{task}-v0" for task in ("CartPole", "Acrobot", "Pendulum", "MountainCar")
            for kind in ("Permuted", "Drifting")]
     ids += ["nested_ac/ActionPermutedAcrobot-v0", "nested_ac/ActionFlippedPendulum-v0",
-            "nested_ac/ActionFlippedMountainCarContinuous-v0", "nested_ac/ActionPermutedCartPole-v0"]
+            "nested_ac/ActionFlippedMountainCarContinuous-v0", "nested_ac/ActionPermutedCartPole-v0",
+            "nested_ac/RemappedAcrobot-v0", "nested_ac/RemappedPendulum-v0"]
     for env_id in ids:
         assert env_id in NONSTATIONARY_ENVS
         vec = native_vector(env_id, 4, {"task_seed": 0})
@@ -179,3 +180,21 @@ def test_every_copy_ending_on_one_step_hands_sb3_one_final_observation_each():
         final = info["terminal_observation"]
         assert final.dtype == np.float32 and final.shape == (3,) and info["TimeLimit.truncated"]
     env.close()
+
+
+def test_remapped_worlds_change_observation_and_actions_independently_in_both_forms():
+    single = _switching_layer(gym.make("nested_ac/RemappedAcrobot-v0", task_seed=2))
+    vector = gym.make_vec("nested_ac/RemappedAcrobot-v0", num_envs=2, vectorization_mode="vector_entry_point",
+                          task_seed=2)
+    vector = _switching_layer(vector)
+    permutations = []
+    for task in range(8):
+        single.set_task(task)
+        vector.set_task(task)
+        for form in (single, vector):  # outer layer: the actions; inner: the observation
+            assert type(form.effect).__name__ == "ActionPermutation"
+            assert type(form.env.effect).__name__ == "ObservationPermutation"
+        np.testing.assert_array_equal(single.effect.permutation, vector.effect.permutation)
+        np.testing.assert_array_equal(single.env.effect.permutation, vector.env.effect.permutation)
+        permutations.append((tuple(single.effect.permutation), tuple(single.env.effect.permutation)))
+    assert len({actions for actions, _ in permutations}) > 1 and len({obs for _, obs in permutations}) > 1

@@ -98,12 +98,16 @@ def test_documented_plugin_example_trains_and_sweeps_from_a_fresh_folder(tmp_pat
     commands = _commands(_doc_block("bash", "nested-ac train --env mypkg.envs:")) + _commands(
         _doc_block("bash", "nested-ac sweep windy.yaml")
     )
-    assert [command[:2] for command in commands] == [["nested-ac", "train"]] * 2 + [["nested-ac", "sweep"]]
-    assert commands[2][-2:] == ["--workers", "2"]
+    assert [command[:2] for command in commands] == [["nested-ac", "train"]] * 3 + [["nested-ac", "sweep"]]
+    assert commands[3][-2:] == ["--workers", "2"]
     for command in commands:
         result = _run([SCRIPT, *command[1:]], tmp_path)
         assert result.returncode == 0, result.stderr[-2000:]
-    assert len(list((tmp_path / "runs").glob("*/model.zip"))) == 2
+        assert "nested-ac: note:" not in result.stderr
+    assert len(list((tmp_path / "runs").glob("*/model.zip"))) == 3
+    (pendulum,) = (tmp_path / "runs").glob("*GravityPendulum*/summary.json")
+    summary = json.loads(pendulum.read_text())  # negative returns, measured above the class's floor
+    assert summary["R_min"] < summary["R"][0] < 0 and None not in summary["P"] and len(summary["P"]) == 4
     assert sorted(path.parent.name for path in (tmp_path / "runs" / "windy").glob("*/*/model.zip")) == [
         "seed0",
         "seed1",

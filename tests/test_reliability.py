@@ -44,6 +44,7 @@ SMALL = {
     "env.schedule.every": 1000,
     "checkpoint.every": 1024,
     "progress_bar": False,
+    "report": False,
     "seed": 5,
 }
 STEPS = 6144

@@ -17,6 +17,7 @@ SMALL = {
     "ppo.n_epochs": 1,
     "env.schedule.every": 512,
     "progress_bar": False,
+    "report": False,
     "diagnostics.every": 1,
 }
 
@@ -57,6 +58,8 @@ def test_report_on_two_real_runs(cli, runs, tmp_path):
     text = (tmp_path / "report" / "report.md").read_text()
     rows = _rows(text)
     assert set(rows) >= {"adam", "cbp"} and rows["adam"]["seeds"] == "2"
+    assert "4 runs in 2 groups." in text
+    assert _rows(out) == rows  # the terminal shows the table too
     summaries = {
         (v, s): json.loads((runs / v / f"seed{s}" / "summary.json").read_text()) for v in rows for s in (0, 1)
     }
@@ -87,6 +90,15 @@ def test_one_seed_prints_no_interval(cli, runs, tmp_path):
         assert row["seeds"] == "1" and row["P_late IQM"].endswith("(1 seed: no interval)")
         assert "[" not in "".join(row.values())  # no zero-width "v [v, v]" anywhere
     assert rows["cbp"]["P(X > base)"].endswith("(1 seed: no interval)")
+
+
+def test_one_run_is_one_group_and_its_row_is_printed(cli, runs, tmp_path):
+    code, out, err = cli("report", str(runs / "cbp" / "seed1"), "--out", str(tmp_path / "r"), *REPS)
+    assert code == 0, err
+    assert "1 run in 1 group." in (tmp_path / "r" / "report.md").read_text()
+    assert list(_rows(out)) == ["cbp"] and out.strip().endswith(
+        f"report written to {tmp_path / 'r' / 'report.md'}"
+    )
 
 
 def test_truncated_event_file_is_skipped_and_said(cli, runs, tmp_path):

@@ -117,13 +117,27 @@ def test_bad_worlds_name_the_problem(tmp_path, cli, change, message):
         (("    agent: nested-ppo", "    agnt: nested-ppo"), "variant 'nested' has unknown keys ['agnt']"),
         (("name: tiny", "nme: tiny"), "unknown experiment keys ['nme']"),
         (("  - name: nested\n", "  - name: nested\n    preset: upgd\n"), "unknown preset 'upgd'"),
+        (("seeds: [0, 1]", "seeds: [-1]"), "'seeds' must be a non-empty list of integers in 0 … 4294967295"),
+        (("seeds: [0, 1]", "seeds: [true]"), "'seeds' must be a non-empty list of integers"),
+        (("  - name: nested", "  - name: ../escape"), "a variant's name must be a single directory name"),
+        (("  - name: nested", "  - name: a/b"), "a variant's name must be a single directory name"),
+        (("name: tiny", "name: ../escape"), "the experiment's name must be a single directory name"),
     ],
 )
 def test_bad_experiment_files_name_the_problem(tmp_path, cli, change, message):
     path = write(tmp_path, TINY.replace(*change))
     code, _, err = cli("sweep", str(path), "--sweep-dir", str(tmp_path / "sweep"))
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
-    assert not (tmp_path / "sweep").exists()
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["experiment.yaml"]  # nothing, anywhere
+
+
+def test_an_experiment_name_cannot_escape_from_runs(tmp_path, cli, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path, TINY.replace("name: tiny", "name: ../../escape"))
+    code, _, err = cli("sweep", "experiment.yaml")
+    assert code == 2 and "the experiment's name must be a single directory name" in err
+    assert sorted(p.name for p in tmp_path.parent.rglob("*escape*")) == []
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["experiment.yaml"]
 
 
 def test_sweep_runs_everything_then_skips_finished_runs(tmp_path, cli):

@@ -115,7 +115,7 @@ def test_the_pages_worked_example_trains_with_its_tool_from_a_fresh_folder(tmp_p
     for network in ("actor", "critic"):
         fractions = [value for _, value in scalars[f"weight_clip/{network}/clipped"]]
         assert fractions and all(0.0 <= value <= 1.0 for value in fractions)
-    assert "weight clip: fraction of weights clipped" in _layout(run_dir)["interventions"]
+    assert "weight clip: fraction of weights clipped" in _layout(run_dir)["plasticity and interventions"]
     model = ContinualPPO.load(run_dir / "model.zip", device="cpu")
     weights = [p for network in model.trainable_networks().values() for p in network.parameters()]
     assert max(float(w.detach().abs().max()) for w in weights) <= 0.5

@@ -51,11 +51,21 @@ def threshold(task: str) -> float:
     return floor(task) + FRACTION * (SOLVED[task] - floor(task))
 
 
-def candidates(task: str) -> list[str]:
-    """The candidate worlds of a base task (README.md): its three kinds, CartPole's two besides Permuted."""
-    prefixes = ["Permuted", "ActionPermuted", "ActionFlipped", "Drifting"]
-    names = [f"{p}{task}-v0" for p in prefixes if f"nested_ac/{p}{task}-v0" in NONSTATIONARY_ENVS]
-    return [n for n in names if n != "PermutedCartPole-v0"]
+ROUNDS = {  # the kinds of change each round added (README.md)
+    1: ("Permuted", "ActionPermuted", "ActionFlipped", "Drifting"),
+    2: ("Remapped",),
+}
+
+
+def candidates(task: str) -> list[tuple[int, str]]:
+    """The candidate worlds of a base task with their round (README.md); not PermutedCartPole, the suite's
+    first world already."""
+    return [
+        (round_, f"{prefix}{task}-v0")
+        for round_, prefixes in ROUNDS.items()
+        for prefix in prefixes
+        if f"nested_ac/{prefix}{task}-v0" in NONSTATIONARY_ENVS and f"{prefix}{task}" != "PermutedCartPole"
+    ]
 
 
 def sweep(path: Path, directory: Path, workers: int) -> float:
@@ -95,10 +105,10 @@ def stage_a(directory: Path, workers: int) -> tuple[dict, float]:
     return results, seconds
 
 
-def write_stage_b(lengths: dict[str, int], path: Path) -> list[tuple[str, str]]:
-    """stage-b.yaml: every candidate of each base task with a task length; returns (task, world) pairs."""
+def write_stage_b(lengths: dict[str, int], path: Path) -> list[tuple[int, str, str]]:
+    """stage-b.yaml: every candidate of each base task with a task length; returns (round, task, world)."""
     stage_a = yaml.safe_load((HERE / "stage-a.yaml").read_text())
-    worlds = [(task, world) for task, length in lengths.items() for world in candidates(task)]
+    worlds = [(round_, task, world) for task in lengths for round_, world in candidates(task)]
     experiment = {
         "name": "suite-search-b",
         "steps": RUN_STEPS,
@@ -109,7 +119,7 @@ def write_stage_b(lengths: dict[str, int], path: Path) -> list[tuple[str, str]]:
                 "name": world.removesuffix("-v0"),
                 "set": {"env.id": f"nested_ac/{world}", "env.schedule.every": lengths[task]},
             }
-            for task, world in worlds
+            for _, task, world in worlds
         ],
     }
     header = (
@@ -120,7 +130,7 @@ def write_stage_b(lengths: dict[str, int], path: Path) -> list[tuple[str, str]]:
     return worlds
 
 
-def judge(task: str, world: str, run_dirs: list[Path]) -> dict:
+def judge(round_: int, task: str, world: str, run_dirs: list[Path]) -> dict:
     """README.md's two admission criteria for one world."""
     summaries = [read_json(run, SUMMARY_FILE) for run in run_dirs]
     R = [np.array([math.nan if r is None else r for r in s["R"]], dtype=float) for s in summaries]
@@ -133,6 +143,7 @@ def judge(task: str, world: str, run_dirs: list[Path]) -> dict:
     learns = R_ref >= threshold(task)
     collapses = every_R and iqm.high is not None and iqm.high <= COLLAPSED
     return {
+        "round": round_,
         "task": task,
         "world": world,
         "seeds": [run.name for run in run_dirs],
@@ -190,16 +201,16 @@ def markdown(stage_a_results: dict, verdicts: list[dict], seconds: dict[str, flo
         )
     lines += ["", "## Stage B: the candidate worlds (PPO-Adam, seeds 200–203)", ""]
     lines += [
-        "| world | tasks × L | R_1 per seed | mean R_1 (threshold) | missing R_k | P_late per seed "
+        "| round | world | tasks × L | R_1 per seed | mean R_1 (threshold) | missing R_k | P_late per seed "
         "| P_late IQM [95 % CI] | learns | collapses | admitted |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for v in verdicts:
         iqm = v["P_late_IQM"]
         ci = f"{fmt(iqm[0])} [{fmt(iqm[1])}, {fmt(iqm[2])}]"
         length = RUN_STEPS // v["tasks"]
         lines.append(
-            f"| {v['world']} | {v['tasks']} × {length // 1000}k "
+            f"| {v['round']} | {v['world']} | {v['tasks']} × {length // 1000}k "
             f"| {', '.join(f'{r:.1f}' for r in v['R_1'])} "
             f"| {v['R_1_mean']:.1f} ({v['R_1_threshold']:.1f}) | {sum(v['missing_R'])} "
             f"| {', '.join(fmt(p) for p in v['P_late'])} | {ci} "
@@ -226,8 +237,8 @@ def main() -> None:
     worlds = write_stage_b(lengths, directory / "stage-b.yaml")
     seconds_b = sweep(directory / "stage-b.yaml", directory / "stage-b", args.workers)
     verdicts = [
-        judge(task, world, sorted((directory / "stage-b" / world.removesuffix("-v0")).glob("seed*")))
-        for task, world in worlds
+        judge(round_, task, world, sorted((directory / "stage-b" / world.removesuffix("-v0")).glob("seed*")))
+        for round_, task, world in worlds
     ]
     admit(verdicts)
     write_report([directory / "stage-b"])
