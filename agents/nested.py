@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from functools import partial
 from itertools import pairwise
 from typing import Any, ClassVar
 
@@ -67,7 +66,7 @@ class NestedActorCriticPolicy(ContinualActorCriticPolicy):
     """PPO's policy (the actor and the inner critic V_1) plus outer critics V_2 … V_K.
 
     The base policy is built and initialised exactly as for PPO; the outer critics (``levels - 1`` MLPs of
-    ``outer_net_arch`` widths, default V_1's, with PPO's orthogonal initialisation) are created afterwards
+    ``outer_net_arch`` widths, default V_1's, initialised as PPO's: ``initialise``) are created afterwards
     inside ``torch.random.fork_rng``, so the random stream that follows is PPO's, and PPO's optimizer gets a
     param group for each (not rebuilt: UPGD's noise keeps PPO's seed). The optimizer holds one
     param group per level: group 0 is every base parameter in PPO's order, group k-1 is V_k's with
@@ -104,9 +103,8 @@ class NestedActorCriticPolicy(ContinualActorCriticPolicy):
                     layers += [nn.Linear(last, width), self.activation_fn()]
                     last = width
                 mlp, head = nn.Sequential(*layers), nn.Linear(last, 1)
-                if self.ortho_init:
-                    mlp.apply(partial(self.init_weights, gain=np.sqrt(2)))
-                    head.apply(partial(self.init_weights, gain=1))
+                self.initialise(mlp, gain=np.sqrt(2))
+                self.initialise(head, gain=1)
                 self.outer_mlps.append(mlp)
                 self.outer_heads.append(head)
         # PPO's optimizer (built by the base policy) gains a group per outer critic; building a second one

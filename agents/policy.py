@@ -8,6 +8,7 @@ per-call work (the fast engine's rollouts and forward passes).
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any
 
 import torch
@@ -15,6 +16,10 @@ from stable_baselines3.common.distributions import CategoricalDistribution, Diag
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.preprocessing import preprocess_obs
 from stable_baselines3.common.torch_layers import FlattenExtractor
+from stable_baselines3.common.type_aliases import Schedule as LearningRateSchedule
+
+from nested_ac.errors import unknown_choice
+from nested_ac.networks import INITIALISATIONS, lecun_uniform_
 
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -83,14 +88,37 @@ class ContinualActorCriticPolicy(ActorCriticPolicy):
     The same numbers to float rounding at a fraction of the per-call overhead; sampling draws from the
     same random stream as SB3 (``torch.multinomial`` / ``torch.normal``). Any other distribution (and
     ``direct=False``) takes SB3's path unchanged.
+
+    ``init``: ``orthogonal`` (SB3's initialisation, with ``ortho_init``) or ``lecun_uniform`` (every Linear
+    layer, heads included, W ~ U(±√(3/fan_in)) and b = 0, after SB3 has built the networks:
+    :func:`~nested_ac.networks.lecun_uniform_`); the log-std starts at SB3's ``log_std_init`` (0) either way.
     """
 
-    def __init__(self, *args: Any, direct: bool = False, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, direct: bool = False, init: str = "orthogonal", **kwargs: Any) -> None:
+        if init not in INITIALISATIONS:
+            raise unknown_choice("network.init", init, INITIALISATIONS)
         self.direct = direct
+        self.init = init
+        if init == "lecun_uniform":
+            kwargs["ortho_init"] = False
         super().__init__(*args, **kwargs)
 
+    def _build(self, lr_schedule: LearningRateSchedule) -> None:
+        super()._build(lr_schedule)
+        if self.init == "lecun_uniform":
+            for module in (self.mlp_extractor, self.action_net, self.value_net):
+                module.apply(lecun_uniform_)
+
+    def initialise(self, module: torch.nn.Module, gain: float) -> None:
+        """Initialise the Linear layers of ``module`` (a network built after SB3's) as this policy's own:
+        LeCun-uniform, or SB3's orthogonal initialisation with ``gain`` where ``ortho_init`` is on."""
+        if self.init == "lecun_uniform":
+            module.apply(lecun_uniform_)
+        elif self.ortho_init:
+            module.apply(partial(self.init_weights, gain=gain))
+
     def _get_constructor_parameters(self) -> dict[str, Any]:
-        return {**super()._get_constructor_parameters(), "direct": self.direct}
+        return {**super()._get_constructor_parameters(), "direct": self.direct, "init": self.init}
 
     def direct_kind(self) -> str | None:
         """Which direct formula applies ("categorical" or "gaussian"); None: SB3's path."""

@@ -41,6 +41,9 @@ FUSED_OPTIMIZERS = (FlatAdam, torch.optim.AdamW)
 
 OptimizerClass = type[torch.optim.Optimizer]
 
+# ``ppo.normalize_advantage_over``: where advantages are normalised (with ``normalize_advantage``).
+ADVANTAGE_SCOPES = ("minibatch", "batch")
+
 
 def engine_optimizer(engine: str, optimizer_class: OptimizerClass) -> OptimizerClass:
     """The class ``engine`` steps ``optimizer_class`` with: Adam as :class:`~nested_ac.optim.FlatAdam` on the
@@ -50,8 +53,9 @@ def engine_optimizer(engine: str, optimizer_class: OptimizerClass) -> OptimizerC
     return optimizer_class
 
 
-def clip_grad_norm(parameters: Iterable[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
+def clip_grad_norm(parameters: Iterable[torch.nn.Parameter], max_norm: float | None) -> torch.Tensor:
     """``g ← g·min(1, c / (‖g‖₂ + 1e-6))`` over all gradients together; returns ``‖g‖₂`` before clipping.
+    ``max_norm`` None: the norm alone, the gradients left as they are (no clipping).
 
     The same kernels, in the same order, as ``torch.nn.utils.clip_grad_norm_`` on CPU (so the same
     numbers), without its per-call grouping of tensors by device and dtype.
@@ -60,20 +64,33 @@ def clip_grad_norm(parameters: Iterable[torch.nn.Parameter], max_norm: float) ->
     if not grads:  # e.g. an outer critic moved only by Polyak steps
         return torch.tensor(0.0)
     total_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-    torch._foreach_mul_(grads, _clip_factor(total_norm, max_norm))
+    if max_norm is not None:
+        torch._foreach_mul_(grads, _clip_factor(total_norm, max_norm))
     return total_norm
 
 
-def clip_flat_grad_norm(flat_grad: torch.Tensor, max_norm: float) -> torch.Tensor:
+def clip_flat_grad_norm(flat_grad: torch.Tensor, max_norm: float | None) -> torch.Tensor:
     """:func:`clip_grad_norm` for gradients that are all views of one flat tensor, on that tensor."""
     total_norm = torch.linalg.vector_norm(flat_grad)
-    flat_grad.mul_(_clip_factor(total_norm, max_norm))
+    if max_norm is not None:
+        flat_grad.mul_(_clip_factor(total_norm, max_norm))
     return total_norm
 
 
 def _clip_factor(total_norm: torch.Tensor, max_norm: float) -> torch.Tensor:
     """min(1, c / (‖g‖₂ + 1e-6)), as ``torch.nn.utils.clip_grad_norm_`` computes it."""
     return torch.clamp(max_norm / (total_norm + 1e-6), max=1.0)
+
+
+def normalize_advantages(buffer: RolloutBuffer) -> None:
+    """Â = (A − mean A) / std A over every advantage of ``buffer`` at once, in place (std: the unbiased
+    sample standard deviation; where it is 0 or not finite, the advantages are only centred): Dohare et al.'s
+    PPO normalises the whole batch so, before the epochs, where SB3 normalises each minibatch."""
+    advantages = torch.as_tensor(buffer.advantages)  # shares the buffer's memory
+    advantages -= advantages.mean()
+    std = advantages.std()
+    if std > 0 and torch.isfinite(std):
+        advantages /= std
 
 
 class ContinualPPO(PPO):
@@ -89,6 +106,11 @@ class ContinualPPO(PPO):
     A NaN or inf in a loss, a gradient or a parameter stops the update with
     :class:`~nested_ac.faults.NumericalFault`. Like SB3's algorithms it takes plain keyword arguments
     (``nested_ac.build`` translates a run configuration into them).
+
+    Beyond SB3's settings: ``normalize_advantage_over="batch"`` normalises the advantages once over the
+    whole rollout (:func:`normalize_advantages`) instead of in each minibatch, and ``max_grad_norm=None``
+    leaves the gradients unclipped (their norm is still logged and checked) — both as in Dohare et al.'s
+    PPO (Nature 2024).
 
     ``engine="sb3"`` is SB3's PPO number for number. ``engine="fast"`` (the default) computes the same
     update with less overhead: the policy's log-density and entropy by formula
@@ -114,11 +136,15 @@ class ContinualPPO(PPO):
         env: Any,
         plasticity_tools: Sequence[PlasticityTool] = (),
         engine: str = "fast",
+        normalize_advantage_over: str = "minibatch",
         **kwargs: Any,
     ) -> None:
         if engine not in ENGINES:
             raise unknown_choice("ppo.engine", engine, ENGINES)
+        if normalize_advantage_over not in ADVANTAGE_SCOPES:
+            raise unknown_choice("ppo.normalize_advantage_over", normalize_advantage_over, ADVANTAGE_SCOPES)
         self.engine = engine
+        self.normalize_advantage_over = normalize_advantage_over
         policy_kwargs = kwargs.pop("policy_kwargs", None) or {
             "net_arch": {"pi": [64, 64], "vf": [64, 64]},
             "activation_fn": torch.nn.ReLU,
@@ -310,6 +336,8 @@ class ContinualPPO(PPO):
         clip_range_vf = None if self.clip_range_vf is None else self.clip_range_vf(progress)
         stats: LossStats = defaultdict(list)
         self._grad_norms.clear()
+        if self.normalize_advantage and self.normalize_advantage_over == "batch":
+            normalize_advantages(self.rollout_buffer)
         self._hand = self._choose_gradient()
         by_hand = {"by_hand": True} if self._hand is not None else {}  # a subclass's _loss may not take it
         continue_training = True
@@ -370,7 +398,7 @@ class ContinualPPO(PPO):
         values, log_prob, entropy = evaluate(batch.observations, actions)
         values = values.flatten()
         advantages = batch.advantages
-        if self.normalize_advantage and len(advantages) > 1:
+        if self.normalize_advantage and self.normalize_advantage_over == "minibatch" and len(advantages) > 1:
             advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
 
         log_ratio = log_prob - batch.old_log_prob
@@ -444,7 +472,8 @@ class ContinualPPO(PPO):
         return hand if hand is not None and hand.holds(self.policy) else HandGradient(self.policy)
 
     def _clip_gradients(self) -> torch.Tensor:
-        """Clip the gradient norm to ``max_grad_norm``; returns the norm before clipping (no sync).
+        """Clip the gradient norm to ``max_grad_norm`` (None: no clipping); returns the norm before clipping
+        (no sync).
 
         The optimizer holds every policy parameter in ``policy.parameters()``'s order (SB3 builds it so)."""
         if self._hand is not None:  # every gradient is a view of one flat tensor

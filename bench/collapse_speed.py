@@ -24,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from nested_ac.build import sb3_ppo_kwargs
 from nested_ac.sweep import load_experiment
 
 PLAIN_SB3 = """
@@ -54,7 +55,7 @@ def main() -> None:
     args = parser.parse_args()
     config = next(run.config for run in load_experiment("collapse").runs if run.variant == "ppo-adam")
     config.steps, config.seed, config.progress_bar, config.ppo.engine = args.steps, 0, False, args.engine
-    ppo = {key: value for key, value in vars(config.ppo).items() if key != "engine"}
+    ppo = {key: value for key, value in sb3_ppo_kwargs(config).items() if key in vars(config.ppo)}
     policy_kwargs = (
         f"dict(net_arch=dict(pi={config.network.actor}, vf={config.network.critic}), "
         f"activation_fn=torch.nn.{'ReLU' if config.network.activation == 'relu' else 'Tanh'})"

@@ -22,7 +22,7 @@ import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
 
-from nested_ac.build import policy_kwargs
+from nested_ac.build import sb3_ppo_kwargs
 from nested_ac.config import RunConfig
 from nested_ac.train import train
 
@@ -33,14 +33,9 @@ def plain_sb3(config: RunConfig, out_dir: Path) -> float:
     env = make_vec_env(
         config.env.id, n_envs=config.env.n_envs, seed=config.seed, env_kwargs={"task_seed": config.seed}
     )
-    model = PPO(
-        "MlpPolicy",
-        env,
-        **{key: value for key, value in vars(config.ppo).items() if key != "engine"},
-        policy_kwargs={**policy_kwargs(config), "optimizer_class": torch.optim.Adam},  # SB3's own Adam
-        seed=config.seed,
-        device=config.device,
-    )
+    kwargs = sb3_ppo_kwargs(config)
+    kwargs["policy_kwargs"]["optimizer_class"] = torch.optim.Adam  # SB3's own Adam
+    model = PPO("MlpPolicy", env, **kwargs)
     model.learn(total_timesteps=config.steps)
     model.save(out_dir / "plain.zip")
     env.close()

@@ -30,7 +30,7 @@ register_nonstationary(
 register_nonstationary(
     "SlipperyAnt-v0",
     "nested_ac.envs.mujoco:slippery_ant",
-    changes="Ant-v5 friction log-uniform in [0.02, 2] (Dohare et al., Nature 2024)",
+    changes="Ant-v5 friction log-uniform in [0.02, 2] (Dohare et al., Nature 2024); Ant-v3 settings: kwargs",
     default_every=2_000_000,
 )
 register_nonstationary(

@@ -47,7 +47,8 @@ class TaskEffect:
         return {}
 
 
-def _flat_box(space: gym.spaces.Space, what: str) -> gym.spaces.Box:
+def flat_box(space: gym.spaces.Space, what: str) -> gym.spaces.Box:
+    """``space`` if it is a flat Box; a ConfigError saying that ``what`` needs one otherwise."""
     if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
         raise ConfigError(f"{what} needs a flat Box space, got {space}")
     return space
@@ -57,7 +58,7 @@ class ObservationPermutation(TaskEffect):
     """``obs'[i] = sign[i]·obs[perm[i]]``: a random permutation and sign flip of the entries per task."""
 
     def __init__(self, space: gym.spaces.Space) -> None:
-        self.size = _flat_box(space, "observation permutation").shape[0]
+        self.size = flat_box(space, "observation permutation").shape[0]
 
     def draw(self, rng: np.random.Generator) -> None:
         self.permutation = rng.permutation(self.size)
@@ -75,7 +76,7 @@ class ObservationOffset(TaskEffect):
     """``obs' = obs + offset`` with ``offset`` uniform in ``[-scale, scale]`` per entry, fixed per task."""
 
     def __init__(self, space: gym.spaces.Space, scale: float) -> None:
-        self.size = _flat_box(space, "observation offset").shape[0]
+        self.size = flat_box(space, "observation offset").shape[0]
         self.scale = float(scale)
 
     def draw(self, rng: np.random.Generator) -> None:
@@ -107,7 +108,7 @@ class ActionSignFlip(TaskEffect):
     """A continuous action's entries are multiplied by a random sign per entry and task."""
 
     def __init__(self, space: gym.spaces.Space) -> None:
-        box = _flat_box(space, "action sign flip")
+        box = flat_box(space, "action sign flip")
         if not np.allclose(box.low, -box.high):
             raise ConfigError(f"action sign flip needs an action box symmetric about 0, got {box}")
         self.size = box.shape[0]

@@ -24,6 +24,7 @@ from nested_ac.envs.effects import (
     ParameterDrift,
     RewardScale,
     TaskEffect,
+    flat_box,
 )
 from nested_ac.errors import ConfigError
 
@@ -195,3 +196,32 @@ class DriftAttribute(TaskWrapper):
         self, env: gym.Env, name: str, low: float, high: float, log_uniform: bool = False, task_seed: int = 0
     ) -> None:
         super().__init__(env, ParameterDrift(name, low, high, log_uniform), task_seed)
+
+
+class TimeLimitAsTermination(gym.Wrapper):
+    """An episode cut by the time limit ends as a termination: ``terminated = terminated or truncated`` and
+    ``truncated = False``, so the learner does not bootstrap from V(s_T) there. What gym < 0.26 reported
+    (one ``done`` flag) and what learners that read only it, such as Dohare et al.'s PPO, did."""
+
+    def step(self, action: Any) -> tuple[Any, Any, bool, bool, dict]:
+        observation, reward, terminated, truncated, info = self.env.step(action)
+        return observation, reward, bool(terminated or truncated), False, info
+
+
+def unbounded_actions(env: gym.Env) -> gym.Env:
+    """``env`` with its Box action space widened to ± the dtype's largest finite value (Stable-Baselines3
+    requires finite bounds), so a learner that clips actions to the space (SB3's PPO) passes its samples
+    to ``env`` as they are (a MuJoCo env then clamps them to the motors' control range itself, and its
+    control cost sees the sample)."""
+    space = flat_box(env.action_space, "unbounded actions")
+    largest = np.finfo(space.dtype).max
+    unbounded = gym.spaces.Box(-largest, largest, shape=space.shape, dtype=space.dtype)
+    return gym.wrappers.TransformAction(env, lambda action: action, unbounded)
+
+
+def zero_padded(env: gym.Env, zeros: int) -> gym.Env:
+    """``env`` whose flat observations end with ``zeros`` more entries, always 0."""
+    space = flat_box(env.observation_space, "zero padding")
+    padding = np.zeros(zeros, dtype=space.dtype)
+    padded = gym.spaces.Box(-np.inf, np.inf, shape=(space.shape[0] + zeros,), dtype=space.dtype)
+    return gym.wrappers.TransformObservation(env, lambda obs: np.concatenate([obs, padding]), padded)

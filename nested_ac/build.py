@@ -83,6 +83,7 @@ def policy_kwargs(config: RunConfig) -> dict[str, Any]:
     return {
         "net_arch": {"pi": list(network.actor), "vf": list(network.critic)},
         "activation_fn": ACTIVATIONS[network.activation],
+        "init": network.init,
         "optimizer_class": optimizer_class,
         "optimizer_kwargs": optimizer_kwargs,
     }
@@ -97,6 +98,29 @@ def ppo_kwargs(config: RunConfig) -> dict[str, Any]:
         "device": config.device,
         "verbose": 0,
     }
+
+
+def sb3_ppo_kwargs(config: RunConfig) -> dict[str, Any]:
+    """Plain ``stable_baselines3.PPO``'s keyword arguments for ``config``, to compare with Stable-Baselines3:
+    :func:`ppo_kwargs` without what only ContinualPPO takes. A ConfigError where ``config`` asks for what
+    SB3's PPO cannot do (whole-batch advantages, no gradient clipping, LeCun-uniform initialisation)."""
+    ppo = config.ppo
+    if (
+        ppo.normalize_advantage_over != "minibatch"
+        or ppo.max_grad_norm is None
+        or config.network.init != "orthogonal"
+    ):
+        raise ConfigError(
+            "Stable-Baselines3's PPO normalises advantages per minibatch, clips the gradient norm and "
+            "initialises orthogonally; this configuration asks otherwise"
+        )
+    kwargs = {
+        key: value
+        for key, value in ppo_kwargs(config).items()
+        if key not in ("engine", "normalize_advantage_over")
+    }
+    kwargs["policy_kwargs"] = {key: value for key, value in kwargs["policy_kwargs"].items() if key != "init"}
+    return kwargs
 
 
 def nested_ppo_kwargs(config: RunConfig) -> dict[str, Any]:
@@ -182,7 +206,15 @@ TOOLS.register(
         CBPConfig,
         ContinualBackprop,
         enabled=lambda c: c.enabled,
-        build=lambda c: ContinualBackprop(c.replacement_rate, c.maturity, c.decay_rate, c.mean_corrected),
+        build=lambda c: ContinualBackprop(
+            c.replacement_rate,
+            c.maturity,
+            c.decay_rate,
+            c.mean_corrected,
+            c.rounding,
+            c.reset_optimizer_state,
+            c.move_mean_to_bias,
+        ),
         charts={"CBP: units replaced per layer": "cbp/.*/replaced", "CBP: mean unit age": "cbp/.*/mean_age"},
     ),
 )

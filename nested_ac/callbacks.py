@@ -20,7 +20,13 @@ class TaskClock(BaseCallback):
 
     The global step counts environment steps summed over the copies (SB3's ``num_timesteps``). With
     ``at_episode_boundary`` each copy switches when its current episode ends instead (the first switch,
-    at the start, is immediate). Tells an agent with ``notify_task_switch`` (``ContinualPPO``: its
+    at the start, is immediate). ``since_last_switch`` (with ``at_episode_boundary`` and a periodic
+    schedule, one with ``every``): the schedule's phases are counted from switch to switch, not from the
+    start — with steps numbered s = 0, 1, … (the step just taken is ``num_timesteps − 1``) and the start a
+    switch at s = 0, phase k + 1 (the schedule's task at step (k + 1)·every) starts at the first step s that
+    ends an episode with s − s_last > every, s_last the step of the previous switch, and each copy switches
+    there or at its own next episode end: Dohare et al.'s SlipperyAnt rule, exactly so with one copy.
+    Tells an agent with ``notify_task_switch`` (``ContinualPPO``: its
     plasticity tools) at each scheduled switch. Logs ``task/index`` and the task's physical parameters
     (``task/<name>``, e.g. ``task/friction``) every rollout, and ``task/switch`` (valued the new task) at
     the exact step of each switch; keeps ``switches``, the ``(step, task)`` list of every change. No task
@@ -29,15 +35,22 @@ class TaskClock(BaseCallback):
     """
 
     def __init__(
-        self, schedule: TaskAtStep, at_episode_boundary: bool = False, end: int | None = None
+        self,
+        schedule: TaskAtStep,
+        at_episode_boundary: bool = False,
+        end: int | None = None,
+        since_last_switch: bool = False,
     ) -> None:
         super().__init__()
         self.schedule = schedule
         self.at_episode_boundary = at_episode_boundary
         self.end = end
+        self.since_last_switch = since_last_switch
         self.task = -1
         self.switches: list[tuple[int, int]] = []
         self.pending: set[int] = set()  # copies still on the previous task (episode-boundary mode)
+        self.phase = 0  # since_last_switch: the schedule's phase now, and the step s of its switch
+        self.last_switch = 0
 
     def _switch_to(self, task: int, now: bool) -> None:
         if now:
@@ -55,10 +68,13 @@ class TaskClock(BaseCallback):
             notify(task)
 
     def _scheduled_task(self) -> int:
-        """The task the schedule sets at the current step; the current one from step ``end`` on."""
+        """The task the schedule sets at the current step (counted from switch to switch, the task of the
+        current phase); the current one from step ``end`` on."""
         step = self.model.num_timesteps
         if self.end is not None and step >= self.end and self.task >= 0:
             return self.task
+        if self.since_last_switch:
+            return self.schedule.task_at(self.phase * self.schedule.every)
         return self.schedule.task_at(step)
 
     def _on_training_start(self) -> None:
@@ -67,6 +83,11 @@ class TaskClock(BaseCallback):
             self._switch_to(task, now=True)
 
     def _on_step(self) -> bool:
+        if self.since_last_switch:
+            step = self.num_timesteps - 1
+            every = self.schedule.every
+            if every > 0 and step - self.last_switch > every and any(self.locals["dones"]):
+                self.phase, self.last_switch = self.phase + 1, step
         task = self._scheduled_task()
         if task != self.task:
             self._switch_to(task, now=not self.at_episode_boundary)
@@ -84,11 +105,18 @@ class TaskClock(BaseCallback):
                 self.logger.record(f"task/{name}", value)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"task": self.task, "switches": list(self.switches), "pending": sorted(self.pending)}
+        return {
+            "task": self.task,
+            "switches": list(self.switches),
+            "pending": sorted(self.pending),
+            "phase": self.phase,
+            "last_switch": self.last_switch,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.task, self.switches = state["task"], list(state["switches"])
         self.pending = set(state.get("pending", []))
+        self.phase, self.last_switch = state.get("phase", 0), state.get("last_switch", 0)
 
 
 class EpisodeStats(BaseCallback):

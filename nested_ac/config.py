@@ -40,6 +40,11 @@ class ScheduleConfig:
     """``explicit``: ``[[step, task], …]``, steps strictly increasing and below ``steps``; task 0 before."""
     at_episode_boundary: bool = False
     """Each copy switches at the end of its current episode instead of at the scheduled step."""
+    since_last_switch: bool = False
+    """With ``at_episode_boundary`` and a periodic kind (``every``, ``cyclic``, ``random``): the next task
+    starts at the first episode end more than ``every`` steps after the previous switch (steps numbered from
+    0, the start counting as a switch at step 0), Dohare et al.'s SlipperyAnt rule; instead of at the next
+    episode end after each multiple of ``every``. Phase k runs the task the schedule gives step k·every."""
 
 
 @dataclass
@@ -83,10 +88,14 @@ class PPOConfig:
     """Weight of the entropy bonus in the loss."""
     vf_coef: float = 0.5
     """Weight of the value loss in the loss."""
-    max_grad_norm: float = 0.5
-    """The gradient's norm is clipped to this."""
+    max_grad_norm: float | None = 0.5
+    """The gradient's norm is clipped to this; null: no clipping (Dohare et al.'s PPO)."""
     normalize_advantage: bool = True
-    """Normalize the advantages per minibatch."""
+    """Normalize the advantages (where: ``normalize_advantage_over``)."""
+    normalize_advantage_over: str = "minibatch"
+    """Where advantages are normalised to mean 0 and standard deviation 1, with ``normalize_advantage``:
+    ``minibatch`` (SB3's, in each minibatch: (A − mean)/(std + 1e-8)) or ``batch`` (once over the whole
+    rollout before the epochs, as Dohare et al.'s PPO: (A − mean)/std)."""
     engine: str = "fast"
     """``fast`` (the same update with less overhead, equal to float rounding) or ``sb3`` (Stable-Baselines3's
     numbers exactly)."""
@@ -102,6 +111,10 @@ class NetworkConfig:
     """Hidden widths of the critic (the value network), one per layer."""
     activation: str = "relu"
     """``relu``, ``tanh``, ``leaky_relu``, ``elu`` or ``gelu``."""
+    init: str = "orthogonal"
+    """The initial weights: ``orthogonal`` (SB3's: gain √2 for hidden layers, 0.01 for the action head, 1 for
+    the value head, biases 0) or ``lecun_uniform`` (every layer, heads included, W ~ U(±√(3/fan_in)),
+    biases 0: Dohare et al.'s PPO). Continual backprop and ReDo redraw replaced units the same way."""
 
 
 @dataclass
@@ -116,7 +129,11 @@ class OptimizerConfig:
     eps: float = 1e-5
     """Adam's ε (Adam and UPGD)."""
     weight_decay: float = 0.0
-    """Decoupled weight decay λ (Adam and UPGD)."""
+    """Decoupled weight decay λ (Adam and UPGD): w ← (1 − lr·λ)·w besides the step (AdamW's)."""
+    l2: float = 0.0
+    """Adam only: coupled L2 λ, added to the gradient before Adam's moments (g ← g + λ·w: torch Adam's
+    ``weight_decay``), on every parameter, biases and a Gaussian policy's log-std included. Dohare et al.'s
+    "L2" (1e-3) and continual backprop's (1e-4). Not together with ``weight_decay``."""
     beta_utility: float = 0.999
     """UPGD: decay of the utility trace."""
     sigma: float = 1e-3
@@ -162,6 +179,18 @@ class CBPConfig:
     """η in [0, 1): decay of the running utility."""
     mean_corrected: bool = False
     """Use |h − f̂| (the activation less its running mean) in the utility."""
+    rounding: str = "carry"
+    """How the expected number of replacements n = ρ·(mature units) becomes a whole number each step:
+    ``carry`` (⌊n + carried⌋, the fraction carried to the next step) or ``stochastic`` (⌊n⌋, plus one
+    with probability n − ⌊n⌋: Dohare et al.'s RL code, identical to it while n < 1)."""
+    reset_optimizer_state: bool = True
+    """Zero the optimizer state (Adam's moments and, with one step count per weight, its step count) of
+    every replaced entry: the authors' supervised code (AdamGnT). ``false``: leave it, as their RL code
+    does (plain torch Adam)."""
+    move_mean_to_bias: bool = True
+    """Add a replaced unit's mean contribution W_out[:, i]·f̂_i to the next layer's bias (what the authors'
+    code sets out to do). ``false``: add nothing, which is what their code computes (it zeroes f_i before
+    adding W_out[:, i]·f_i)."""
 
 
 @dataclass
@@ -350,6 +379,18 @@ class RunConfig:
             raise ConfigError(
                 f"env.schedule.every must be >= 0 (0 = never switch), got {self.env.schedule.every}"
             )
+        schedule = self.env.schedule
+        if schedule.since_last_switch and (not schedule.at_episode_boundary or schedule.kind == "explicit"):
+            raise ConfigError(
+                "env.schedule.since_last_switch counts from the episode end where the last switch happened: "
+                "it needs env.schedule.at_episode_boundary=true and a periodic kind (every, cyclic or random)"
+            )
+        if self.ppo.max_grad_norm is not None and self.ppo.max_grad_norm <= 0:
+            raise ConfigError(
+                f"ppo.max_grad_norm must be > 0 (null: no clipping), got {self.ppo.max_grad_norm}"
+            )
+        if self.optimizer.l2 < 0:
+            raise ConfigError(f"optimizer.l2 must be >= 0, got {self.optimizer.l2}")
         if self.checkpoint.every < 0:
             raise ConfigError(
                 f"checkpoint.every must be >= 0 (0 = only on an interrupt), got {self.checkpoint.every}"

@@ -26,7 +26,7 @@ A new method is one subclass of :class:`PlasticityTool` overriding what it needs
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
@@ -42,10 +42,10 @@ class PlasticityTool:
     ``resets_units``: the tool reinitialises single weights (continual backprop, ReDo) and restarts their
     optimizer state; the agent then gives its optimizer one step count per weight (Adam becomes
     ``ElementwiseAdam``, UPGD gets ``per_element_steps``), so a restarted weight's bias correction restarts
-    too.
+    too. A tool may set it per instance (continual backprop's ``reset_optimizer_state``).
     """
 
-    resets_units: ClassVar[bool] = False
+    resets_units: bool = False
 
     def before_optimizer_step(self, model: BaseAlgorithm, optimizer: torch.optim.Optimizer) -> None:
         """Called with the clipped gradients in place, just before every optimizer step."""
@@ -67,7 +67,7 @@ class PlasticityTool:
 
     def on_reinitialise(self, model: BaseAlgorithm, entries: Entries) -> None:
         """Called when another tool has just reinitialised ``entries`` (fresh weights, their optimizer state
-        already restarted): reset whatever this tool keeps per entry for them."""
+        restarted where that tool's ``resets_units`` says so): reset whatever this tool keeps per entry."""
 
     def log(self, logger: Logger) -> None:
         """Record the tool's scalars; called after each update."""

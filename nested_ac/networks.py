@@ -9,12 +9,29 @@ lists, named ``critic_1`` (inner) … ``critic_K`` (outermost).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.policies import ActorCriticPolicy
 from torch import nn
+
+# ``network.init``: SB3's orthogonal initialisation, or LeCun-uniform (Dohare et al.'s PPO).
+INITIALISATIONS = ("orthogonal", "lecun_uniform")
+
+
+@torch.no_grad()
+def lecun_uniform_(module: nn.Module) -> None:
+    """W ~ U(−√(3/fan_in), √(3/fan_in)) and b = 0 for a ``Linear`` ``module`` (weights of variance 1/fan_in,
+    LeCun et al. 1998, drawn uniformly): the initialisation of every layer, output heads included, in
+    Dohare et al.'s PPO ("Loss of plasticity in deep continual learning", Nature 2024). Other modules are
+    left alone, so ``network.apply(lecun_uniform_)`` initialises an MLP."""
+    if isinstance(module, nn.Linear):
+        bound = math.sqrt(3 / module.in_features)
+        module.weight.uniform_(-bound, bound)
+        if module.bias is not None:
+            module.bias.zero_()
 
 
 @dataclass(frozen=True)

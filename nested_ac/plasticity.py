@@ -38,7 +38,7 @@ from torch import nn
 
 from nested_ac.hooks import Entries, PlasticityTool
 from nested_ac.metrics import dormant_mask
-from nested_ac.networks import Network, policy_networks, probe
+from nested_ac.networks import Network, lecun_uniform_, policy_networks, probe
 from nested_ac.optim import keeps_one_step_per_tensor
 
 # Per-parameter state tensors (shaped like the parameter) of torch's optimizers; an optimizer with a
@@ -64,17 +64,31 @@ def optimizer_state_keys(optimizer: torch.optim.Optimizer) -> tuple[str, ...]:
     )
 
 
+def initialisation(policy: Any) -> str:
+    """How ``policy`` initialised its hidden layers: ``lecun_uniform`` (a policy with ``init`` so),
+    ``orthogonal`` (SB3's, with ``ortho_init``) or ``default`` (PyTorch's ``nn.Linear`` init)."""
+    if getattr(policy, "init", None) == "lecun_uniform":
+        return "lecun_uniform"
+    return "orthogonal" if policy.ortho_init else "default"
+
+
 @torch.no_grad()
 def reset_units(
-    network: Network, layer: int, units: torch.Tensor, optimizer: torch.optim.Optimizer, ortho_init: bool
+    network: Network,
+    layer: int,
+    units: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    init: str,
+    reset_optimizer: bool = True,
 ) -> Entries:
     """Replace hidden ``units`` of ``layer`` by fresh ones whose outgoing weights are 0.
 
-    Incoming weights are redrawn from the layer's own initialisation — SB3's orthogonal init with gain √2
-    for hidden layers when ``ortho_init`` (a fresh orthogonal matrix of the layer's shape, of which the
-    rows of ``units`` are taken), PyTorch's default ``nn.Linear`` init otherwise — their bias set to 0,
-    their outgoing weights (the next layer's columns) set to 0, and the optimizer's state of exactly those
-    entries zeroed: with an optimizer that keeps a step count per weight (``ElementwiseAdam``, UPGD with
+    Incoming weights are redrawn from the layer's own initialisation ``init`` (:func:`initialisation`) —
+    ``orthogonal``: SB3's orthogonal init with gain √2 for hidden layers (a fresh orthogonal matrix of the
+    layer's shape, of which the rows of ``units`` are taken); ``lecun_uniform``: U(±√(3/fan_in));
+    ``default``: PyTorch's ``nn.Linear`` init — their bias set to 0, their outgoing weights (the next layer's
+    columns) set to 0, and, with ``reset_optimizer``, the optimizer's state of exactly those entries zeroed:
+    with an optimizer that keeps a step count per weight (``ElementwiseAdam``, UPGD with
     ``per_element_steps``) that restarts them exactly as a fresh optimizer would.
 
     The next layer loses the units' contribution W_out[:, i]·h_i: the output changes unless it is moved
@@ -83,22 +97,25 @@ def reset_units(
     """
     incoming, outgoing = network.hidden[layer], network.outgoing(layer)
     fresh = nn.Linear(incoming.in_features, incoming.out_features).to(incoming.weight.device)
-    if ortho_init:
+    if init == "orthogonal":
         nn.init.orthogonal_(fresh.weight, gain=math.sqrt(2))
+    elif init == "lecun_uniform":
+        lecun_uniform_(fresh)
     incoming.weight[units] = fresh.weight[units].to(incoming.weight.dtype)
     incoming.bias[units] = 0.0
     outgoing.weight[:, units] = 0.0
-    keys = optimizer_state_keys(optimizer)
     entries: Entries = [
         (incoming.weight, units),
         (incoming.bias, units),
         (outgoing.weight, (slice(None), units)),
     ]
-    for parameter, index in entries:
-        state = optimizer.state.get(parameter, {})
-        for key in keys:
-            if isinstance(state.get(key), torch.Tensor):
-                state[key][index] = 0.0
+    if reset_optimizer:
+        keys = optimizer_state_keys(optimizer)
+        for parameter, index in entries:
+            state = optimizer.state.get(parameter, {})
+            for key in keys:
+                if isinstance(state.get(key), torch.Tensor):
+                    state[key][index] = 0.0
     return entries
 
 
@@ -118,7 +135,8 @@ def reset_layers(
     means_by_layer: dict[int, torch.Tensor] | None = None,
 ) -> None:
     """The reset of tool ``origin``: :func:`reset_units` for several layers of one of ``model``'s networks
-    (with the policy's optimizer and initialisation), last layer first — a fresh row of layer l+1 would
+    (with the policy's optimizer and initialisation, and the optimizer state reset if ``origin.resets_units``
+    says so), last layer first — a fresh row of layer l+1 would
     otherwise give back outgoing weights to the units just replaced in layer l — then every other tool of
     ``model`` is told which entries are fresh (``on_reinitialise``).
 
@@ -130,8 +148,10 @@ def reset_layers(
     for layer, means in (means_by_layer or {}).items():
         transfer_to_bias(network, layer, units_by_layer[layer], means)
     entries: Entries = []
+    init = initialisation(policy)
     for layer in sorted(units_by_layer, reverse=True):
-        entries += reset_units(network, layer, units_by_layer[layer], policy.optimizer, policy.ortho_init)
+        units = units_by_layer[layer]
+        entries += reset_units(network, layer, units, policy.optimizer, init, origin.resets_units)
     if entries:
         model.notify_reinitialised(entries, origin)
 
@@ -228,18 +248,30 @@ class ContinualBackprop(PlasticityTool):
         c_i = mean_batch |h_i| · Σ_k |W_out[k, i]|        contribution utility
               (mean-corrected: |h_i − f̂_i|)
         U_i = η·U_i + (1 − η)·c_i;  Û_i = U_i / (1 − η^{a_i})
-        n += ρ · |{i : a_i > m}|;  replace the ⌊n⌋ mature units with the lowest Û_i;  n −= ⌊n⌋
+        n = ρ · |{i : a_i > m}|;  replace the ``round(n)`` mature units with the lowest Û_i
 
-    Replacing unit i, as the authors' reference implementation does: b_next += W_out[:, i]·f̂_i, then
+    ``rounding``: ``carry`` rounds as round(n) = ⌊n + c⌋ with the fraction c carried to the next step;
+    ``stochastic`` as ⌊n⌋ + 1 with probability n − ⌊n⌋ (numpy's global generator, saved in checkpoints),
+    ⌊n⌋ otherwise — Dohare et al.'s RL code, which replaces one unit with probability n while n < 1 (its
+    regime: 256 units × 1e-4) and truncates n ≥ 1.
+
+    Replacing unit i (what the authors' code sets out to do): b_next += W_out[:, i]·f̂_i
+    (``move_mean_to_bias``; their code zeroes f_i before this line, so it adds nothing:
+    ``move_mean_to_bias=False``), then
     W_out[:, i] = 0 (:func:`transfer_to_bias`: the next layer keeps its mean input, and the output changes
     by W_out[:, i]·(h_i − f̂_i), not by the whole contribution W_out[:, i]·h_i); fresh incoming weights
-    from the layer's own initialisation, bias 0, age 0, utility 0, f_i = 0; and the optimizer state of
-    exactly its entries zeroed (:func:`reset_units`). With continual backprop on, runs use an optimizer with
-    one step count per weight (``ElementwiseAdam``, UPGD with ``per_element_steps``), whose zeroed step
-    count restarts Adam's (and the utility trace's) bias correction for that weight. ρ is the replacement
-    rate, m the maturity threshold in optimizer steps, η the decay rate. The paper's RL setting: ρ = 1e-4,
-    m = 10 000, η = 0.99, with L2 1e-4 and Adam β = (0.99, 0.99) (preset ``cbp-paper``).
+    from the layer's own initialisation, bias 0, age 0, utility 0, f_i = 0; and, with
+    ``reset_optimizer_state`` (the authors' supervised code, AdamGnT), the optimizer state of exactly its
+    entries zeroed (:func:`reset_units`): runs then use an optimizer with one step count per weight
+    (``ElementwiseAdam``, UPGD with ``per_element_steps``), whose zeroed step count restarts Adam's (and the
+    utility trace's) bias correction for that weight. Their RL code steps plain torch Adam and resets
+    nothing: ``reset_optimizer_state=False`` (the run's optimizer is then the configured one, unchanged).
+    ρ is the replacement rate, m the maturity threshold in optimizer steps, η the decay rate. The paper's RL
+    setting: ρ = 1e-4, m = 10 000, η = 0.99, with coupled L2 1e-4 and Adam β = (0.99, 0.99), stochastic
+    rounding, no optimizer reset (preset ``cbp-paper``).
     """
+
+    ROUNDINGS = ("carry", "stochastic")
 
     def __init__(
         self,
@@ -247,6 +279,9 @@ class ContinualBackprop(PlasticityTool):
         maturity: int = 10_000,
         decay_rate: float = 0.99,
         mean_corrected: bool = False,
+        rounding: str = "carry",
+        reset_optimizer_state: bool = True,
+        move_mean_to_bias: bool = True,
     ) -> None:
         if not 0.0 <= replacement_rate <= 1.0:
             raise ValueError(f"replacement_rate must be in [0, 1], got {replacement_rate}")
@@ -254,10 +289,15 @@ class ContinualBackprop(PlasticityTool):
             raise ValueError(f"maturity must be >= 0, got {maturity}")
         if not 0.0 <= decay_rate < 1.0:
             raise ValueError(f"decay_rate must be in [0, 1), got {decay_rate}")
+        if rounding not in self.ROUNDINGS:
+            raise ValueError(f"cbp.rounding must be one of {', '.join(self.ROUNDINGS)}, got {rounding!r}")
         self.replacement_rate = replacement_rate
         self.maturity = maturity
         self.decay_rate = decay_rate
         self.mean_corrected = mean_corrected
+        self.rounding = rounding
+        self.resets_units = reset_optimizer_state
+        self.move_mean_to_bias = move_mean_to_bias
         self.recorder: ActivationRecorder | None = None
         # Per (network, layer): ages (host), utility U, running mean f, replacement carry, replaced count.
         self.ages: dict[tuple[str, int], np.ndarray] = {}
@@ -266,8 +306,6 @@ class ContinualBackprop(PlasticityTool):
         self.carry: dict[tuple[str, int], float] = {}
         self.replaced: dict[tuple[str, int], int] = {}
         self._traces: dict[str, _NetworkTrace] = {}  # by network name: flat views of mean and utility
-
-    resets_units = True
 
     def bind(self, model: BaseAlgorithm) -> None:
         """Start recording the hidden activations of every network of ``model`` (idempotent)."""
@@ -285,8 +323,9 @@ class ContinualBackprop(PlasticityTool):
                     self.utility[key] = torch.zeros(units, device=linear.weight.device)
                     self.mean[key] = torch.zeros(units, device=linear.weight.device)
                     self.carry[key], self.replaced[key] = 0.0, 0
-        optimizer_state_keys(model.policy.optimizer)  # an unknown layout fails now, not at the first reset
-        check_steps_per_weight(model.policy.optimizer, "continual backprop")
+        if self.resets_units:  # an unknown layout or one step count per tensor fails now, not later
+            optimizer_state_keys(model.policy.optimizer)
+            check_steps_per_weight(model.policy.optimizer, "continual backprop")
         self.recorder = ActivationRecorder(networks, model)
 
     def on_rollout_end(self, model: BaseAlgorithm) -> None:
@@ -301,7 +340,11 @@ class ContinualBackprop(PlasticityTool):
             due = self._test(network)
             if not due:
                 continue
-            means = {layer: self.corrected_mean((network.name, layer))[units] for layer, units in due.items()}
+            means = (
+                {layer: self.corrected_mean((network.name, layer))[units] for layer, units in due.items()}
+                if self.move_mean_to_bias
+                else None
+            )
             reset_layers(model, self, network, due, means)
             for layer, units in due.items():
                 self._restart((network.name, layer), units)
@@ -379,11 +422,17 @@ class ContinualBackprop(PlasticityTool):
         """The mature units of layer ``key`` to replace now (the lowest corrected utility), or None."""
         ages, eta, utility = self.ages[key], self.decay_rate, self.utility[key]
         mature = ages > self.maturity
-        self.carry[key] += self.replacement_rate * int(np.count_nonzero(mature))
-        count = math.floor(self.carry[key])
+        expected = self.replacement_rate * int(np.count_nonzero(mature))
+        if self.rounding == "stochastic":
+            count = math.floor(expected)
+            if expected > count and np.random.random() < expected - count:
+                count += 1
+        else:
+            self.carry[key] += expected
+            count = math.floor(self.carry[key])
+            self.carry[key] -= count
         if count < 1:
             return None
-        self.carry[key] -= count
         correction = 1 - eta ** torch.as_tensor(ages, dtype=utility.dtype, device=utility.device)
         corrected = torch.where(
             torch.as_tensor(mature, device=utility.device), utility / correction, math.inf

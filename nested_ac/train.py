@@ -289,7 +289,12 @@ def _learn(
     agent.set_logger(logger)
     episodes = EpisodeStats()
     clock = (
-        TaskClock(schedule, config.env.schedule.at_episode_boundary, end=config.steps)
+        TaskClock(
+            schedule,
+            config.env.schedule.at_episode_boundary,
+            end=config.steps,
+            since_last_switch=config.env.schedule.since_last_switch,
+        )
         if agent.get_env().has_attr("set_task")
         else None
     )

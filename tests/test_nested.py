@@ -11,7 +11,7 @@ from torch import nn
 
 from nested_ac import envs  # noqa: F401  (registers the permuted CartPole)
 from nested_ac.agents import ContinualPPO, NestedPPO
-from nested_ac.build import build_agent, policy_kwargs, ppo_kwargs
+from nested_ac.build import build_agent, policy_kwargs, sb3_ppo_kwargs
 from nested_ac.config import RunConfig
 from nested_ac.hooks import PlasticityTool
 from nested_ac.train import make_env
@@ -68,8 +68,7 @@ class Snapshots(PlasticityTool):
 
 def test_one_level_or_zero_kappa_gives_exactly_ppo():
     config = small_config(engine="sb3")
-    kwargs = ppo_kwargs(config)
-    plain = PPO("MlpPolicy", make_env(config), **{k: v for k, v in kwargs.items() if k != "engine"})
+    plain = PPO("MlpPolicy", make_env(config), **sb3_ppo_kwargs(config))
     plain.learn(384)
     exact = base_state(trained(NestedPPO, engine="sb3", levels=1))
     assert all(torch.equal(exact[key], value) for key, value in base_state(plain).items())
@@ -87,8 +86,7 @@ def test_one_level_or_zero_kappa_gives_exactly_ppo():
 def test_one_level_gives_exactly_ppo_with_upgd(optimizer):
     # UPGD seeds its noise from the global RNG: a second optimizer built for the outer critics drew again.
     config = small_config(optimizer, engine="sb3")
-    kwargs = ppo_kwargs(config)
-    plain = PPO("MlpPolicy", make_env(config), **{k: v for k, v in kwargs.items() if k != "engine"})
+    plain = PPO("MlpPolicy", make_env(config), **sb3_ppo_kwargs(config))
     plain.learn(384)
     reference = base_state(plain)
     state = base_state(trained(NestedPPO, optimizer=optimizer, engine="sb3", levels=1))

@@ -169,7 +169,7 @@ def test_a_reset_weight_restarts_its_optimizer_like_a_fresh_one(name, betas):
     for _ in range(300):
         training_step(model, obs)
     actor = policy_networks(model.policy)[0]
-    reset_units(actor, 0, torch.tensor([3]), optimizer, ortho_init=True)
+    reset_units(actor, 0, torch.tensor([3]), optimizer, init="orthogonal")
     weight = actor.hidden[0].weight
     values, log_prob, _ = model.policy.evaluate_actions(obs, torch.zeros(len(obs), dtype=torch.long))
     optimizer.zero_grad()

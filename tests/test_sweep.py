@@ -256,10 +256,10 @@ def test_shipped_experiments_are_listed_and_run_by_name(tmp_path, cli, monkeypat
 # What each variant of a shipped experiment may change relative to its first variant (PPO with Adam):
 # its own intervention (with its tuned settings) and nothing else; and the experiment's seeds.
 SLIPPERY_ANT_INTERVENTIONS = {
+    "ppo-proper-adam": ("optimizer.betas",),
+    "ppo-l2": ("optimizer.betas", "optimizer.l2"),
+    "ppo-cbp": ("cbp.", "optimizer.betas", "optimizer.l2"),
     "ppo-upgd": ("optimizer.", "ppo.learning_rate"),  # UPGD's settings; its lr is the shared lr x 2
-    "ppo-cbp": ("cbp.",),
-    "nested-ppo": ("agent",),
-    "nonstationary-adam": ("optimizer.betas",),
 }
 SHIPPED = {
     "collapse": (

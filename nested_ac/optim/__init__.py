@@ -66,11 +66,15 @@ OptimizerSpec = tuple[type[torch.optim.Optimizer], dict[str, Any]]
 
 def with_element_steps(spec: OptimizerSpec) -> OptimizerSpec:
     """``spec`` (an optimizer class and its keyword arguments) with one step count per weight: Adam(W)
-    (torch's or :class:`FlatAdam`) becomes :class:`ElementwiseAdam`, UPGD gets ``per_element_steps``; any
-    other optimizer is returned as it is."""
+    (torch's or :class:`FlatAdam`) becomes :class:`ElementwiseAdam` — AdamW's decoupled ``weight_decay``
+    its ``weight_decay``, Adam's coupled one its ``l2`` — UPGD gets ``per_element_steps``; any other
+    optimizer is returned as it is."""
     optimizer_class, kwargs = spec
     if optimizer_class in (torch.optim.Adam, torch.optim.AdamW, FlatAdam):
-        adam_kwargs = {key: kwargs[key] for key in ("betas", "eps", "weight_decay") if key in kwargs}
+        adam_kwargs = {key: kwargs[key] for key in ("betas", "eps") if key in kwargs}
+        decay = "weight_decay" if optimizer_class is torch.optim.AdamW else "l2"
+        if kwargs.get("weight_decay"):
+            adam_kwargs[decay] = kwargs["weight_decay"]
         return ElementwiseAdam, adam_kwargs
     if issubclass(optimizer_class, (UPGD, AdaptiveUPGD)):
         return optimizer_class, {**kwargs, "per_element_steps": True}

@@ -104,9 +104,11 @@ def elementwise_corrected_moments(
 
 
 def check_adam_hyperparameters(values: dict[str, Any]) -> None:
-    """ValueError naming the first Adam setting of ``values`` (lr, betas, eps, weight_decay) out of range."""
+    """ValueError naming the first Adam setting of ``values`` (lr, betas, eps, weight_decay, l2) out of
+    range."""
     check_range("lr", values["lr"], 0.0)
     check_range("weight_decay", values["weight_decay"], 0.0)
+    check_range("l2", values.get("l2", 0.0), 0.0)
     betas = values["betas"]
     if len(betas) != 2:
         raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")

@@ -77,14 +77,16 @@ class ElementwiseAdam(WithoutDynamoImport, Optimizer):
 
     Per weight ``w`` with gradient ``g`` and its own step count ``t``:
 
+        g ← g + λ₂·w   (coupled L2, ``l2``: torch Adam's ``weight_decay``)
         t ← t + 1,   m ← β1·m + (1-β1)·g,   v ← β2·v + (1-β2)·g²
-        m̂ = m/(1-β1^t),   v̂ = v/(1-β2^t),   w ← (1 - lr·λ)·w - lr·m̂/(√v̂ + ε)
+        m̂ = m/(1-β1^t),   v̂ = v/(1-β2^t),   w ← (1 - lr·λ)·w - lr·m̂/(√v̂ + ε)   (λ: ``weight_decay``)
 
     torch's Adam keeps one ``t`` per tensor, so a weight whose state a plasticity tool zeroes at a late
     step keeps that step's bias correction: its first update is ≈ lr·(1-β1)/√(1-β2) instead of a fresh
     Adam's ≈ lr. Here ``step`` is a state tensor shaped like the weight, listed in
     ``per_parameter_state_keys`` with the moments, so zeroing a weight's entries restarts it exactly. While
-    no entry is reset it equals ``torch.optim.AdamW`` (``torch.optim.Adam`` when λ = 0) up to rounding.
+    no entry is reset it equals ``torch.optim.AdamW`` (``torch.optim.Adam`` when λ = 0; torch's Adam with
+    ``weight_decay=λ₂`` when λ = 0 and λ₂ > 0) up to rounding.
     Step counts are kept in the parameter's dtype (exact up to 2^24 steps in float32).
 
     Layout: the state tensors of the parameters of a group that share a device and dtype are views into
@@ -103,8 +105,9 @@ class ElementwiseAdam(WithoutDynamoImport, Optimizer):
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 0.0,
+        l2: float = 0.0,
     ) -> None:
-        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, l2=l2)
         check_adam_hyperparameters(defaults)
         super().__init__(params, defaults)
         self._flat: dict[tuple[int, ...], _FlatAdamState] = {}  # by the ids of the parameters it holds
@@ -162,6 +165,8 @@ class ElementwiseAdam(WithoutDynamoImport, Optimizer):
         """The step of the parameters of ``flat``, on the flat tensors."""
         params, (beta1, beta2) = flat.params, group["betas"]
         torch._foreach_copy_(flat.grads, [p.grad for p in params])
+        if group["l2"]:  # coupled: g ← g + λ₂·w, through the moments
+            torch._foreach_add_(flat.grads, params, alpha=group["l2"])
         grad = flat.grad
         flat.step.add_(1.0)
         flat.max_step += 1
