@@ -304,6 +304,22 @@ def test_shipped_experiment_variants_differ_only_in_their_intervention(name, tmp
     assert upgd.ppo.learning_rate == 2 * by_variant["ppo-adam"].ppo.learning_rate
 
 
+def test_the_suite_runs_collapses_variants_exactly_in_every_world(tmp_path):
+    # One setting per intervention across the suite: each world's run differs from collapse's only in the env.
+    collapse = {(r.variant, r.seed): _flat(r.config.to_dict()) for r in load_experiment("collapse", tmp_path).runs}
+    suite = load_experiment("collapse-suite", tmp_path).runs
+    worlds = {"PermutedCartPole", "RemappedCartPole", "RemappedAcrobot"}
+    assert {run.variant.split("/")[0] for run in suite} == worlds
+    assert len(suite) == len(worlds) * len(collapse)
+    for run in suite:
+        world, variant = run.variant.split("/")
+        config = _flat(run.config.to_dict())
+        original = collapse[(variant, run.seed)]
+        changed = {key for key in config if config[key] != original[key]} - {"run_dir"}
+        assert changed <= {"env.id"}, f"{run.variant}: {changed}"
+        assert config["env.id"] == f"nested_ac/{world}-v0"
+
+
 REPO = Path(__file__).resolve().parent.parent
 
 
