@@ -39,7 +39,11 @@ if "${pip[@]}" "$TORCH_SPEC" 2>"$log"; then
     cat "$log" >&2
 elif [[ "$TORCH_SPEC" == *+cpu ]] && grep -q "No matching distribution found for" "$log"; then
     say "$TORCH_SPEC is not where pip's configuration looks; asking PyTorch's CPU index $TORCH_INDEX"
-    "${pip[@]}" --index-url "$TORCH_INDEX" --no-deps "$TORCH_SPEC"
+    if ! "${pip[@]}" --index-url "$TORCH_INDEX" --no-deps "$TORCH_SPEC"; then
+        say "could not install $TORCH_SPEC from $TORCH_INDEX either; set TORCH_INDEX to an index or mirror" \
+            "this machine reaches, or TORCH_SPEC to a torch it can install (docs/index.md#quick-start)"
+        exit 1
+    fi
 else
     cat "$log" >&2
     exit 1
