@@ -123,9 +123,21 @@ def floor_note(env_id: str, episodes: Sequence[tuple[int, float, int]], floor: f
 LIBRARIES = ("nested-ac", "torch", "numpy", "gymnasium", "stable-baselines3")
 
 
+def cpu_description() -> str:
+    """The CPU's model and the instruction set torch's kernels use on it (e.g. ``AVX512``): torch's CPU
+    kernels round differently on another instruction set, so a long run on another CPU parts from this one."""
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), model)
+    return f"{model} ({torch.backends.cpu.get_cpu_capability()})"
+
+
 def library_versions() -> dict[str, str]:
-    """Python's and the numerical libraries' versions: what a run's numbers depend on besides its config."""
-    return {"python": platform.python_version(), **{name: metadata.version(name) for name in LIBRARIES}}
+    """Python's and the numerical libraries' versions and the CPU: what a run's numbers depend on besides
+    its config."""
+    versions = {name: metadata.version(name) for name in LIBRARIES}
+    return {"python": platform.python_version(), **versions, "cpu": cpu_description()}
 
 
 def _warn_if_versions_changed(run_dir: Path) -> None:

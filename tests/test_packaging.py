@@ -73,7 +73,7 @@ def test_a_folder_with_its_own_envs_and_agents_packages(tmp_path):
     assert {name: versions[name] for name in versions if name in locked} == {
         name: locked[name] for name in versions if name in locked
     }
-    assert set(versions) - set(locked) == {"python", "nested-ac"}
+    assert set(versions) - set(locked) == {"python", "nested-ac", "cpu"}
 
 
 PLUGIN_PAGE = ROOT / "docs" / "environments.md"

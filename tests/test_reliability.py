@@ -162,14 +162,15 @@ def test_a_run_records_its_library_versions_and_resume_warns_if_they_changed(tmp
     monkeypatch.undo()
     path = tmp_path / "run" / "versions.json"
     saved = json.loads(path.read_text())
-    assert set(saved) == {"python", "nested-ac", "torch", "numpy", "gymnasium", "stable-baselines3"}
+    assert set(saved) == {"python", "nested-ac", "torch", "numpy", "gymnasium", "stable-baselines3", "cpu"}
+    assert saved["cpu"].endswith(f"({torch.backends.cpu.get_cpu_capability()})")
     assert (saved["torch"], saved["numpy"], saved["gymnasium"]) == (
         torch.__version__,
         np.__version__,
         gym.__version__,
     )
-    path.write_text(json.dumps({**saved, "gymnasium": "0.0.1"}))
-    with pytest.warns(UserWarning, match=rf"gymnasium 0\.0\.1 -> {re.escape(gym.__version__)}"):
+    path.write_text(json.dumps({**saved, "gymnasium": "0.0.1", "cpu": "another CPU (AVX2)"}))
+    with pytest.warns(UserWarning, match=rf"gymnasium 0\.0\.1 -> {re.escape(gym.__version__)}, cpu another"):
         resume(tmp_path / "run")
 
 
