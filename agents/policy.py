@@ -185,4 +185,3 @@ class ContinualActorCriticPolicy(ActorCriticPolicy):
             log_prob = self._gaussian_log_prob(actions, out)
             entropy = (0.5 + HALF_LOG_2PI + self.log_std).sum().expand(len(out))
         return call(self.value_net, latent_vf), log_prob, entropy
-

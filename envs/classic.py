@@ -146,8 +146,12 @@ def classic_worlds() -> dict[str, tuple[World, str, float | None]]:
             if task.discrete
             else ("ActionFlipped", flipped_actions, "each action entry's sign flipped at random"),
             ("Drifting", task.drift, task.drift.describe() + " redrawn"),
-            ("Remapped", remapped, "observation permuted and sign-flipped, and actions "
-             + ("permuted" if task.discrete else "sign-flipped")),
+            (
+                "Remapped",
+                remapped,
+                "observation permuted and sign-flipped, and actions "
+                + ("permuted" if task.discrete else "sign-flipped"),
+            ),
         ]
         for prefix, effects, changes in kinds:
             world = World(task.base_id, task.vector_base, effects)

@@ -251,7 +251,7 @@ class CheckpointStore:
 
     def save(self, state: dict[str, Any]) -> Path:
         """Write ``state`` as ``step_<state['step']>.pt`` atomically, then drop all but the last ``keep``."""
-        path = self.directory / checkpoint_file(state['step'])
+        path = self.directory / checkpoint_file(state["step"])
 
         def write(temporary: Path) -> None:
             with open(temporary, "wb") as file:

@@ -117,11 +117,19 @@ def test_copies_restart_within_the_step_and_episodes_keep_their_time_limit(env_i
 
 
 def test_classic_worlds_are_registered_with_their_vector_forms_and_floors():
-    ids = [f"nested_ac/{kind}{task}-v0" for task in ("CartPole", "Acrobot", "Pendulum", "MountainCar")
-           for kind in ("Permuted", "Drifting")]
-    ids += ["nested_ac/ActionPermutedAcrobot-v0", "nested_ac/ActionFlippedPendulum-v0",
-            "nested_ac/ActionFlippedMountainCarContinuous-v0", "nested_ac/ActionPermutedCartPole-v0",
-            "nested_ac/RemappedAcrobot-v0", "nested_ac/RemappedPendulum-v0"]
+    ids = [
+        f"nested_ac/{kind}{task}-v0"
+        for task in ("CartPole", "Acrobot", "Pendulum", "MountainCar")
+        for kind in ("Permuted", "Drifting")
+    ]
+    ids += [
+        "nested_ac/ActionPermutedAcrobot-v0",
+        "nested_ac/ActionFlippedPendulum-v0",
+        "nested_ac/ActionFlippedMountainCarContinuous-v0",
+        "nested_ac/ActionPermutedCartPole-v0",
+        "nested_ac/RemappedAcrobot-v0",
+        "nested_ac/RemappedPendulum-v0",
+    ]
     for env_id in ids:
         assert env_id in NONSTATIONARY_ENVS
         vec = native_vector(env_id, 4, {"task_seed": 0})
@@ -184,8 +192,9 @@ def test_every_copy_ending_on_one_step_hands_sb3_one_final_observation_each():
 
 def test_remapped_worlds_change_observation_and_actions_independently_in_both_forms():
     single = _switching_layer(gym.make("nested_ac/RemappedAcrobot-v0", task_seed=2))
-    vector = gym.make_vec("nested_ac/RemappedAcrobot-v0", num_envs=2, vectorization_mode="vector_entry_point",
-                          task_seed=2)
+    vector = gym.make_vec(
+        "nested_ac/RemappedAcrobot-v0", num_envs=2, vectorization_mode="vector_entry_point", task_seed=2
+    )
     vector = _switching_layer(vector)
     permutations = []
     for task in range(8):

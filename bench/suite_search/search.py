@@ -244,8 +244,15 @@ def main() -> None:
     write_report([directory / "stage-b"])
     seconds = {"stage A": seconds_a, "stage B": seconds_b}
     (directory / "results.json").write_text(
-        json.dumps({"stage_a": stage_a_results, "stage_b": verdicts, "seconds": seconds,
-                    "versions": library_versions()}, indent=1)
+        json.dumps(
+            {
+                "stage_a": stage_a_results,
+                "stage_b": verdicts,
+                "seconds": seconds,
+                "versions": library_versions(),
+            },
+            indent=1,
+        )
     )
     (directory / "results.md").write_text(markdown(stage_a_results, verdicts, seconds))
     print((directory / "results.md").read_text())
