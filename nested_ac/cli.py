@@ -222,7 +222,7 @@ def _sweep(args: argparse.Namespace) -> int:
         print(f"nested-ac: run not finished: {line}", file=sys.stderr)
     from nested_ac.dashboard import add_report_images
 
-    root = experiment.runs[0].run_dir.parent.parent
+    root = experiment.root
     report = _report_paths([root], None, None)
     add_report_images(root, Path(report))
     print(f"report written to {report}  (view: {tensorboard_command()} --logdir {root})")

@@ -89,9 +89,10 @@ OnDone = Callable[[RunSpec, BaseException | None], None]
 
 @dataclass
 class Experiment:
-    """A validated experiment file: every (variant, seed) run it asks for."""
+    """A validated experiment file: every (variant, seed) run it asks for, all under ``root``."""
 
     name: str
+    root: Path
     runs: list[RunSpec] = field(default_factory=list)
 
 
@@ -177,7 +178,7 @@ def load_experiment(experiment: str | Path, sweep_dir: str | Path | None = None)
     name = str(data.get("name") or path.stem)
     _check_name(path, "the experiment's name", name)
     root = Path(sweep_dir) if sweep_dir is not None else Path("runs") / name
-    experiment = Experiment(name)
+    experiment = Experiment(name, root)
     hparams: set[str] = set()  # every key any run changes: each run's HParams session records them all
     for world in worlds:
         for variant in variants:
@@ -416,8 +417,8 @@ def run_sweep(
         f"sweep {experiment.name}: {total} runs, {total - len(todo) - len(unfinished)} already finished"
         f"{elsewhere}, {len(todo)} to run"
     )
-    first, configs = experiment.runs[0], [spec.config for spec in experiment.runs]
-    dashboard.write_experiment(first.run_dir.parent.parent, configs, first.hparams)
+    configs = [spec.config for spec in experiment.runs]
+    dashboard.write_experiment(experiment.root, configs, experiment.runs[0].hparams)
     with Progress(transient=False, disable=not sys.stdout.isatty()) as progress:
         task = progress.add_task("runs", total=len(todo))
 

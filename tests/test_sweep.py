@@ -155,6 +155,20 @@ def test_sweep_runs_everything_then_skips_finished_runs(tmp_path, cli):
     assert sorted(p.name for p in (tmp_path / "sweep" / "adam").iterdir()) == ["seed0", "seed1"]
 
 
+def test_a_sweep_over_worlds_reports_on_every_world_in_its_own_directory(tmp_path, cli):
+    from nested_ac.dashboard import EXPERIMENT_TAG, written_tags
+
+    sweep = tmp_path / "sweep"
+    code, out, err = cli("sweep", str(write(tmp_path, SUITE)), "--sweep-dir", str(sweep), "--workers", "2")
+    assert code == 0, err
+    assert f"report written to {sweep / 'report' / 'report.md'}" in out
+    report = (sweep / "report" / "report.md").read_text()
+    sections = {line for line in report.splitlines() if line.startswith("## ")}
+    assert sections == {"## PermutedCartPole-v0", "## PermutedAcrobot-v0", "## Across worlds"}
+    assert EXPERIMENT_TAG in written_tags(sweep) and not (sweep / "cartpole" / "report").exists()
+    assert not any(sweep.glob("cartpole/events.out.tfevents.*"))
+
+
 def test_sweep_resumes_an_interrupted_run(tmp_path, cli):
     path = write(tmp_path, TINY.replace("checkpoint: {every: 0}", "checkpoint: {every: 256}"))
     spec = load_experiment(path, tmp_path / "sweep").runs[0]
