@@ -83,7 +83,7 @@ def test_readme_is_a_short_front_page():
         "bash scripts/demo.sh",
         "bash scripts/test.sh",
     ]
-    assert "not met" in text and "](docs/collapse-tasks.png)" in text  # the headline: its per-task figure
+    assert "not met" in text and "](docs/collapse-suite-profiles.png)" in text  # the suite's profiles
 
 
 def test_the_demo_ends_where_a_task_does_after_whole_rollouts():
