@@ -320,8 +320,8 @@ def test_shipped_experiment_variants_differ_only_in_their_intervention(name, tmp
 
 def test_the_suite_runs_collapses_variants_exactly_in_every_world(tmp_path):
     # One setting per intervention across the suite: each world's run differs from collapse's only in the env.
-    collapse = load_experiment("collapse", tmp_path).runs
-    collapse = {(run.variant, run.seed): _flat(run.config.to_dict()) for run in collapse}
+    collapse_runs = load_experiment("collapse", tmp_path).runs
+    collapse = {(run.variant, run.seed): _flat(run.config.to_dict()) for run in collapse_runs}
     suite = load_experiment("collapse-suite", tmp_path).runs
     worlds = {"PermutedCartPole", "RemappedCartPole", "RemappedAcrobot"}
     assert {run.variant.split("/")[0] for run in suite} == worlds
