@@ -27,8 +27,8 @@ def main() -> None:
     nested_ac = str(Path(sys.executable).parent / "nested-ac")
     costs = []
     with tempfile.TemporaryDirectory() as tmp:
+        train = [nested_ac, "train", "--no-progress", "--steps", str(args.steps), "--run-dir", tmp]
         for round_ in range(args.rounds):
-            train = [nested_ac, "train", "--no-progress", "--steps", str(args.steps), "--run-dir", tmp]
             plain, _ = seconds([*train, "--name", f"plain{round_}", "--set", "report=false"])
             reported, _ = seconds([*train, "--name", f"reported{round_}"])
             costs.append(reported - plain)
