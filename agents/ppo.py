@@ -437,7 +437,8 @@ class ContinualPPO(PPO):
         return loss, values, approx_kl_div
 
     def _optimizer_step(self, loss: torch.Tensor, losses: dict[str, torch.Tensor]) -> None:
-        """Back-propagate ``loss``, clip the gradient norm to ``max_grad_norm`` and step the optimizer.
+        """Back-propagate ``loss``, add the tools' loss terms' gradients (``before_gradient_clipping``), clip
+        the gradient norm to ``max_grad_norm`` and step the optimizer.
 
         Between clipping and ``optimizer.step()`` is the one place where the gradient is final: the fault
         check runs there (``losses``, this minibatch's loss terms, name a non-finite loss first).
@@ -447,6 +448,8 @@ class ContinualPPO(PPO):
         else:
             self.policy.optimizer.zero_grad()
             loss.backward()
+        for tool in self.plasticity_tools:  # loss terms of tools (Parseval, C-CHAIN): clipped with the loss's
+            tool.before_gradient_clipping(self, self.policy.optimizer)
         total_norm = self._clip_gradients()
         check_gradients(self, total_norm, losses)
         self._grad_norms.append(total_norm)

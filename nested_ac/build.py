@@ -22,15 +22,18 @@ from nested_ac.agents import ContinualPPO, NestedPPO
 from nested_ac.agents.ppo import engine_optimizer
 from nested_ac.config import (
     CBPConfig,
+    CChainConfig,
     DiagnosticsConfig,
     L2InitConfig,
     NCLConfig,
     OptimizerConfig,
+    ParsevalConfig,
     ProjectionConfig,
     ReDoConfig,
     RunConfig,
     ShrinkPerturbConfig,
     SPGConfig,
+    WeightClippingConfig,
     import_plugins,
 )
 from nested_ac.diagnostics import Diagnostics, UtilityLogger
@@ -40,6 +43,7 @@ from nested_ac.hooks import PlasticityTool
 from nested_ac.optimizers import OptimizerSpec
 from nested_ac.plasticity import ContinualBackprop, L2Init, ReDo, ShrinkPerturb
 from nested_ac.registry import AGENTS, OPTIMIZERS, TOOLS, AgentSpec, ToolSpec
+from nested_ac.regularizers import ChurnReduction, ParsevalRegularization, WeightClipping
 
 ACTIVATIONS: dict[str, type[torch.nn.Module]] = {
     "relu": torch.nn.ReLU,
@@ -271,5 +275,41 @@ TOOLS.register(
         NaturalContinualLearning,
         enabled=lambda n: n.enabled,
         build=lambda n: NaturalContinualLearning(n.prior, n.fisher_samples, n.max_norm),
+    ),
+)
+TOOLS.register(
+    "parseval",
+    "Parseval regularization (Chung et al., 2024): λ·Σ‖W Wᵀ − s·I‖² on hidden layers (parseval.coef)",
+    ToolSpec(
+        "parseval",
+        ParsevalConfig,
+        ParsevalRegularization,
+        enabled=lambda p: bool(p.coef),
+        build=lambda p: ParsevalRegularization(p.coef, p.scale),
+        charts={"Parseval: penalty per network": "parseval/.*/penalty"},
+    ),
+)
+TOOLS.register(
+    "weight-clipping",
+    "weight clipping (Elsayed et al., 2024): weights clipped to ±κ·s_l after each step (weight_clipping.*)",
+    ToolSpec(
+        "weight_clipping",
+        WeightClippingConfig,
+        WeightClipping,
+        enabled=lambda w: bool(w.kappa),
+        build=lambda w: WeightClipping(w.kappa, w.bound, w.heads),
+        charts={"weight clipping: fraction clipped per network": "weight_clipping/.*/clipped_fraction"},
+    ),
+)
+TOOLS.register(
+    "cchain",
+    "C-CHAIN (Tang et al., 2025): reduce the policy's churn on a reference batch (cchain.*)",
+    ToolSpec(
+        "cchain",
+        CChainConfig,
+        ChurnReduction,
+        enabled=lambda c: c.enabled,
+        build=lambda c: ChurnReduction(c.coef, c.target_scale, c.warmup, c.window, c.value, c.batch_size),
+        charts={"C-CHAIN: churn on the reference batch": "cchain/.*_churn", "C-CHAIN: λ": "cchain/.*_coef"},
     ),
 )

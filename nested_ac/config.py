@@ -266,6 +266,61 @@ class NCLConfig:
 
 
 @dataclass
+class ParsevalConfig:
+    """Parseval regularization (``parseval``; Chung, Cherif, Meger & Precup, NeurIPS 2024): the loss gains
+    λ·Σ_l ‖W_l W_lᵀ − s·I‖²_F over every hidden layer of the actor and the critics."""
+
+    coef: float = 0.0
+    """λ ≥ 0 (0: off); the authors use 1e-3 (gridworld, MetaWorld) and 1e-4 (LunarLander, quadruped) for
+    64-unit layers."""
+    scale: float | None = None
+    """s > 0, the squared row norm the penalty pulls every row toward; null: the initialisation's own,
+    g² = 2 for SB3's orthogonal hidden layers (the authors' s), 1 for LeCun-uniform, 1/3 for PyTorch's
+    default init (fan_in times the entries' variance)."""
+
+
+@dataclass
+class WeightClippingConfig:
+    """Weight clipping (``weight_clipping``; Elsayed, Lan, Lyle & Mahmood, RLC 2024): after every optimizer
+    step each weight and bias of layer l is clipped to [−κ·s_l, κ·s_l]."""
+
+    kappa: float = 0.0
+    """κ ≥ 0 (0: off); the authors' PPO uses 3."""
+    bound: str = "init"
+    """s_l: ``init`` (the bound of the uniform distribution with the variance of the layer's own
+    initialisation: √(3/fan_in) for LeCun-uniform, g·√(3/max(fan_in, fan_out)) for orthogonal with gain g,
+    1/√fan_in for PyTorch's default) or ``fan_in`` (1/√fan_in whatever the initialisation: what the authors'
+    PPO code computes for its orthogonally initialised networks)."""
+    heads: bool = True
+    """Clip the output heads too (the authors' default); false: the hidden layers only."""
+
+
+@dataclass
+class CChainConfig:
+    """C-CHAIN, continual churn approximated reduction (``cchain``; Tang, Obando-Ceron, Castro, Courville &
+    Berseth, ICML 2025): the loss gains λ·E_ref[D(f_θ(s), f_θ⁻(s))] on a reference batch other than the
+    update's minibatch, θ⁻ the parameters before the last optimizer step."""
+
+    enabled: bool = False
+    """Add the churn-reduction term of the policy's outputs to every minibatch's loss."""
+    coef: float = 100.0
+    """λ > 0 at the start of each task, and throughout with ``target_scale`` 0 (the authors' PPO: 100)."""
+    target_scale: float = 0.05
+    """β ≥ 0: once ``warmup`` updates of a task have passed, λ = β·mean|L_pg| / mean D over the last
+    ``window`` updates (the authors' PPO: 0.05); 0: λ stays ``coef``."""
+    warmup: int = 10
+    """Updates ≥ 0 into each task before λ adapts."""
+    window: int = 50
+    """Updates > 0 the running means of |L_pg| and D are taken over."""
+    value: bool = False
+    """Reduce the critic's churn too, E_ref[(V_θ(s) − V_θ⁻(s))²] with its own λ_V (``coef`` at each task's
+    start, then β·mean L_V / mean D_V): an extension; the authors' PPO reduces the policy's churn only."""
+    batch_size: int | None = None
+    """Observations > 0 in the reference batch, drawn anew every step from the current rollout; null:
+    ``ppo.batch_size`` (the authors' size, one minibatch)."""
+
+
+@dataclass
 class DiagnosticsConfig:
     """Plasticity diagnostics (``diagnostics``): dormant units, feature rank, weights, entropy."""
 
@@ -308,6 +363,9 @@ class RunConfig:
     spg: SPGConfig = field(default_factory=SPGConfig)
     projection: ProjectionConfig = field(default_factory=ProjectionConfig)
     ncl: NCLConfig = field(default_factory=NCLConfig)
+    parseval: ParsevalConfig = field(default_factory=ParsevalConfig)
+    weight_clipping: WeightClippingConfig = field(default_factory=WeightClippingConfig)
+    cchain: CChainConfig = field(default_factory=CChainConfig)
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     steps: int = 100_000

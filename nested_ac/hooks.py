@@ -3,6 +3,10 @@
 An agent that supports tools (``nested_ac.agents.ContinualPPO`` and its subclasses) calls, for each tool in
 its ``plasticity_tools`` list:
 
+- ``before_gradient_clipping(model, optimizer)`` on every minibatch of the update, right after the backward
+  pass and before the gradient-norm clipping: a tool adds the gradient of its own term of the loss to
+  ``parameter.grad`` in place (a regularizer that is part of the loss, so clipped with PPO's gradient, as
+  the loss's own terms are);
 - ``before_optimizer_step(model, optimizer)`` on every minibatch of the update, after the backward pass and
   the gradient-norm clipping and before ``optimizer.step()``: the gradients in ``parameter.grad`` are the
   ones the optimizer is about to use, and a tool may change them in place (masking, projection,
@@ -46,6 +50,11 @@ class PlasticityTool:
     """
 
     resets_units: bool = False
+
+    def before_gradient_clipping(self, model: BaseAlgorithm, optimizer: torch.optim.Optimizer) -> None:
+        """Called with the loss's gradients in place, before they are clipped: add a loss term's gradient
+        to ``parameter.grad`` in place (on the fast engine every ``.grad`` is a view of one flat tensor,
+        which the clipping then scales whole)."""
 
     def before_optimizer_step(self, model: BaseAlgorithm, optimizer: torch.optim.Optimizer) -> None:
         """Called with the clipped gradients in place, just before every optimizer step."""
