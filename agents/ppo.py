@@ -100,9 +100,10 @@ class ContinualPPO(PPO):
     ``r_t(θ) = π_θ(a_t|s_t) / π_θ_old(a_t|s_t)`` and GAE(λ) advantages, plus ``c_v · (V(s) - R̂)²`` and an
     entropy bonus — SB3's PPO unchanged. What it adds is the continual-learning default network
     (separate actor and critic MLPs, 64×64 ReLU, as in the loss-of-plasticity literature) and the hooks of
-    :class:`~nested_ac.hooks.PlasticityTool`: each tool in ``plasticity_tools`` runs on the clipped gradients
-    before every optimizer step, after every optimizer step, at every task switch, after every rollout,
-    and logs after every update; :meth:`trainable_networks` tells tools which networks they may change.
+    :class:`~nested_ac.hooks.PlasticityTool`: each tool in ``plasticity_tools`` runs on the loss's gradients
+    before they are clipped (a loss term of its own), on the clipped gradients before every optimizer step,
+    after every optimizer step, at every task switch, after every rollout, and logs after every update;
+    :meth:`trainable_networks` tells tools which networks they may change.
     A NaN or inf in a loss, a gradient or a parameter stops the update with
     :class:`~nested_ac.faults.NumericalFault`. Like SB3's algorithms it takes plain keyword arguments
     (``nested_ac.build`` translates a run configuration into them).
