@@ -88,13 +88,14 @@ class ParsevalRegularization(PlasticityTool):
     def before_gradient_clipping(self, model: BaseAlgorithm, optimizer: torch.optim.Optimizer) -> None:
         scale = self.scale if self.scale is not None else PARSEVAL_SCALES[initialisation(model.policy)]
         for network in model.trainable_networks().values():
+            layers = [linear.weight for linear in network.hidden if linear.weight.grad is not None]
+            if not layers:  # e.g. a nested agent's outer critic in polyak mode: moved by averaging alone
+                continue
             penalty = self._penalty.get(network.name, 0.0)
-            for linear in network.hidden:
-                weight = linear.weight
+            for weight in layers:
                 residual = parseval_residual(weight, scale)
                 penalty = penalty + residual.square().sum()
-                if weight.grad is not None:
-                    weight.grad.addmm_(residual, weight, alpha=4 * self.coef)
+                weight.grad.addmm_(residual, weight, alpha=4 * self.coef)
             self._penalty[network.name] = penalty
         self._steps += 1
 
