@@ -14,6 +14,7 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.logger import Logger
 
 from nested_ac.agents import ContinualPPO
+from nested_ac.agents.by_hand import refusal
 from nested_ac.build import plasticity_tools
 from nested_ac.config import resolve_config
 from nested_ac.errors import ConfigError
@@ -279,8 +280,8 @@ def short_run(tmp_path, name, **overrides):
 
 
 def test_the_three_tools_run_the_same_on_both_engines_and_log_and_save_their_state(tmp_path):
-    """Through the configuration on each engine: tags logged, the fast engine's gradient still written by
-    hand, the same parameters to float rounding, and C-CHAIN's state in the checkpoint."""
+    """Through the configuration on each engine: tags logged, the same parameters to float rounding, and
+    C-CHAIN's state in the checkpoint."""
     finals, scalars = {}, {}
     for engine in ("fast", "sb3"):
         result = short_run(tmp_path, engine, **ALL_THREE, **{"ppo.engine": engine})
@@ -361,6 +362,11 @@ def test_bad_settings_are_config_errors_naming_the_key(key, value, message):
     with pytest.raises(ConfigError) as error:
         plasticity_tools(config)
     assert message in str(error.value)
+
+
+def test_the_fast_engine_keeps_its_hand_written_gradient_with_the_three_tools():
+    tools = [ParsevalRegularization(1e-3), WeightClipping(3.0), ChurnReduction(value=True)]
+    assert refusal(tiny_model(tools=tools)) is None
 
 
 def test_off_by_default():
