@@ -29,7 +29,7 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from torch import nn
 from torch.distributions import Categorical, Normal
 
-from nested_ac.hooks import PlasticityTool
+from nested_ac.hooks import Entries, PlasticityTool
 from nested_ac.networks import Network
 from nested_ac.plasticity import initialisation
 
@@ -233,7 +233,9 @@ class ChurnReduction(PlasticityTool):
     (``train/value_loss``). At every task switch λ returns to ``coef``, the running means restart and the
     first step has no reference, as the authors' code restarts its coefficient and its history of networks
     for each task. The authors take |L_pg| and the churn of the update's last minibatch; here both are the
-    update's means. Their PPO regularizes the policy only: ``value`` (D_V) is an extension.
+    update's means. Their PPO regularizes the policy only: ``value`` (D_V) is an extension. Entries another
+    tool reinitialises (continual backprop, ReDo) take their fresh values in θ⁻ (``on_reinitialise``), so
+    the reset itself is not churn to undo.
 
     Costs two forward passes (one without a graph) and one backward pass on the reference batch per
     optimizer step, outside the agent's minibatch forward (no tool observes them). Logs
@@ -282,6 +284,17 @@ class ChurnReduction(PlasticityTool):
         self.history = {term: [] for term in self.terms}
         self.updates_in_task = 0
         self.reference = None
+
+    @torch.no_grad()
+    def on_reinitialise(self, model: BaseAlgorithm, entries: Entries) -> None:
+        """Entries another tool has just reinitialised (continual backprop, ReDo) take their fresh values in
+        θ⁻ too: the next step's churn is the optimizer's, not the reset's, which the reference would
+        otherwise pull back toward the weights it replaced."""
+        if self.reference is None:
+            return
+        position = {id(p): i for i, p in enumerate(model.policy.parameters())}
+        for parameter, index in entries:
+            self.reference[position[id(parameter)]][index] = parameter[index]
 
     def churn(self, policy: ActorCriticPolicy, observations: torch.Tensor) -> dict[str, torch.Tensor]:
         """D_π (and D_V) of ``policy`` now against the parameters in :attr:`reference` on ``observations``,

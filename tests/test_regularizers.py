@@ -21,6 +21,7 @@ from nested_ac.errors import ConfigError
 from nested_ac.interrupts import TrainingInterrupted
 from nested_ac.networks import policy_networks
 from nested_ac.optim import AdaptiveUPGD
+from nested_ac.plasticity import ContinualBackprop, reset_layers
 from nested_ac.regularizers import (
     ChurnReduction,
     ParsevalRegularization,
@@ -223,6 +224,20 @@ def test_cchain_churn_on_a_fixed_reference_batch_is_the_hand_computed_one():
         )
     # θ now is the next step's reference.
     assert all(torch.equal(r, p) for r, p in zip(tool.reference, model.policy.parameters(), strict=True))
+
+
+def test_cchain_reference_takes_the_fresh_values_of_units_another_tool_resets():
+    tool, cbp = ChurnReduction(), ContinualBackprop(replacement_rate=0.0)
+    model = tiny_model(tools=[cbp, tool])
+    perturbed_reference(model, tool)
+    actor = policy_networks(model.policy)[0]
+    reset_layers(model, cbp, actor, {0: torch.tensor([2, 5])})
+    position = {id(p): i for i, p in enumerate(model.policy.parameters())}
+    for parameter, rows in ((actor.hidden[0].weight, [2, 5]), (actor.hidden[0].bias, [2, 5])):
+        reference = tool.reference[position[id(parameter)]]
+        assert torch.equal(reference[rows], parameter[rows]) and not torch.equal(reference, parameter)
+    outgoing = tool.reference[position[id(actor.hidden[1].weight)]]
+    assert torch.all(outgoing[:, [2, 5]] == 0) and outgoing[:, 0].abs().sum() > 0
 
 
 def test_cchain_churn_of_a_gaussian_policy_is_the_squared_change_of_its_means():
