@@ -62,18 +62,19 @@ class ParsevalRegularization(PlasticityTool):
 
         L_P = λ · Σ_l ‖W_l W_lᵀ − s·I‖²_F,        ∂L_P/∂W_l = 4λ · (W_l W_lᵀ − s·I) · W_l
 
-    (biases are not regularized). The gradient is added to ``W.grad`` after PPO's backward pass and before
-    the gradient-norm clipping (``before_gradient_clipping``): the authors add L_P to PPO's loss before
-    ``backward`` and clip after, so the penalty's gradient is clipped with the loss's. λ = ``coef``;
-    s = ``scale``, by default the initialisation's (:data:`PARSEVAL_SCALES`: 2 = g² for SB3's orthogonal
-    hidden layers, the authors' s for their orthogonal init with gain √2).
+    (biases are not regularized), the gradient computed as 4λ·(W_l·(W_lᵀ W_l) − s·W_l) (the same matrix,
+    with the smaller Gram matrix for a first layer of few inputs). It is added to ``W.grad`` after PPO's
+    backward pass and before the gradient-norm clipping (``before_gradient_clipping``): the authors add L_P
+    to PPO's loss before ``backward`` and clip after, so the penalty's gradient is clipped with the loss's.
+    λ = ``coef``; s = ``scale``, by default the initialisation's (:data:`PARSEVAL_SCALES`: 2 = g² for SB3's
+    orthogonal hidden layers, the authors' s for their orthogonal init with gain √2).
 
     The authors' code multiplies λ by (64/width)² (their λ is tuned for 64 units); here λ is the
     coefficient itself. Left out of the paper's variants: the diagonal layers and the learnable input scale
     it adds to restore capacity in some of its runs (MetaWorld, quadruped; they change the network, and the
     penalty alone is the method on its gridworld and LunarLander), and its ablations (normalized rows,
-    subgroups of units). Logs ``parseval/<network>/penalty``: λ·Σ_l ‖W_l W_lᵀ − s·I‖²_F of the network,
-    the mean over the update's steps.
+    subgroups of units). Logs ``parseval/<network>/penalty``: λ·Σ_l ‖W_l W_lᵀ − s·I‖²_F of the network
+    after the update. Keeps no state.
     """
 
     def __init__(self, coef: float, scale: float | None = None) -> None:
@@ -81,28 +82,28 @@ class ParsevalRegularization(PlasticityTool):
         if scale is not None:
             _check("parseval.scale", scale, 0.0, strict=True)
         self.coef, self.scale = coef, scale
-        self._penalty: dict[str, torch.Tensor] = {}  # Σ_l ‖W_l W_lᵀ − s·I‖²_F summed over the update's steps
-        self._steps = 0
+        self._layers: dict[str, list[torch.Tensor]] = {}  # the weights regularized last, by network
+        self._scale = 0.0  # the s they were regularized with
 
     @torch.no_grad()
     def before_gradient_clipping(self, model: BaseAlgorithm, optimizer: torch.optim.Optimizer) -> None:
-        scale = self.scale if self.scale is not None else PARSEVAL_SCALES[initialisation(model.policy)]
+        scale = self._scale = (
+            self.scale if self.scale is not None else PARSEVAL_SCALES[initialisation(model.policy)]
+        )
+        alpha = 4 * self.coef
         for network in model.trainable_networks().values():
             layers = [linear.weight for linear in network.hidden if linear.weight.grad is not None]
-            if not layers:  # e.g. a nested agent's outer critic in polyak mode: moved by averaging alone
-                continue
-            penalty = self._penalty.get(network.name, 0.0)
+            if layers:  # none: e.g. a nested agent's outer critic in polyak mode, moved by averaging alone
+                self._layers[network.name] = layers
             for weight in layers:
-                residual = parseval_residual(weight, scale)
-                penalty = penalty + residual.square().sum()
-                weight.grad.addmm_(residual, weight, alpha=4 * self.coef)
-            self._penalty[network.name] = penalty
-        self._steps += 1
+                weight.grad.addmm_(weight, weight.T @ weight, alpha=alpha).add_(weight, alpha=-alpha * scale)
 
+    @torch.no_grad()
     def log(self, logger: Logger) -> None:
-        for name, penalty in self._penalty.items():
-            logger.record(f"parseval/{name}/penalty", self.coef * float(penalty) / self._steps)
-        self._penalty, self._steps = {}, 0
+        for name, layers in self._layers.items():
+            penalty = sum(parseval_residual(weight, self._scale).square().sum() for weight in layers)
+            logger.record(f"parseval/{name}/penalty", self.coef * float(penalty))
+        self._layers = {}
 
 
 def orthogonal_gain(network: Network, linear: nn.Linear) -> float:
@@ -144,7 +145,8 @@ class WeightClipping(PlasticityTool):
     ``heads`` is False (the authors' ``clip_last_layer``, on by default). A Gaussian policy's ``log_std``
     is no layer's and is left alone (the authors' loop over every parameter also clips it, with a bound
     from its own shape). Logs ``weight_clipping/<network>/clipped_fraction``: the fraction of the network's
-    clipped parameters that lay outside their bound before the clip, the mean over the update's steps.
+    clipped parameters at their bound after the update (:meth:`log`). Keeps no state: the bounds follow from
+    the configuration and the shapes.
     """
 
     BOUNDS = ("init", "fan_in")
@@ -154,10 +156,9 @@ class WeightClipping(PlasticityTool):
         if bound not in self.BOUNDS:
             raise ValueError(f"weight_clipping.bound must be one of {', '.join(self.BOUNDS)}, got {bound!r}")
         self.kappa, self.bound, self.heads = kappa, bound, heads
-        # By network: its parameter ids, (parameter, limit κ·s_l) pairs and their number of entries.
-        self._limits: dict[str, tuple[tuple[int, ...], list[tuple[nn.Parameter, float]], int]] = {}
-        self._clipped: dict[str, torch.Tensor] = {}  # entries clipped over the update's steps, by network
-        self._steps = 0
+        # By network: its parameter ids and its (parameter, limit κ·s_l) pairs.
+        self._limits: dict[str, tuple[tuple[int, ...], list[tuple[nn.Parameter, float]]]] = {}
+        self._networks: tuple[str, ...] = ()  # the networks the last step clipped
 
     def limits(self, model: BaseAlgorithm, network: Network) -> list[tuple[nn.Parameter, float]]:
         """(parameter, κ·s_l) for every parameter of ``network`` that is clipped."""
@@ -170,24 +171,28 @@ class WeightClipping(PlasticityTool):
             for linear in (*network.hidden, network.output) if self.heads else network.hidden:
                 limit = self.kappa * initial_bound(init, network, linear)
                 pairs += [(parameter, limit) for parameter in linear.parameters()]
-            cached = self._limits[network.name] = (ids, pairs, sum(p.numel() for p, _ in pairs))
+            cached = self._limits[network.name] = (ids, pairs)
         return cached[1]
 
     @torch.no_grad()
     def after_optimizer_step(self, model: BaseAlgorithm, optimizer: torch.optim.Optimizer) -> None:
-        for network in model.trainable_networks().values():
-            clipped = self._clipped.get(network.name, 0)
-            for parameter, limit in self.limits(model, network):
-                clipped = clipped + (parameter.abs() > limit).sum()
-                parameter.clamp_(-limit, limit)
-            self._clipped[network.name] = clipped
-        self._steps += 1
+        networks = model.trainable_networks().values()
+        pairs = [pair for network in networks for pair in self.limits(model, network)]
+        parameters, limits = [p for p, _ in pairs], [limit for _, limit in pairs]
+        torch._foreach_clamp_max_(parameters, limits)
+        torch._foreach_clamp_min_(parameters, [-limit for limit in limits])
+        self._networks = tuple(network.name for network in networks)
 
+    @torch.no_grad()
     def log(self, logger: Logger) -> None:
-        for name, clipped in self._clipped.items():
-            fraction = float(clipped) / (self._limits[name][2] * self._steps)
+        """The fraction of each network's clipped parameters at their bound after the update: those the
+        update's last step clipped, and any an earlier clip left there that the last step did not move."""
+        for name in self._networks:
+            pairs = self._limits[name][1]
+            at_bound = sum(int((p.abs() >= limit).sum()) for p, limit in pairs)
+            fraction = at_bound / sum(p.numel() for p, _ in pairs)
             logger.record(f"weight_clipping/{name}/clipped_fraction", fraction)
-        self._clipped, self._steps = {}, 0
+        self._networks = ()
 
 
 def head_outputs(
