@@ -287,7 +287,14 @@ SHORT = {
     "report": False,
     "checkpoint.every": 256,
 }
-ALL_THREE = {"parseval.coef": 1e-3, "weight_clipping.kappa": 3.0, "cchain.enabled": True, "cchain.warmup": 1}
+# Parseval with s = 1, away from the orthogonal initialisation's s = 2, so that its gradient is not ~0.
+ALL_THREE = {
+    "parseval.coef": 1e-2,
+    "parseval.scale": 1.0,
+    "weight_clipping.kappa": 3.0,
+    "cchain.enabled": True,
+    "cchain.warmup": 1,
+}
 
 
 def short_run(tmp_path, name, **overrides):
