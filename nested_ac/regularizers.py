@@ -46,6 +46,12 @@ def _check(key: str, value: float, low: float, strict: bool) -> None:
         raise ValueError(f"{key} must be a finite number {'>' if strict else '>='} {low}, got {value}")
 
 
+def _same(cached: tuple[Network, ...], networks: tuple[Network, ...]) -> bool:
+    """Whether ``networks`` are the very objects of ``cached`` (the agent keeps its networks' objects while
+    its policy and the set of networks tools may change stay the same)."""
+    return len(cached) == len(networks) and all(a is b for a, b in zip(cached, networks, strict=True))
+
+
 def parseval_residual(weight: torch.Tensor, scale: float) -> torch.Tensor:
     """W Wᵀ − s·I for a layer's weight W (out × in): Parseval's residual, zero when W's rows are orthogonal
     with squared norm s."""
@@ -82,21 +88,23 @@ class ParsevalRegularization(PlasticityTool):
         if scale is not None:
             _check("parseval.scale", scale, 0.0, strict=True)
         self.coef, self.scale = coef, scale
-        self._layers: dict[str, list[torch.Tensor]] = {}  # the weights regularized last, by network
-        self._scale = 0.0  # the s they were regularized with
+        self._networks: tuple[Network, ...] = ()  # the networks of the last step, and their s
+        self._scale = 0.0
+        self._layers: dict[str, list[torch.Tensor]] = {}  # the weights regularized since the last log
 
     @torch.no_grad()
     def before_gradient_clipping(self, model: BaseAlgorithm, optimizer: torch.optim.Optimizer) -> None:
-        scale = self._scale = (
-            self.scale if self.scale is not None else PARSEVAL_SCALES[initialisation(model.policy)]
-        )
-        alpha = 4 * self.coef
-        for network in model.trainable_networks().values():
+        networks = tuple(model.trainable_networks().values())
+        if not _same(self._networks, networks):
+            initial = PARSEVAL_SCALES[initialisation(model.policy)]
+            self._networks, self._scale = networks, self.scale if self.scale is not None else initial
+        alpha, shift = 4 * self.coef, -4 * self.coef * self._scale
+        for network in networks:
             layers = [linear.weight for linear in network.hidden if linear.weight.grad is not None]
             if layers:  # none: e.g. a nested agent's outer critic in polyak mode, moved by averaging alone
                 self._layers[network.name] = layers
             for weight in layers:
-                weight.grad.addmm_(weight, weight.T @ weight, alpha=alpha).add_(weight, alpha=-alpha * scale)
+                weight.grad.addmm_(weight, weight.T @ weight, alpha=alpha).add_(weight, alpha=shift)
 
     @torch.no_grad()
     def log(self, logger: Logger) -> None:
@@ -158,7 +166,8 @@ class WeightClipping(PlasticityTool):
         self.kappa, self.bound, self.heads = kappa, bound, heads
         # By network: its parameter ids and its (parameter, limit κ·s_l) pairs.
         self._limits: dict[str, tuple[tuple[int, ...], list[tuple[nn.Parameter, float]]]] = {}
-        self._networks: tuple[str, ...] = ()  # the networks the last step clipped
+        # The networks the last step clipped, and over all of them the parameters and limits (both signs).
+        self._step: tuple[tuple[Network, ...], list[nn.Parameter], list[float], list[float]] | None = None
 
     def limits(self, model: BaseAlgorithm, network: Network) -> list[tuple[nn.Parameter, float]]:
         """(parameter, κ·s_l) for every parameter of ``network`` that is clipped."""
@@ -176,23 +185,24 @@ class WeightClipping(PlasticityTool):
 
     @torch.no_grad()
     def after_optimizer_step(self, model: BaseAlgorithm, optimizer: torch.optim.Optimizer) -> None:
-        networks = model.trainable_networks().values()
-        pairs = [pair for network in networks for pair in self.limits(model, network)]
-        parameters, limits = [p for p, _ in pairs], [limit for _, limit in pairs]
-        torch._foreach_clamp_max_(parameters, limits)
-        torch._foreach_clamp_min_(parameters, [-limit for limit in limits])
-        self._networks = tuple(network.name for network in networks)
+        networks = tuple(model.trainable_networks().values())
+        if self._step is None or not _same(self._step[0], networks):
+            pairs = [pair for network in networks for pair in self.limits(model, network)]
+            limits = [limit for _, limit in pairs]
+            self._step = (networks, [p for p, _ in pairs], limits, [-limit for limit in limits])
+        _, parameters, upper, lower = self._step
+        torch._foreach_clamp_max_(parameters, upper)
+        torch._foreach_clamp_min_(parameters, lower)
 
     @torch.no_grad()
     def log(self, logger: Logger) -> None:
         """The fraction of each network's clipped parameters at their bound after the update: those the
         update's last step clipped, and any an earlier clip left there that the last step did not move."""
-        for name in self._networks:
-            pairs = self._limits[name][1]
+        for network in self._step[0] if self._step is not None else ():
+            name, pairs = network.name, self._limits[network.name][1]
             at_bound = sum(int((p.abs() >= limit).sum()) for p, limit in pairs)
             fraction = at_bound / sum(p.numel() for p, _ in pairs)
             logger.record(f"weight_clipping/{name}/clipped_fraction", fraction)
-        self._networks = ()
 
 
 def head_outputs(
