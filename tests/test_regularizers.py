@@ -328,6 +328,25 @@ def test_the_three_tools_run_the_same_on_both_engines_and_log_and_save_their_sta
     assert len(states[-1]["reference"]) == len(finals["fast"]) and states[-1]["updates_in_task"] >= 1
 
 
+@pytest.mark.parametrize("mode", ["polyak", "distill"])
+def test_the_three_tools_run_the_same_on_both_engines_for_the_nested_agent(tmp_path, mode):
+    """nested-ppo: each critic level clipped on its own (its loss terms' gradients with it), the outer critic
+    in polyak mode moved by averaging alone (no Parseval gradient, still clipped), frozen from step 256 in
+    distill mode; both engines the same to float rounding."""
+    nested = {"agent": "nested-ppo", "nested.mode": mode, "cchain.value": True}
+    if mode == "distill":
+        nested["nested.freeze_outer_after"] = 256
+    finals = []
+    for engine in ("fast", "sb3"):
+        result = short_run(tmp_path, engine, **ALL_THREE, **nested, **{"ppo.engine": engine})
+        finals.append(list(PPO.load(result.run_dir / "model.zip").policy.parameters()))
+    for p, q in zip(*finals, strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+    tags = set(read_scalars(result.run_dir))
+    assert {"parseval/critic_1/penalty", "weight_clipping/critic_2/clipped_fraction"} <= tags
+    assert ("parseval/critic_2/penalty" in tags) == (mode == "distill")
+
+
 def test_a_resumed_run_with_the_three_tools_continues_exactly(tmp_path, monkeypatch):
     """Interrupted after its second rollout, across a task switch, and resumed: the same parameters bit for
     bit and the same curves as the uninterrupted run."""
