@@ -2,20 +2,17 @@
 
 Through ``nested-ac train`` at identical settings (permuted CartPole, 8 copies, 256 steps, batch 256,
 10 epochs, Adam, same seed, four tasks over the run), interleaved with a plain-PPO run in this one process
-for each tool; each at the authors' PPO setting (Parseval λ = 1e-3, weight clipping κ = 3, C-CHAIN's
-defaults). Targets: ≥ 0.9× for Parseval and weight clipping (a few small matrix operations per step);
-C-CHAIN (two forward passes and one backward pass on its reference batch per optimizer step) has its cost
-stated, no target.
+for each tool in turn; each at the authors' PPO setting (Parseval λ = 1e-3, weight clipping κ = 3,
+C-CHAIN's defaults). Targets: ≥ 0.9× for Parseval and weight clipping (a few small matrix operations per
+step); C-CHAIN (two forward passes and one backward pass on its reference batch per optimizer step) has
+its cost stated, no target.
 
-    .venv/bin/python bench/regularizer_throughput.py [--steps 50000] [--rounds 3] [--tools parseval cchain]
+    .venv/bin/python bench/regularizer_throughput.py [--steps 50000] [--rounds 3]
 """
 
 from __future__ import annotations
 
-import argparse
-
-import torch
-from throughput import bench_config, compare_configs
+from throughput import compare_variant
 
 SETTINGS = {  # tool: (its setting on a RunConfig, target)
     "parseval": (lambda config: setattr(config.parseval, "coef", 1e-3), 0.9),
@@ -23,20 +20,6 @@ SETTINGS = {  # tool: (its setting on a RunConfig, target)
     "cchain": (lambda config: setattr(config.cchain, "enabled", True), 0.0),
 }
 
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=50_000)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--tools", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    for tool in args.tools:
-        base, ours = bench_config(args.steps), bench_config(args.steps)
-        switch_on, target = SETTINGS[tool]
-        switch_on(ours)
-        compare_configs(base, ours, ("ppo", f"ppo + {tool}"), args.rounds, target)
-
-
 if __name__ == "__main__":
-    main()
+    for tool, (switch_on, target) in SETTINGS.items():
+        compare_variant(__doc__, ("ppo", f"ppo + {tool}"), target, switch_on)
