@@ -251,7 +251,7 @@ TOOLS.register(
 )
 TOOLS.register(
     "reset",
-    "layer resets (Nikishin et al., 2022): the last k layers (or all) redrawn, at switches or every N",
+    "layer resets (Nikishin et al., 2022): last k layers (or all) redrawn at switches or every N (reset.*)",
     ToolSpec(
         "reset",
         ResetConfig,

@@ -336,6 +336,8 @@ class RunConfig:
     shrink_perturb: ShrinkPerturbConfig = field(default_factory=ShrinkPerturbConfig)
     l2_init: L2InitConfig = field(default_factory=L2InitConfig)
     redo: ReDoConfig = field(default_factory=ReDoConfig)
+    reset: ResetConfig = field(default_factory=ResetConfig)
+    inject: InjectConfig = field(default_factory=InjectConfig)
     spg: SPGConfig = field(default_factory=SPGConfig)
     projection: ProjectionConfig = field(default_factory=ProjectionConfig)
     ncl: NCLConfig = field(default_factory=NCLConfig)

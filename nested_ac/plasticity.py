@@ -513,8 +513,8 @@ class ShrinkPerturb(PlasticityTool):
         fresh = type(policy)(**policy._get_constructor_parameters()).to(policy.device)
         blended = {id(p) for p in _network_parameters(model)}
         current = dict(policy.named_parameters())
-        for name, value in fresh.named_parameters():
-            if id(current[name]) in blended:
+        for name, value in fresh.named_parameters():  # (an injected head's parameters have no fresh twin)
+            if name in current and id(current[name]) in blended:
                 current[name].lerp_(value, 1.0 - self.alpha)
 
     def state_dict(self) -> dict[str, Any]:

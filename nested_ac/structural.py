@@ -134,10 +134,11 @@ class LayerReset(PlasticityTool):
     (``model.notify_reinitialised``: L2-Init's θ_0 takes the fresh values, continual backprop restarts the
     units' ages, SPG and NCL forget them). Logs ``reset/<network>/count``.
 
-    Nikishin et al. reset at a fixed period (off-policy, every 2·10⁵ updates in SAC); Juliani & Ash reset
-    at every task switch (``at="switch"``). With ``at="every"`` the reset falls at a rollout's end, so the
-    update that follows trains the fresh layers on data that the previous network collected (PPO's ratio
-    against that network, clipped as at any change of policy).
+    Nikishin et al. reset at a fixed period of updates (off-policy agents, which retrain on their replay
+    buffer: ``at="every"``); Juliani & Ash reset at every task switch (``at="switch"``). With
+    ``at="every"`` the reset falls at a rollout's end, so the update that follows trains the fresh layers
+    on data that the previous network collected (PPO's ratio against that network, clipped as at any
+    change of policy).
     """
 
     AT = ("switch", "every")

@@ -350,6 +350,11 @@ def config(tmp_path, name, **overrides) -> RunConfig:
     [
         ({"reset.at": "switch", "reset.layers": "all"}, LayerReset, "reset/actor/count"),
         ({"inject.at": "switch", "inject.layers": 1}, PlasticityInjection, "inject/critic/count"),
+        (
+            {"inject.at": "switch", "agent": "nested-ppo", "shrink_perturb.mode": "switch"},
+            PlasticityInjection,
+            "inject/critic_1/count",
+        ),
     ],
 )
 def test_training_through_the_config_path(tmp_path, section, tool, tag):
