@@ -17,6 +17,7 @@ from nested_ac.checkpoint import CheckpointStore
 from nested_ac.config import RunConfig, resolve_config
 from nested_ac.hooks import PlasticityTool
 from nested_ac.networks import policy_networks
+from nested_ac.optim import AdaptiveUPGD
 from nested_ac.plasticity import ContinualBackprop, L2Init
 from nested_ac.structural import InjectedHead, LayerReset, PlasticityInjection
 from nested_ac.train import TrainingInterrupted, resume, train
@@ -25,9 +26,21 @@ from tests.test_plasticity import observations, outputs, training_step
 from tests.test_reliability import interrupt_at
 
 
-def make_model(tools=(), env_id="CartPole-v1", agent=ContinualPPO, init="orthogonal", **kwargs):
+def make_model(
+    tools=(),
+    env_id="CartPole-v1",
+    agent=ContinualPPO,
+    init="orthogonal",
+    optimizer_class=torch.optim.Adam,
+    **kwargs,
+):
     env = make_vec_env(env_id, n_envs=1, seed=0)
-    policy_kwargs = {"net_arch": {"pi": [16, 16], "vf": [16, 16]}, "activation_fn": nn.ReLU, "init": init}
+    policy_kwargs = {
+        "net_arch": {"pi": [16, 16], "vf": [16, 16]},
+        "activation_fn": nn.ReLU,
+        "init": init,
+        "optimizer_class": optimizer_class,
+    }
     return agent(
         "MlpPolicy",
         env,
@@ -322,6 +335,35 @@ def test_bad_reset_settings_name_the_key():
     model = make_model([LayerReset(layers=5)])
     with pytest.raises(ValueError, match="reset.layers is 5, but network 'actor' has 3 layers"):
         model.plasticity_tools[0].on_task_switch(model, model.policy.optimizer, 0)
+
+
+@pytest.mark.parametrize(
+    ("optimizer_class", "extra", "layout"),
+    [
+        (torch.optim.Adam, [], "FlatAdam"),
+        (torch.optim.Adam, [ContinualBackprop()], "ElementwiseAdam"),  # one step count per weight
+        (AdaptiveUPGD, [], "AdaptiveUPGD"),
+    ],
+)
+@pytest.mark.parametrize("kind", ["reset", "inject"])
+def test_the_optimizer_steps_exactly_the_trainable_parameters_after_either_tool(
+    optimizer_class, extra, layout, kind
+):
+    tool = (
+        LayerReset(layers="all", at="every", every=1) if kind == "reset" else PlasticityInjection(at="once")
+    )
+    model = make_model([tool, *extra], optimizer_class=optimizer_class)
+    assert type(model.policy.optimizer).__name__ == layout
+    obs = observations()
+    for _ in range(3):
+        training_step(model, obs)
+    tool.reset(model) if kind == "reset" else tool.inject(model)
+    parameters = list(model.policy.parameters())
+    before = snapshot(parameters)
+    for _ in range(2):
+        training_step(model, obs)
+    for p, q in zip(parameters, before, strict=True):
+        assert torch.equal(p, q) != p.requires_grad  # every trainable one moves, no frozen one does
 
 
 # ---- the config path ---------------------------------------------------------------------------------
