@@ -226,6 +226,19 @@ def test_injection_acts_on_the_actor_and_the_inner_critic_of_the_nested_agent():
     assert unchanged(model.policy.outer_heads.parameters(), outer)  # no nested loss in this step
 
 
+def test_continual_backprop_trains_on_after_an_injection():
+    """cbp scores and replaces encoder units by their outgoing weights in θ′ (the injected network's
+    trainable path); a linear head has no activation of its own for it to miss."""
+    cbp = ContinualBackprop(maturity=1, replacement_rate=0.2)
+    tool = PlasticityInjection(at="once", step=0)
+    model = make_model([cbp, tool])
+    model.learn(192)  # injected at the end of the first rollout; two updates after it
+    assert tool.injections == 1 and sum(cbp.replaced.values()) > 0
+    network = model.trainable_networks()["actor"]
+    assert network.outgoing(1) is model.policy.action_net.trainable[0]
+    assert all(torch.isfinite(p).all() for p in model.policy.parameters())
+
+
 # ---- layer resets ------------------------------------------------------------------------------------
 
 
@@ -392,6 +405,12 @@ def config(tmp_path, name, **overrides) -> RunConfig:
     [
         ({"reset.at": "switch", "reset.layers": "all"}, LayerReset, "reset/actor/count"),
         ({"inject.at": "switch", "inject.layers": 1}, PlasticityInjection, "inject/critic/count"),
+        ({"reset.at": "switch", "ppo.engine": "sb3"}, LayerReset, "reset/critic/count"),
+        (
+            {"inject.at": "switch", "inject.layers": 2, "inject.limit": 2, "ppo.engine": "sb3"},
+            PlasticityInjection,
+            "inject/actor/count",
+        ),
         (
             {"inject.at": "switch", "agent": "nested-ppo", "shrink_perturb.mode": "switch"},
             PlasticityInjection,
