@@ -86,7 +86,7 @@ def moved(parameters, before) -> bool:
 # ---- plasticity injection ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("layers", [1, 2, 3])
 def test_injection_keeps_the_output_and_trains_only_the_new_head_and_the_encoder(layers):
     torch.manual_seed(0)
     spy = Spy()
