@@ -338,8 +338,11 @@ class PlasticityInjection(PlasticityTool):
                 frozen = [*head.frozen, _frozen(trained), head.anchor]
             fresh = copy.deepcopy(trained).requires_grad_(True)
             linears = [module for module in fresh if isinstance(module, nn.Linear)]
-            for linear in linears:
-                initialise_layer(policy, name, linear, output=linear is linears[-1])
+            for module in fresh:
+                if isinstance(module, nn.Linear):
+                    initialise_layer(policy, name, module, output=module is linears[-1])
+                elif hasattr(module, "reset_parameters"):  # e.g. a LayerNorm's gain and bias: 1 and 0
+                    module.reset_parameters()
             setattr(policy, attribute, InjectedHead(frozen, fresh, _frozen(copy.deepcopy(fresh))))
             _replace_in_optimizer(optimizer, list(trained.parameters()), list(fresh.parameters()))
             entries += [(p, torch.arange(len(p), device=p.device)) for p in fresh.parameters()]
