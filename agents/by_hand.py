@@ -8,6 +8,7 @@ That is only right where the hand-written chain rule is exactly autograd's, so :
 place that decides — names the first rule a model breaks, and every update that breaks one takes autograd:
 
 - the fast engine, and a ``_loss`` that takes ``by_hand`` (a subclass's loss that does not takes autograd);
+- no injected head (:class:`~nested_ac.structural.InjectedHead`, plasticity injection's sum of heads);
 - a :class:`~nested_ac.agents.policy.ContinualActorCriticPolicy` with its own ``evaluate_actions`` and a
   distribution evaluated by formula (categorical or diagonal Gaussian);
 - an optimizer that holds exactly the policy's parameters, every one of which requires a gradient, carries
@@ -38,6 +39,7 @@ from torch import nn
 from nested_ac.agents.policy import HALF_LOG_2PI, ContinualActorCriticPolicy, call, hooked, observers_only
 from nested_ac.networks import Network, policy_networks
 from nested_ac.optim import shaped_views
+from nested_ac.structural import InjectedHead
 
 if TYPE_CHECKING:
     from nested_ac.agents.ppo import ContinualPPO
@@ -65,6 +67,9 @@ def refusal(model: ContinualPPO) -> str | None:
         return f"{type(policy).__name__} has its own evaluate_actions"
     if policy.direct_kind() is None:
         return f"the action distribution {type(policy.action_dist).__name__} is not evaluated by formula"
+    injected = next((name for name, m in policy.named_modules() if isinstance(m, InjectedHead)), None)
+    if injected is not None:
+        return f"module {injected} is an injected head (plasticity injection; written by hand: Linear heads)"
     return _parameter_refusal(model) or _network_refusal(policy)
 
 

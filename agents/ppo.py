@@ -196,6 +196,11 @@ class ContinualPPO(PPO):
             )
         return dict(cached[1])
 
+    def networks_changed(self) -> None:
+        """A tool has just changed the networks' layers (plasticity injection): :meth:`trainable_networks`
+        works them out anew."""
+        self._networks = None
+
     @contextlib.contextmanager
     def minibatch_forward(self) -> Iterator[None]:
         """The scope of the update's own forward pass on a minibatch (:meth:`_loss`), the one whose

@@ -24,12 +24,14 @@ from nested_ac.config import (
     CBPConfig,
     CChainConfig,
     DiagnosticsConfig,
+    InjectConfig,
     L2InitConfig,
     NCLConfig,
     OptimizerConfig,
     ParsevalConfig,
     ProjectionConfig,
     ReDoConfig,
+    ResetConfig,
     RunConfig,
     ShrinkPerturbConfig,
     SPGConfig,
@@ -44,6 +46,7 @@ from nested_ac.optimizers import OptimizerSpec
 from nested_ac.plasticity import ContinualBackprop, L2Init, ReDo, ShrinkPerturb
 from nested_ac.registry import AGENTS, OPTIMIZERS, TOOLS, AgentSpec, ToolSpec
 from nested_ac.regularizers import ChurnReduction, ParsevalRegularization, WeightClipping
+from nested_ac.structural import LayerReset, PlasticityInjection
 
 ACTIVATIONS: dict[str, type[torch.nn.Module]] = {
     "relu": torch.nn.ReLU,
@@ -248,6 +251,30 @@ TOOLS.register(
         enabled=lambda r: r.enabled,
         build=lambda r: ReDo(r.tau, r.every),
         charts={"ReDo: units reset per network": "redo/.*/reset"},
+    ),
+)
+TOOLS.register(
+    "reset",
+    "layer resets (Nikishin et al., 2022): last k layers (or all) redrawn at switches or every N (reset.*)",
+    ToolSpec(
+        "reset",
+        ResetConfig,
+        LayerReset,
+        enabled=lambda r: r.at != "off",
+        build=lambda r: LayerReset(r.layers, r.at, r.every),
+        charts={"layer resets per network": "reset/.*/count"},
+    ),
+)
+TOOLS.register(
+    "inject",
+    "plasticity injection (Nikishin et al., 2023): freeze the heads, add fresh ones (inject.*)",
+    ToolSpec(
+        "inject",
+        InjectConfig,
+        PlasticityInjection,
+        enabled=lambda i: i.at != "off",
+        build=lambda i: PlasticityInjection(i.layers, i.at, i.every, i.step, i.limit),
+        charts={"plasticity injections per network": "inject/.*/count"},
     ),
 )
 TOOLS.register(

@@ -201,6 +201,13 @@ def restore(
     model: BaseAlgorithm, state: dict[str, Any], parts: Mapping[str, Stateful], logger: Logger
 ) -> None:
     """Put ``state`` (from :func:`capture`, checked by :func:`check_compatible`) back into a fresh run."""
+    tools = getattr(model, "plasticity_tools", [])
+    if len(tools) != len(state["plasticity_tools"]):
+        raise CheckpointError(
+            f"checkpoint has {len(state['plasticity_tools'])} plasticity tools, this run has {len(tools)}"
+        )
+    for tool, tool_state in zip(tools, state["plasticity_tools"], strict=True):
+        tool.rebuild(model, tool_state)  # the networks' shape first (plasticity injection), then the values
     try:
         model.policy.load_state_dict(state["policy"])
         model.policy.optimizer.load_state_dict(state["optimizer"])
@@ -220,11 +227,6 @@ def restore(
     set_env_state(model.get_env(), state["env"])
     for name, part in parts.items():
         part.load_state_dict(state["parts"][name])
-    tools = getattr(model, "plasticity_tools", [])
-    if len(tools) != len(state["plasticity_tools"]):
-        raise CheckpointError(
-            f"checkpoint has {len(state['plasticity_tools'])} plasticity tools, this run has {len(tools)}"
-        )
     for tool, tool_state in zip(tools, state["plasticity_tools"], strict=True):
         tool.load_state_dict(tool_state)
     logger.name_to_value.update(state["logger"]["values"])

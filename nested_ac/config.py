@@ -229,6 +229,37 @@ class ReDoConfig:
 
 
 @dataclass
+class ResetConfig:
+    """Layer resets (``reset``; Nikishin et al., 2022; Juliani & Ash, 2024's reset-final and reset-all)."""
+
+    at: str = "off"
+    """``off``, ``switch`` (at every task switch) or ``every`` (every N updates, ``reset.every``)."""
+    layers: int | str = 1
+    """The last k layers of each network (1: its head alone, reset-final) or ``all`` (reset-all)."""
+    every: int = 100
+    """``every``: reset every N updates."""
+
+
+@dataclass
+class InjectConfig:
+    """Plasticity injection (``inject``; Nikishin et al., NeurIPS 2023)."""
+
+    at: str = "off"
+    """``off``, ``switch`` (at every task switch), ``every`` (every N updates, ``inject.every``) or
+    ``once`` (at the end of the first rollout at or after env step ``inject.step``)."""
+    layers: int = 1
+    """The head: the last k layers of the actor and of the critic (1: the output layer, whose repeated
+    injections fold into three linear heads)."""
+    every: int = 100
+    """``every``: inject every N updates."""
+    step: int = 0
+    """``once``: the env step at or after which it injects."""
+    limit: int | None = None
+    """The most injections (null: no limit; needed where a head deeper than one layer is injected more
+    than once: each injection adds two frozen heads)."""
+
+
+@dataclass
 class SPGConfig:
     """SPG soft masking (``spg``; Konishi et al., ICML 2023)."""
 
@@ -360,6 +391,8 @@ class RunConfig:
     shrink_perturb: ShrinkPerturbConfig = field(default_factory=ShrinkPerturbConfig)
     l2_init: L2InitConfig = field(default_factory=L2InitConfig)
     redo: ReDoConfig = field(default_factory=ReDoConfig)
+    reset: ResetConfig = field(default_factory=ResetConfig)
+    inject: InjectConfig = field(default_factory=InjectConfig)
     spg: SPGConfig = field(default_factory=SPGConfig)
     projection: ProjectionConfig = field(default_factory=ProjectionConfig)
     ncl: NCLConfig = field(default_factory=NCLConfig)

@@ -23,7 +23,9 @@ its ``plasticity_tools`` list:
   (continual backprop and ReDo replacing units): a tool that keeps state per entry (SPG's mask, NCL's
   precision and anchor, L2-Init's initial weights, continual backprop's unit ages) resets it for them;
 - ``log(logger)`` after each update, to record scalars on SB3's logger;
-- ``state_dict()`` / ``load_state_dict(state)`` to save and restore the tool's own state.
+- ``state_dict()`` / ``load_state_dict(state)`` to save and restore the tool's own state;
+- ``rebuild(model, state)`` when a run resumes, before the checkpoint's weights are loaded: a tool that
+  changes the networks' layers (plasticity injection) gives the fresh networks the checkpointed shape.
 
 A new method is one subclass of :class:`PlasticityTool` overriding what it needs, not a fork of PPO.
 """
@@ -86,3 +88,8 @@ class PlasticityTool:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
+
+    def rebuild(self, model: BaseAlgorithm, state: dict[str, Any]) -> None:
+        """Called on a resuming run, with what :meth:`state_dict` returned, before the checkpoint's weights
+        and optimizer state are loaded: a tool that changes the networks' layers or the optimizer's param
+        groups makes them as they were, so that the saved values fit."""

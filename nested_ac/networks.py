@@ -78,6 +78,9 @@ def probe(model: BaseAlgorithm, size: int) -> tuple[torch.Tensor, torch.Tensor]:
 def mlp_network(name: str, mlp: nn.Sequential, output: nn.Linear) -> Network:
     """A :class:`Network` from an ``nn.Sequential`` of alternating Linear and activation modules."""
     modules = list(mlp)
+    trainable = getattr(output, "trainable", None)  # an injected head (nested_ac.structural.InjectedHead):
+    if isinstance(trainable, nn.Sequential):  # the network is the encoder and the head's trainable copy
+        modules, output = [*modules, *list(trainable)[:-1]], trainable[-1]
     hidden = tuple(m for m in modules if isinstance(m, nn.Linear))
     activations = tuple(
         modules[i + 1] for i, m in enumerate(modules) if isinstance(m, nn.Linear) and i + 1 < len(modules)

@@ -513,8 +513,8 @@ class ShrinkPerturb(PlasticityTool):
         fresh = type(policy)(**policy._get_constructor_parameters()).to(policy.device)
         blended = {id(p) for p in _network_parameters(model)}
         current = dict(policy.named_parameters())
-        for name, value in fresh.named_parameters():
-            if id(current[name]) in blended:
+        for name, value in fresh.named_parameters():  # (an injected head's parameters have no fresh twin)
+            if name in current and id(current[name]) in blended:
                 current[name].lerp_(value, 1.0 - self.alpha)
 
     def state_dict(self) -> dict[str, Any]:
@@ -559,7 +559,11 @@ class L2Init(PlasticityTool):
             return
         name_of = {id(p): name for name, p in model.policy.named_parameters()}
         for parameter, index in entries:
-            self.initial[name_of[id(parameter)]][index] = parameter[index]
+            name = name_of[id(parameter)]
+            if name in self.initial:
+                self.initial[name][index] = parameter[index]
+            else:  # a parameter added since θ_0 was taken (plasticity injection's fresh head)
+                self.initial[name] = parameter.detach().clone()
 
     def state_dict(self) -> dict[str, Any]:
         return {"initial": {name: value.clone() for name, value in self.initial.items()}}
