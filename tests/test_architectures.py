@@ -4,6 +4,7 @@ engine's gradient through them, the unit tools on them, and short runs of them w
 from __future__ import annotations
 
 import math
+import signal
 
 import numpy as np
 import pytest
@@ -27,7 +28,7 @@ from nested_ac.train import train
 from tests.conftest import read_scalars
 from tests.test_plasticity import observations, training_step
 from tests.test_ppo import assert_gradient_by_hand_equals_autograd
-from tests.test_reliability import small_config
+from tests.test_reliability import assert_same_final_run, cli_args, interrupt_at, small_config
 
 
 def make_model(activation=torch.nn.ReLU, layer_norm=True, tools=(), cls=ContinualPPO, **kwargs):
@@ -265,3 +266,33 @@ def test_combinations_train_through_the_config_on_the_hand_written_gradient(tmp_
     if name == "layer-norm+soft-shrink-perturb":  # the gains shrink and are perturbed with the weights
         assert not torch.all(networks[0].norms[0].weight == 1)
     assert np.isfinite([value for _, value in scalars["train/loss"]]).all()
+
+
+def test_nested_critics_gradient_by_hand_equals_autograd_through_layer_norm_and_crelu():
+    model = make_model(CReLU, cls=NestedPPO, levels=3, kappa=0.5, n_epochs=2)
+    model.learn(3 * 64)  # 3 updates: gains and biases moved, the critics apart
+    model.set_logger(Logger(None, []))
+    assert by_hand.refusal(model) is None
+    assert_gradient_by_hand_equals_autograd(model)
+
+
+def test_an_interrupted_run_with_layer_norm_crelu_nap_and_cbp_resumes_exactly(cli, tmp_path, monkeypatch):
+    extra = {
+        "network.layer_norm": True,
+        "network.activation": "crelu",
+        "nap.enabled": True,
+        "cbp.enabled": True,
+        "cbp.maturity": 20,
+        "cbp.replacement_rate": 0.02,
+    }
+    reference = train(small_config(tmp_path, "reference", **extra)).run_dir
+    config = small_config(tmp_path, "run", **extra)
+    interrupt_at(monkeypatch, 3000, signal.SIGTERM)
+    settings = [arg for key, value in extra.items() for arg in ("--set", f"{key}={str(value).lower()}")]
+    code, _, err = cli("train", "--no-progress", *settings, *cli_args(config))
+    assert code == 143, err
+    monkeypatch.undo()
+    code, _, err = cli("train", "--resume", str(tmp_path / "run"))
+    assert code == 0, err
+    assert_same_final_run(tmp_path / "run", reference)
+    assert "nap/actor/growth" in read_scalars(tmp_path / "run")
