@@ -133,10 +133,6 @@ def _network_refusal(policy: ContinualActorCriticPolicy) -> str | None:
                 return f"layer {name_of[id(layer)]} is a {kind}, not exactly torch.nn.Linear"
             if layer.bias is None:
                 return f"layer {name_of[id(layer)]} has no bias"
-            for parameter in (layer.weight, layer.bias):
-                if id(parameter) in owner:
-                    return f"a parameter of the {network.name} is also in the {owner[id(parameter)]}"
-                owner[id(parameter)] = network.name
         for layer, norm in zip(network.hidden, network.norms, strict=True):
             if norm is None:
                 continue
@@ -144,10 +140,10 @@ def _network_refusal(policy: ContinualActorCriticPolicy) -> str | None:
                 return f"module {name_of[id(norm)]} is not exactly torch.nn.LayerNorm with a gain and a bias"
             if tuple(norm.normalized_shape) != (layer.out_features,):
                 return f"module {name_of[id(norm)]} does not normalise over its layer's units"
-            for parameter in (norm.weight, norm.bias):
-                if id(parameter) in owner:
-                    return f"a parameter of the {network.name} is also in the {owner[id(parameter)]}"
-                owner[id(parameter)] = network.name
+        for parameter in network.parameters():  # every Linear's weight and bias, every LayerNorm's γ and β
+            if id(parameter) in owner:
+                return f"a parameter of the {network.name} is also in the {owner[id(parameter)]}"
+            owner[id(parameter)] = network.name
         for activation in network.activations:
             if type(activation) not in ACTIVATION_BACKWARD:
                 known = ", ".join(cls.__name__ for cls in ACTIVATION_BACKWARD)

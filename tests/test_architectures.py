@@ -15,6 +15,7 @@ from stable_baselines3.common.logger import Logger
 from nested_ac.agents import ContinualPPO, NestedPPO, by_hand
 from nested_ac.agents.by_hand import _mlp_backward, _mlp_forward
 from nested_ac.agents.by_hand import refusal as by_hand_refusal
+from nested_ac.build import sb3_ppo_kwargs
 from nested_ac.config import resolve_config
 from nested_ac.errors import ConfigError
 from nested_ac.hooks import PlasticityTool
@@ -296,3 +297,9 @@ def test_an_interrupted_run_with_layer_norm_crelu_nap_and_cbp_resumes_exactly(cl
     assert code == 0, err
     assert_same_final_run(tmp_path / "run", reference)
     assert "nap/actor/growth" in read_scalars(tmp_path / "run")
+
+
+@pytest.mark.parametrize("overrides", [{"network.layer_norm": True}, {"network.activation": "crelu"}])
+def test_plain_sb3_ppo_refuses_what_it_cannot_build(overrides):
+    with pytest.raises(ConfigError, match="no LayerNorm, one output per unit"):
+        sb3_ppo_kwargs(resolve_config(overrides=overrides))
