@@ -260,6 +260,9 @@ class ContinualBackprop(PlasticityTool):
         U_i = η·U_i + (1 − η)·c_i;  Û_i = U_i / (1 − η^{a_i})
         n = ρ · |{i : a_i > m}|;  replace the ``round(n)`` mature units with the lowest Û_i
 
+    A unit with several outputs (CReLU, Fourier features: outputs i and n + i) has f and c traced per
+    output and U_i the sum over its outputs (:meth:`unit_utility`); its age is shared.
+
     ``rounding``: ``carry`` rounds as round(n) = ⌊n + c⌋ with the fraction c carried to the next step;
     ``stochastic`` as ⌊n⌋ + 1 with probability n − ⌊n⌋ (numpy's global generator, saved in checkpoints),
     ⌊n⌋ otherwise — Dohare et al.'s RL code, which replaces one unit with probability n while n < 1 (its
@@ -597,8 +600,9 @@ class ReDo(PlasticityTool):
     """ReDo (Sokar et al., ICML 2023): every ``every`` updates, reset the τ-dormant hidden units.
 
     On the observations of the last rollout, unit i of a layer is τ-dormant when
-    s_i = E|h_i| / mean_j E|h_j| ≤ τ; each is reset as continual backprop replaces a unit (fresh incoming
-    weights, zero outgoing weights, zeroed optimizer state: :func:`reset_units`).
+    s_i = E|h_i| / mean_j E|h_j| ≤ τ (E|h_i| summed over a CReLU or Fourier unit's two outputs:
+    :func:`~nested_ac.metrics.dormant_mask`); each is reset as continual backprop replaces a unit (fresh
+    incoming weights, zero outgoing weights, zeroed optimizer state: :func:`reset_units`).
     """
 
     resets_units = True
