@@ -368,7 +368,7 @@ class ContinualBackprop(PlasticityTool):
 
     def _outputs_per_unit(self, key: LayerKey) -> int:
         """How many outputs (traced utilities and means) each unit of layer ``key`` has: 2 for CReLU."""
-        return len(self.mean[key]) // len(self.ages[key])
+        return len(self.utility[key]) // len(self.ages[key])
 
     def _restart(self, key: LayerKey, units: torch.Tensor) -> None:
         """Fresh units of layer ``key``: age 0, utility 0, running mean 0 (of every output of theirs)."""
