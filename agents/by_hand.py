@@ -15,9 +15,10 @@ place that decides — names the first rule a model breaks, and every update tha
   no gradient hook (``Tensor.register_hook``, ``register_post_accumulate_grad_hook``) and shares one dtype
   and device with the others;
 - the actor and every critic plain MLPs (:func:`~nested_ac.networks.policy_networks`): every layer exactly
-  ``torch.nn.Linear`` with a bias (not a subclass, not parametrized), every activation one of
-  :data:`ACTIVATION_BACKWARD`, inside SB3's ``MlpExtractor`` and plain ``nn.Sequential`` containers; no
-  parametrization anywhere in the policy;
+  ``torch.nn.Linear`` with a bias (not a subclass, not parametrized), every LayerNorm between a Linear and
+  its activation exactly ``torch.nn.LayerNorm`` over that layer's units with a gain and a bias, every
+  activation one of :data:`ACTIVATION_BACKWARD`, inside SB3's ``MlpExtractor`` and plain ``nn.Sequential``
+  containers; no parametrization anywhere in the policy;
 - no module hook anywhere in the policy (nor a global one, nor tracing) but observers on the activations
   (forward hooks marked ``observes_only``, which read the output and never replace it);
 - no parameter outside the actor and the critics but a Gaussian's ``log_std``, and none in two networks.
@@ -37,6 +38,7 @@ from stable_baselines3.common.torch_layers import MlpExtractor
 from torch import nn
 
 from nested_ac.agents.policy import HALF_LOG_2PI, ContinualActorCriticPolicy, call, hooked, observers_only
+from nested_ac.layers import CReLU, Fourier
 from nested_ac.networks import Network, policy_networks
 from nested_ac.optim import shaped_views
 from nested_ac.structural import InjectedHead
@@ -44,11 +46,27 @@ from nested_ac.structural import InjectedHead
 if TYPE_CHECKING:
     from nested_ac.agents.ppo import ContinualPPO
 
+
+def _crelu_backward(grad: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+    """h = relu([z, −z]): ∂loss/∂z = g_1 − g_2, (g_1, g_2) = relu'·∂loss/∂h split in halves."""
+    first, second = torch.ops.aten.threshold_backward(grad, output, 0).chunk(2, -1)
+    return first - second
+
+
+def _fourier_backward(grad: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+    """h = [sin z, cos z]: ∂loss/∂z = ∂loss/∂sin · cos z − ∂loss/∂cos · sin z."""
+    grad_sin, grad_cos = grad.chunk(2, -1)
+    sin, cos = output.chunk(2, -1)
+    return grad_sin * cos - grad_cos * sin
+
+
 # ∂loss/∂z of an activation h = f(z), from ∂loss/∂h and h, for the activations the hand-written backward knows
 # (the kernels autograd itself runs for them).
 ACTIVATION_BACKWARD: dict[type[nn.Module], Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     nn.ReLU: lambda grad, output: torch.ops.aten.threshold_backward(grad, output, 0),
     nn.Tanh: torch.ops.aten.tanh_backward,
+    CReLU: _crelu_backward,
+    Fourier: _fourier_backward,
 }
 
 
@@ -120,10 +138,17 @@ def _network_refusal(policy: ContinualActorCriticPolicy) -> str | None:
                 return f"layer {name_of[id(layer)]} is a {kind}, not exactly torch.nn.Linear"
             if layer.bias is None:
                 return f"layer {name_of[id(layer)]} has no bias"
-            for parameter in (layer.weight, layer.bias):
-                if id(parameter) in owner:
-                    return f"a parameter of the {network.name} is also in the {owner[id(parameter)]}"
-                owner[id(parameter)] = network.name
+        for layer, norm in zip(network.hidden, network.norms, strict=True):
+            if norm is None:
+                continue
+            if type(norm) is not nn.LayerNorm or norm.weight is None or norm.bias is None:
+                return f"module {name_of[id(norm)]} is not exactly torch.nn.LayerNorm with a gain and a bias"
+            if tuple(norm.normalized_shape) != (layer.out_features,):
+                return f"module {name_of[id(norm)]} does not normalise over its layer's units"
+        for parameter in network.parameters():  # every Linear's weight and bias, every LayerNorm's γ and β
+            if id(parameter) in owner:
+                return f"a parameter of the {network.name} is also in the {owner[id(parameter)]}"
+            owner[id(parameter)] = network.name
         for activation in network.activations:
             if type(activation) not in ACTIVATION_BACKWARD:
                 known = ", ".join(cls.__name__ for cls in ACTIVATION_BACKWARD)
@@ -139,6 +164,12 @@ def _network_refusal(policy: ContinualActorCriticPolicy) -> str | None:
         if id(parameter) not in owner:
             return f"parameter {name} is outside the actor and the critics"
     return None
+
+
+# What a hidden layer's LayerNorm keeps for its backward: its input z, and the mean and 1/σ per sample.
+Normalised = tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None
+# Each layer's input, and each hidden layer's LayerNorm trace (None where it has none).
+Trace = tuple[list[torch.Tensor], list[Normalised]]
 
 
 class HandGradient:
@@ -160,7 +191,7 @@ class HandGradient:
         )
         self.views = shaped_views(self.flat_grad, self.parameters)
         self._saved: tuple[object, ...] = ()  # what the last evaluate_actions keeps for the backward
-        self._saved_outer: dict[str, list[torch.Tensor]] = {}  # and values, by critic
+        self._saved_outer: dict[str, Trace] = {}  # and values, by critic
 
     def holds(self, policy: ContinualActorCriticPolicy) -> bool:
         """True while ``policy`` is the one laid out here, with the same networks and parameters."""
@@ -182,8 +213,8 @@ class HandGradient:
         else:
             pi_features = call(policy.pi_features_extractor, observations)
             vf_features = call(policy.vf_features_extractor, observations)
-        out, actor_inputs = _mlp_forward(actor, pi_features)
-        values, critic_inputs = _mlp_forward(critic, vf_features)
+        out, actor_trace = _mlp_forward(actor, pi_features)
+        values, critic_trace = _mlp_forward(critic, vf_features)
         if policy.direct_kind() == "categorical":
             log_probs = torch.log_softmax(out, dim=-1)
             log_prob = log_probs.gather(-1, actions.long().view(-1, 1)).squeeze(-1)
@@ -198,7 +229,7 @@ class HandGradient:
             log_prob = (-0.5 * z.square() - log_std - HALF_LOG_2PI).sum(-1)
             entropy = (0.5 + HALF_LOG_2PI + log_std).sum().expand(len(out))
             head = (z, inverse_std)
-        self._saved = (actor_inputs, critic_inputs, head)
+        self._saved = (actor_trace, critic_trace, head)
         return values, log_prob, entropy
 
     def values(self, network: Network, obs: torch.Tensor) -> torch.Tensor:
@@ -209,8 +240,8 @@ class HandGradient:
             policy.vf_features_extractor,
             preprocess_obs(obs, policy.observation_space, normalize_images=policy.normalize_images),
         )
-        values, inputs = _mlp_forward(network, features)
-        self._saved_outer[network.name] = inputs
+        values, trace = _mlp_forward(network, features)
+        self._saved_outer[network.name] = trace
         return values.flatten()
 
     def flat_grad_of(self, parameters: Sequence[nn.Parameter]) -> torch.Tensor | None:
@@ -252,7 +283,7 @@ class HandGradient:
                     parameter.grad = None
             else:
                 _mlp_backward(network, self._saved_outer[network.name], derivative.unsqueeze(-1))
-        actor_inputs, critic_inputs, head = self._saved
+        actor_trace, critic_trace, head = self._saved
         d_log_prob = d_log_prob.unsqueeze(-1)
         if self.policy.direct_kind() == "categorical":
             actions, probs, finite, entropy = head
@@ -263,30 +294,43 @@ class HandGradient:
             d_out = z * inverse_std * d_log_prob
             log_std_grad = self.policy.log_std.grad
             torch.sum((z.square() - 1).mul_(d_log_prob), 0, out=log_std_grad).add_(d_entropy.sum())
-        _mlp_backward(actor, actor_inputs, d_out)
-        _mlp_backward(critic, critic_inputs, d_values.unsqueeze(-1))
+        _mlp_backward(actor, actor_trace, d_out)
+        _mlp_backward(critic, critic_trace, d_values.unsqueeze(-1))
 
 
 def _same_objects(these: Sequence[object], those: Sequence[object]) -> bool:
     return len(these) == len(those) and all(map(operator.is_, these, those))
 
 
-def _mlp_forward(network: Network, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """The network's output on ``x`` computed from detached parameters (no graph), and each layer's input.
-    Activations run through :func:`~nested_ac.agents.policy.call`, so their observers see the outputs as on
-    the autograd path."""
-    inputs = []
-    for linear, activation in zip(network.hidden, network.activations, strict=True):
+def _mlp_forward(network: Network, x: torch.Tensor) -> tuple[torch.Tensor, Trace]:
+    """The network's output on ``x`` computed from detached parameters (no graph), and what its backward
+    needs: each layer's input and each LayerNorm's input, mean and 1/σ (autograd's own kernel,
+    ``native_layer_norm``). Activations run through :func:`~nested_ac.agents.policy.call`, so their
+    observers see the outputs as on the autograd path."""
+    inputs: list[torch.Tensor] = []
+    normalised: list[Normalised] = []
+    for linear, norm, activation in zip(network.hidden, network.norms, network.activations, strict=True):
         inputs.append(x)
-        x = call(activation, nn.functional.linear(x, linear.weight.detach(), linear.bias.detach()))
+        x = nn.functional.linear(x, linear.weight.detach(), linear.bias.detach())
+        if norm is None:
+            normalised.append(None)
+        else:
+            z = x
+            weight, bias = norm.weight.detach(), norm.bias.detach()
+            x, mean, rstd = torch.native_layer_norm(z, norm.normalized_shape, weight, bias, norm.eps)
+            normalised.append((z, mean, rstd))
+        x = call(activation, x)
     inputs.append(x)
     output = network.output
-    return nn.functional.linear(x, output.weight.detach(), output.bias.detach()), inputs
+    return nn.functional.linear(x, output.weight.detach(), output.bias.detach()), (inputs, normalised)
 
 
-def _mlp_backward(network: Network, inputs: list[torch.Tensor], d_out: torch.Tensor) -> None:
-    """Write ∂loss/∂θ into the ``.grad`` of every layer of ``network`` from ∂loss/∂output and the inputs
-    of its layers (see :func:`_mlp_forward`)."""
+def _mlp_backward(network: Network, trace: Trace, d_out: torch.Tensor) -> None:
+    """Write ∂loss/∂θ into the ``.grad`` of every layer of ``network`` from ∂loss/∂output and the ``trace``
+    of :func:`_mlp_forward`. Through a LayerNorm y = γ ⊙ ẑ + β, ẑ = (z − μ)/σ (autograd's own kernel,
+    ``native_layer_norm_backward``): ∂γ = Σ_n g ⊙ ẑ, ∂β = Σ_n g, ∂z = (1/σ)(g' − mean(g') − ẑ mean(g' ⊙ ẑ)),
+    g' = γ ⊙ g, the means over the layer's units."""
+    inputs, normalised = trace
     layers = (*network.hidden, network.output)
     for index in range(len(layers) - 1, -1, -1):
         layer, x = layers[index], inputs[index]
@@ -295,3 +339,18 @@ def _mlp_backward(network: Network, inputs: list[torch.Tensor], d_out: torch.Ten
         if index:
             backward = ACTIVATION_BACKWARD[type(network.activations[index - 1])]
             d_out = backward(d_out.mm(layer.weight.detach()), x)
+            saved = normalised[index - 1]
+            if saved is not None:
+                norm, (z, mean, rstd) = network.norms[index - 1], saved
+                d_out, d_weight, d_bias = torch.ops.aten.native_layer_norm_backward(
+                    d_out,
+                    z,
+                    norm.normalized_shape,
+                    mean,
+                    rstd,
+                    norm.weight.detach(),
+                    norm.bias.detach(),
+                    [True, True, True],
+                )
+                norm.weight.grad.copy_(d_weight)
+                norm.bias.grad.copy_(d_bias)

@@ -17,6 +17,7 @@ from torch import nn
 from nested_ac.agents.policy import ContinualActorCriticPolicy
 from nested_ac.agents.ppo import ContinualPPO, LossStats, clip_flat_grad_norm, clip_grad_norm
 from nested_ac.errors import ConfigError, unknown_choice
+from nested_ac.layers import output_features
 from nested_ac.networks import Network
 
 MODES = ("distill", "polyak")
@@ -71,8 +72,9 @@ class NestedActorCriticPolicy(ContinualActorCriticPolicy):
     param group for each (not rebuilt: UPGD's noise keeps PPO's seed). The optimizer holds one
     param group per level: group 0 is every base parameter in PPO's order, group k-1 is V_k's with
     ``lr_scale`` = ρ_lr^(k-1), the factor :meth:`NestedPPO._update_learning_rate` applies to the schedule.
-    :meth:`critics` lists V_1 … V_K as (MLP, head) pairs of ``nn.Sequential`` Linear→activation layers and a
-    ``nn.Linear`` head: that is where plasticity tools find every critic.
+    :meth:`critics` lists V_1 … V_K as (MLP, head) pairs of ``nn.Sequential`` Linear→[LayerNorm]→activation
+    layers (built as PPO's, ``build_hidden``) and a ``nn.Linear`` head: that is where plasticity tools find
+    every critic.
     """
 
     def __init__(
@@ -97,12 +99,8 @@ class NestedActorCriticPolicy(ContinualActorCriticPolicy):
         self.outer_mlps, self.outer_heads = nn.ModuleList(), nn.ModuleList()
         with torch.random.fork_rng(devices=[]):
             for _ in range(self.levels - 1):
-                layers: list[nn.Module] = []
-                last = self.vf_features_extractor.features_dim
-                for width in widths:
-                    layers += [nn.Linear(last, width), self.activation_fn()]
-                    last = width
-                mlp, head = nn.Sequential(*layers), nn.Linear(last, 1)
+                mlp = self.build_hidden(widths)
+                head = nn.Linear(output_features(self.features_dim, widths, self.activation_fn), 1)
                 self.initialise(mlp, gain=np.sqrt(2))
                 self.initialise(head, gain=1)
                 self.outer_mlps.append(mlp)

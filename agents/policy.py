@@ -15,10 +15,11 @@ import torch
 from stable_baselines3.common.distributions import CategoricalDistribution, DiagGaussianDistribution
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.preprocessing import preprocess_obs
-from stable_baselines3.common.torch_layers import FlattenExtractor
+from stable_baselines3.common.torch_layers import FlattenExtractor, MlpExtractor
 from stable_baselines3.common.type_aliases import Schedule as LearningRateSchedule
 
 from nested_ac.errors import unknown_choice
+from nested_ac.layers import hidden_layers, output_features, width_multiplier
 from nested_ac.networks import INITIALISATIONS, lecun_uniform_
 
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
@@ -92,16 +93,48 @@ class ContinualActorCriticPolicy(ActorCriticPolicy):
     ``init``: ``orthogonal`` (SB3's initialisation, with ``ortho_init``) or ``lecun_uniform`` (every Linear
     layer, heads included, W ~ U(±√(3/fan_in)) and b = 0, after SB3 has built the networks:
     :func:`~nested_ac.networks.lecun_uniform_`); the log-std starts at SB3's ``log_std_init`` (0) either way.
+
+    ``layer_norm`` (a LayerNorm between each hidden Linear and its activation) or an activation with several
+    outputs per unit (CReLU, Fourier features): the actor's and the critic's MLPs are built by
+    :func:`~nested_ac.layers.hidden_layers` inside SB3's ``MlpExtractor`` (its ``policy_net`` and
+    ``value_net`` replaced, its latent sizes those of the new MLPs), so the heads read m·n features;
+    LayerNorm starts at γ = 1, β = 0 under either initialisation. Otherwise SB3 builds them, as before.
     """
 
-    def __init__(self, *args: Any, direct: bool = False, init: str = "orthogonal", **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        direct: bool = False,
+        init: str = "orthogonal",
+        layer_norm: bool = False,
+        **kwargs: Any,
+    ) -> None:
         if init not in INITIALISATIONS:
             raise unknown_choice("network.init", init, INITIALISATIONS)
         self.direct = direct
         self.init = init
+        self.layer_norm = layer_norm
         if init == "lecun_uniform":
             kwargs["ortho_init"] = False
         super().__init__(*args, **kwargs)
+
+    def _build_mlp_extractor(self) -> None:
+        if not self.layer_norm and width_multiplier(self.activation_fn) == 1:
+            super()._build_mlp_extractor()
+            return
+        arch = self.net_arch
+        pi, vf = (arch.get("pi", []), arch.get("vf", [])) if isinstance(arch, dict) else (arch, arch)
+        extractor = MlpExtractor(self.features_dim, [], self.activation_fn, self.device)
+        extractor.policy_net = self.build_hidden(pi).to(self.device)
+        extractor.value_net = self.build_hidden(vf).to(self.device)
+        extractor.latent_dim_pi = output_features(self.features_dim, pi, self.activation_fn)
+        extractor.latent_dim_vf = output_features(self.features_dim, vf, self.activation_fn)
+        self.mlp_extractor = extractor
+
+    def build_hidden(self, widths: list[int]) -> torch.nn.Sequential:
+        """Hidden layers of ``widths`` on this policy's features, with its activation and LayerNorm setting
+        (:func:`~nested_ac.layers.hidden_layers`)."""
+        return hidden_layers(self.features_dim, widths, self.activation_fn, self.layer_norm)
 
     def _build(self, lr_schedule: LearningRateSchedule) -> None:
         super()._build(lr_schedule)
@@ -118,7 +151,12 @@ class ContinualActorCriticPolicy(ActorCriticPolicy):
             module.apply(partial(self.init_weights, gain=gain))
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
-        return {**super()._get_constructor_parameters(), "direct": self.direct, "init": self.init}
+        return {
+            **super()._get_constructor_parameters(),
+            "direct": self.direct,
+            "init": self.init,
+            "layer_norm": self.layer_norm,
+        }
 
     def direct_kind(self) -> str | None:
         """Which direct formula applies ("categorical" or "gaussian"); None: SB3's path."""

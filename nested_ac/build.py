@@ -26,6 +26,7 @@ from nested_ac.config import (
     DiagnosticsConfig,
     InjectConfig,
     L2InitConfig,
+    NaPConfig,
     NCLConfig,
     OptimizerConfig,
     ParsevalConfig,
@@ -42,6 +43,8 @@ from nested_ac.diagnostics import Diagnostics, UtilityLogger
 from nested_ac.errors import ConfigError, unknown_choice
 from nested_ac.forgetting import GradientProjection, NaturalContinualLearning, SoftMasking
 from nested_ac.hooks import PlasticityTool
+from nested_ac.layers import CReLU, Fourier, width_multiplier
+from nested_ac.nap import NormalizeAndProject
 from nested_ac.optimizers import OptimizerSpec
 from nested_ac.plasticity import ContinualBackprop, L2Init, ReDo, ShrinkPerturb
 from nested_ac.registry import AGENTS, OPTIMIZERS, TOOLS, AgentSpec, ToolSpec
@@ -54,6 +57,8 @@ ACTIVATIONS: dict[str, type[torch.nn.Module]] = {
     "leaky_relu": torch.nn.LeakyReLU,
     "elu": torch.nn.ELU,
     "gelu": torch.nn.GELU,
+    "crelu": CReLU,
+    "fourier": Fourier,
 }
 
 
@@ -87,13 +92,16 @@ def policy_kwargs(config: RunConfig) -> dict[str, Any]:
         optimizer_class([torch.zeros(1, requires_grad=True)], lr=config.ppo.learning_rate, **optimizer_kwargs)
     except ValueError as error:
         raise ConfigError(f"optimizer {config.optimizer.name!r}: {error}") from None
-    return {
+    kwargs = {
         "net_arch": {"pi": list(network.actor), "vf": list(network.critic)},
         "activation_fn": ACTIVATIONS[network.activation],
         "init": network.init,
         "optimizer_class": optimizer_class,
         "optimizer_kwargs": optimizer_kwargs,
     }
+    if network.layer_norm:
+        kwargs["layer_norm"] = True
+    return kwargs
 
 
 def ppo_kwargs(config: RunConfig) -> dict[str, Any]:
@@ -116,10 +124,13 @@ def sb3_ppo_kwargs(config: RunConfig) -> dict[str, Any]:
         ppo.normalize_advantage_over != "minibatch"
         or ppo.max_grad_norm is None
         or config.network.init != "orthogonal"
+        or config.network.layer_norm
+        or width_multiplier(ACTIVATIONS.get(config.network.activation, torch.nn.ReLU)) != 1
     ):
         raise ConfigError(
-            "Stable-Baselines3's PPO normalises advantages per minibatch, clips the gradient norm and "
-            "initialises orthogonally; this configuration asks otherwise"
+            "Stable-Baselines3's PPO normalises advantages per minibatch, clips the gradient norm, "
+            "initialises orthogonally and builds Linear → activation MLPs (no LayerNorm, one output per "
+            "unit); this configuration asks otherwise"
         )
     kwargs = {
         key: value
@@ -251,6 +262,18 @@ TOOLS.register(
         enabled=lambda r: r.enabled,
         build=lambda r: ReDo(r.tau, r.every),
         charts={"ReDo: units reset per network": "redo/.*/reset"},
+    ),
+)
+TOOLS.register(
+    "nap",
+    "Normalize-and-Project (Lyle et al., 2024): weights projected to their initial norm (nap.*, LayerNorm)",
+    ToolSpec(
+        "nap",
+        NaPConfig,
+        NormalizeAndProject,
+        enabled=lambda n: n.enabled,
+        build=lambda n: NormalizeAndProject(n.affine, n.project_output),
+        charts={"NaP: weight norm / initial norm before projection": "nap/.*/growth"},
     ),
 )
 TOOLS.register(

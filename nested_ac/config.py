@@ -110,7 +110,12 @@ class NetworkConfig:
     critic: list[int] = field(default_factory=lambda: [64, 64])
     """Hidden widths of the critic (the value network), one per layer."""
     activation: str = "relu"
-    """``relu``, ``tanh``, ``leaky_relu``, ``elu`` or ``gelu``."""
+    """``relu``, ``tanh``, ``leaky_relu``, ``elu``, ``gelu``, ``crelu`` ([relu(z), relu(−z)]: a layer of n
+    units feeds 2n features to the next) or ``fourier`` (deep Fourier features [sin(z), cos(z)], also 2n);
+    docs/architectures.md."""
+    layer_norm: bool = False
+    """A LayerNorm (learnable gain γ = 1 and bias β = 0 at the start) between every hidden Linear and its
+    activation, in the actor and every critic: h = φ(LN(Wx + b))."""
     init: str = "orthogonal"
     """The initial weights: ``orthogonal`` (SB3's: gain √2 for hidden layers, 0.01 for the action head, 1 for
     the value head, biases 0) or ``lecun_uniform`` (every layer, heads included, W ~ U(±√(3/fan_in)),
@@ -226,6 +231,21 @@ class ReDoConfig:
     """τ: a unit is dormant when its mean |activation| over the layer's mean is at most τ."""
     every: int = 10
     """Reset every N updates."""
+
+
+@dataclass
+class NaPConfig:
+    """Normalize-and-Project (``nap``; Lyle et al., NeurIPS 2024): LayerNorm plus, after every optimizer
+    step, each hidden layer's weights projected back to their initial norm. Needs ``network.layer_norm``."""
+
+    enabled: bool = False
+    """Project after every step; a ConfigError unless ``network.layer_norm`` is true."""
+    affine: str = "joint"
+    """The LayerNorms' gain and bias: ``joint`` ((γ_l, β_l) projected together to their initial norm) or
+    ``none`` (left free)."""
+    project_output: bool = False
+    """Project the output heads' weights too (not followed by a normalisation: this fixes the scale of the
+    logits and values)."""
 
 
 @dataclass
@@ -391,6 +411,7 @@ class RunConfig:
     shrink_perturb: ShrinkPerturbConfig = field(default_factory=ShrinkPerturbConfig)
     l2_init: L2InitConfig = field(default_factory=L2InitConfig)
     redo: ReDoConfig = field(default_factory=ReDoConfig)
+    nap: NaPConfig = field(default_factory=NaPConfig)
     reset: ResetConfig = field(default_factory=ResetConfig)
     inject: InjectConfig = field(default_factory=InjectConfig)
     spg: SPGConfig = field(default_factory=SPGConfig)
@@ -492,6 +513,11 @@ class RunConfig:
             raise ConfigError(f"optimizer.log_every must be >= 0 (0 = never), got {self.optimizer.log_every}")
         if any(width <= 0 for width in self.network.actor + self.network.critic):
             raise ConfigError("network.actor and network.critic widths must be positive integers")
+        if self.nap.enabled and not self.network.layer_norm:
+            raise ConfigError(
+                "nap.enabled needs network.layer_norm: true (Normalize-and-Project is LayerNorm plus the "
+                "projection; it does not switch LayerNorm on by itself)"
+            )
 
 
 def plugin_sections() -> dict[str, type]:

@@ -54,7 +54,8 @@ class Diagnostics(PlasticityTool):
             tag = f"plasticity/{network.name}"
             if activations:
                 sigma = singular_values(activations[-1])
-                self.pending[f"{tag}/dormant"] = dormant_ratio(activations, self.tau)
+                widths = [network.width(layer) for layer in range(len(activations))]
+                self.pending[f"{tag}/dormant"] = dormant_ratio(activations, self.tau, widths)
                 self.pending[f"{tag}/srank"] = srank(activations[-1], self.delta, sigma)
                 self.pending[f"{tag}/erank"] = effective_rank(activations[-1], sigma)
             self.pending[f"{tag}/weight_mean_abs"] = mean_abs_weight(network.parameters())

@@ -8,13 +8,17 @@ import torch
 
 
 @torch.no_grad()
-def dormant_mask(activation: torch.Tensor, tau: float = 0.025) -> torch.Tensor:
+def dormant_mask(activation: torch.Tensor, tau: float = 0.025, outputs_per_unit: int = 1) -> torch.Tensor:
     """Which units of one layer are τ-dormant (ReDo: Sokar et al., ICML 2023).
 
     ``activation`` is (batch × units); unit i's score is s_i = E|h_i| / mean_j E|h_j| and it is dormant if
-    s_i ≤ τ. A layer whose units are all zero is all dormant.
+    s_i ≤ τ. A layer whose units are all zero is all dormant. With ``outputs_per_unit`` m > 1 (CReLU,
+    Fourier features: ``activation`` is batch × m·n, unit i's outputs i, n + i, …) a unit's activity is the
+    sum over its outputs, E|h_i| + E|h_{n+i}| + …: it is dormant only when all of them are.
     """
     mean_abs = activation.reshape(-1, activation.shape[-1]).abs().mean(0)
+    if outputs_per_unit > 1:
+        mean_abs = mean_abs.view(outputs_per_unit, -1).sum(0)
     layer_mean = mean_abs.mean()
     if layer_mean <= 0:
         return torch.ones_like(mean_abs, dtype=torch.bool)
@@ -22,9 +26,13 @@ def dormant_mask(activation: torch.Tensor, tau: float = 0.025) -> torch.Tensor:
 
 
 @torch.no_grad()
-def dormant_ratio(activations: Sequence[torch.Tensor], tau: float = 0.025) -> float:
-    """The fraction of τ-dormant units over all hidden layers of one network (see :func:`dormant_mask`)."""
-    masks = [dormant_mask(activation, tau) for activation in activations]
+def dormant_ratio(
+    activations: Sequence[torch.Tensor], tau: float = 0.025, outputs_per_unit: Sequence[int] | None = None
+) -> float:
+    """The fraction of τ-dormant units over all hidden layers of one network (see :func:`dormant_mask`;
+    ``outputs_per_unit``: each layer's, default 1)."""
+    widths = outputs_per_unit or [1] * len(activations)
+    masks = [dormant_mask(activation, tau, m) for activation, m in zip(activations, widths, strict=True)]
     return float(torch.cat(masks).float().mean())
 
 

@@ -1,6 +1,7 @@
 """The networks of an actor-critic policy, as plasticity tools and diagnostics see them.
 
-A network is an MLP of ``Linear → activation`` hidden layers followed by a ``Linear`` output head. For
+A network is an MLP of ``Linear → [LayerNorm] → activation`` hidden layers (:mod:`nested_ac.layers`)
+followed by a ``Linear`` output head. For
 SB3's ``ActorCriticPolicy`` with separate actor and critic MLPs that is the actor
 (``mlp_extractor.policy_net`` + ``action_net``) and the critic (``mlp_extractor.value_net`` +
 ``value_net``); a policy with a ``critics()`` method (the nested-critic agent) contributes every critic it
@@ -16,6 +17,8 @@ import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.policies import ActorCriticPolicy
 from torch import nn
+
+from nested_ac.layers import width_multiplier
 
 # ``network.init``: SB3's orthogonal initialisation, or LeCun-uniform (Dohare et al.'s PPO).
 INITIALISATIONS = ("orthogonal", "lecun_uniform")
@@ -36,31 +39,57 @@ def lecun_uniform_(module: nn.Module) -> None:
 
 @dataclass(frozen=True)
 class Network:
-    """One MLP: its hidden ``Linear`` layers, the activation module after each, and its output head.
+    """One MLP: its hidden ``Linear`` layers, the LayerNorm (or None) and activation module after each, and
+    its output head.
 
-    ``hidden[i]`` produces unit pre-activations of layer i, ``activations[i]`` their activations, and the
-    outgoing weights of layer i are ``hidden[i + 1].weight`` (or ``output.weight`` for the last layer).
+    ``hidden[i]`` produces the pre-activations z of layer i's n units, ``norms[i]`` (if not None) normalises
+    them, ``activations[i]`` gives their m·n outputs (m = :meth:`width`: unit j's outputs are j, n + j, …,
+    :func:`unit_outputs`), and the outgoing weights of layer i are ``outgoing(i).weight``, whose columns
+    :meth:`outgoing_columns` lists for given units. ``norms`` defaults to no LayerNorm anywhere.
     """
 
     name: str
     hidden: tuple[nn.Linear, ...]
     activations: tuple[nn.Module, ...]
     output: nn.Linear
+    norms: tuple[nn.LayerNorm | None, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.norms:
+            object.__setattr__(self, "norms", (None,) * len(self.hidden))
 
     def outgoing(self, layer: int) -> nn.Linear:
         """The Linear layer that reads the units of hidden layer ``layer``."""
         return self.hidden[layer + 1] if layer + 1 < len(self.hidden) else self.output
 
+    def width(self, layer: int) -> int:
+        """How many outputs each unit of hidden layer ``layer`` has (2 for CReLU and Fourier features)."""
+        return width_multiplier(self.activations[layer])
+
+    def outgoing_columns(self, layer: int, units: torch.Tensor) -> torch.Tensor:
+        """The columns of ``outgoing(layer).weight`` that read ``units`` of hidden layer ``layer``."""
+        return unit_outputs(units, self.hidden[layer].out_features, self.width(layer))
+
     def parameters(self) -> list[nn.Parameter]:
-        return [p for module in (*self.hidden, self.output) for p in module.parameters()]
+        modules = [m for pair in zip(self.hidden, self.norms, strict=True) for m in pair if m is not None]
+        return [p for module in (*modules, self.output) for p in module.parameters()]
 
     def hidden_outputs(self, features: torch.Tensor) -> list[torch.Tensor]:
         """The activations of every hidden layer for the input ``features``, first layer first."""
         h, outputs = features, []
-        for linear, activation in zip(self.hidden, self.activations, strict=True):
-            h = activation(linear(h))
+        for linear, norm, activation in zip(self.hidden, self.norms, self.activations, strict=True):
+            z = linear(h)
+            h = activation(z if norm is None else norm(z))
             outputs.append(h)
         return outputs
+
+
+def unit_outputs(units: torch.Tensor, width: int, multiplier: int) -> torch.Tensor:
+    """The outputs of ``units`` of a layer of ``width`` units whose activation gives each unit
+    ``multiplier`` outputs: units, units + width, …; ``units`` itself for one output each."""
+    if multiplier == 1:
+        return units
+    return torch.cat([units + k * width for k in range(multiplier)])
 
 
 def probe(model: BaseAlgorithm, size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,18 +105,34 @@ def probe(model: BaseAlgorithm, size: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def mlp_network(name: str, mlp: nn.Sequential, output: nn.Linear) -> Network:
-    """A :class:`Network` from an ``nn.Sequential`` of alternating Linear and activation modules."""
-    modules = list(mlp)
+    """A :class:`Network` from an ``nn.Sequential`` of ``Linear → [LayerNorm] → activation`` layers."""
+    modules, hidden, norms, activations = list(mlp), [], [], []
     trainable = getattr(output, "trainable", None)  # an injected head (nested_ac.structural.InjectedHead):
     if isinstance(trainable, nn.Sequential):  # the network is the encoder and the head's trainable copy
         modules, output = [*modules, *list(trainable)[:-1]], trainable[-1]
-    hidden = tuple(m for m in modules if isinstance(m, nn.Linear))
-    activations = tuple(
-        modules[i + 1] for i, m in enumerate(modules) if isinstance(m, nn.Linear) and i + 1 < len(modules)
-    )
-    if len(activations) != len(hidden) or any(isinstance(a, nn.Linear) for a in activations):
-        raise ValueError(f"network {name!r} is not a sequence of Linear → activation layers: {mlp}")
-    return Network(name, hidden, activations, output)
+    index = 0
+    while index < len(modules):
+        linear = modules[index]
+        norm = modules[index + 1] if index + 1 < len(modules) else None
+        norm = norm if isinstance(norm, nn.LayerNorm) else None
+        index += 1 if norm is None else 2
+        activation = modules[index] if index < len(modules) else None
+        if (
+            not isinstance(linear, nn.Linear)
+            or activation is None
+            or isinstance(activation, _NOT_ACTIVATIONS)
+        ):
+            raise ValueError(
+                f"network {name!r} is not a sequence of Linear → [LayerNorm] → activation layers: {mlp}"
+            )
+        hidden.append(linear)
+        norms.append(norm)
+        activations.append(activation)
+        index += 1
+    return Network(name, tuple(hidden), tuple(activations), output, tuple(norms))
+
+
+_NOT_ACTIVATIONS = (nn.Linear, nn.LayerNorm)
 
 
 def policy_networks(policy: ActorCriticPolicy) -> list[Network]:

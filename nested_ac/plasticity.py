@@ -37,8 +37,9 @@ from stable_baselines3.common.logger import Logger
 from torch import nn
 
 from nested_ac.hooks import Entries, PlasticityTool
+from nested_ac.layers import CReLU
 from nested_ac.metrics import dormant_mask
-from nested_ac.networks import Network, lecun_uniform_, policy_networks, probe
+from nested_ac.networks import Network, lecun_uniform_, policy_networks, probe, unit_outputs
 from nested_ac.optim import keeps_one_step_per_tensor
 
 # Per-parameter state tensors (shaped like the parameter) of torch's optimizers; an optimizer with a
@@ -86,16 +87,20 @@ def reset_units(
     Incoming weights are redrawn from the layer's own initialisation ``init`` (:func:`initialisation`) —
     ``orthogonal``: SB3's orthogonal init with gain √2 for hidden layers (a fresh orthogonal matrix of the
     layer's shape, of which the rows of ``units`` are taken); ``lecun_uniform``: U(±√(3/fan_in));
-    ``default``: PyTorch's ``nn.Linear`` init — their bias set to 0, their outgoing weights (the next layer's
-    columns) set to 0, and, with ``reset_optimizer``, the optimizer's state of exactly those entries zeroed:
-    with an optimizer that keeps a step count per weight (``ElementwiseAdam``, UPGD with
-    ``per_element_steps``) that restarts them exactly as a fresh optimizer would.
+    ``default``: PyTorch's ``nn.Linear`` init — their bias set to 0, a LayerNorm's gain and bias of the units
+    set to γ_i = 1 and β_i = 0, their outgoing weights (the next layer's columns: both of a CReLU or Fourier
+    unit's outputs, :meth:`~nested_ac.networks.Network.outgoing_columns`) set to 0, and, with
+    ``reset_optimizer``, the optimizer's state of exactly those entries zeroed: with an optimizer that keeps
+    a step count per weight (``ElementwiseAdam``, UPGD with ``per_element_steps``) that restarts them exactly
+    as a fresh optimizer would.
 
     The next layer loses the units' contribution W_out[:, i]·h_i: the output changes unless it is moved
     elsewhere first (continual backprop moves its average into the next bias, :func:`transfer_to_bias`).
-    Returns the reinitialised entries: the incoming rows and biases and the outgoing columns.
+    With a LayerNorm the other units of the layer change too: the fresh units' pre-activations enter the
+    mean and variance every unit is normalised by. Returns the reinitialised entries: the incoming rows and
+    biases, the LayerNorm's gains and biases, and the outgoing columns.
     """
-    incoming, outgoing = network.hidden[layer], network.outgoing(layer)
+    incoming, outgoing, norm = network.hidden[layer], network.outgoing(layer), network.norms[layer]
     fresh = nn.Linear(incoming.in_features, incoming.out_features).to(incoming.weight.device)
     if init == "orthogonal":
         nn.init.orthogonal_(fresh.weight, gain=math.sqrt(2))
@@ -103,12 +108,14 @@ def reset_units(
         lecun_uniform_(fresh)
     incoming.weight[units] = fresh.weight[units].to(incoming.weight.dtype)
     incoming.bias[units] = 0.0
-    outgoing.weight[:, units] = 0.0
-    entries: Entries = [
-        (incoming.weight, units),
-        (incoming.bias, units),
-        (outgoing.weight, (slice(None), units)),
-    ]
+    columns = network.outgoing_columns(layer, units)
+    outgoing.weight[:, columns] = 0.0
+    entries: Entries = [(incoming.weight, units), (incoming.bias, units)]
+    if norm is not None:
+        norm.weight[units] = 1.0
+        norm.bias[units] = 0.0
+        entries += [(norm.weight, units), (norm.bias, units)]
+    entries.append((outgoing.weight, (slice(None), columns)))
     if reset_optimizer:
         keys = optimizer_state_keys(optimizer)
         for parameter, index in entries:
@@ -121,10 +128,13 @@ def reset_units(
 
 @torch.no_grad()
 def transfer_to_bias(network: Network, layer: int, units: torch.Tensor, means: torch.Tensor) -> None:
-    """b_next += W_out[:, units]·``means``: the next layer keeps the average input of ``units`` (their mean
-    activations ``means``) once their outgoing weights are zeroed (Dohare et al., Nature 2024)."""
+    """b_next += W_out[:, c]·``means``, c the outgoing columns of ``units``: the next layer keeps the average
+    input of ``units`` (``means``: the mean of each of their outputs, in the order of
+    :meth:`~nested_ac.networks.Network.outgoing_columns`) once their outgoing weights are zeroed (Dohare et
+    al., Nature 2024)."""
     outgoing = network.outgoing(layer)
-    outgoing.bias.add_(outgoing.weight[:, units] @ means.to(outgoing.weight.dtype))
+    columns = network.outgoing_columns(layer, units)
+    outgoing.bias.add_(outgoing.weight[:, columns] @ means.to(outgoing.weight.dtype))
 
 
 def reset_layers(
@@ -168,7 +178,7 @@ def check_steps_per_weight(optimizer: torch.optim.Optimizer, tool: str) -> None:
         )
 
 
-NONNEGATIVE_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Sigmoid)  # outputs ≥ 0 (or -0): mean |h| = mean h
+NONNEGATIVE_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Sigmoid, CReLU)  # outputs ≥ 0 (or -0): mean |h| = mean h
 
 
 class ActivationRecorder:
@@ -250,6 +260,9 @@ class ContinualBackprop(PlasticityTool):
         U_i = η·U_i + (1 − η)·c_i;  Û_i = U_i / (1 − η^{a_i})
         n = ρ · |{i : a_i > m}|;  replace the ``round(n)`` mature units with the lowest Û_i
 
+    A unit with several outputs (CReLU, Fourier features: outputs i and n + i) has f and c traced per
+    output and U_i the sum over its outputs (:meth:`unit_utility`); its age is shared.
+
     ``rounding``: ``carry`` rounds as round(n) = ⌊n + c⌋ with the fraction c carried to the next step;
     ``stochastic`` as ⌊n⌋ + 1 with probability n − ⌊n⌋ (numpy's global generator, saved in checkpoints),
     ⌊n⌋ otherwise — Dohare et al.'s RL code, which replaces one unit with probability n while n < 1 (its
@@ -318,10 +331,10 @@ class ContinualBackprop(PlasticityTool):
             for layer, linear in enumerate(network.hidden):
                 key = (network.name, layer)
                 if key not in self.ages:
-                    units = linear.out_features
+                    units, outputs = linear.out_features, linear.out_features * network.width(layer)
                     self.ages[key] = np.zeros(units, dtype=np.int64)
-                    self.utility[key] = torch.zeros(units, device=linear.weight.device)
-                    self.mean[key] = torch.zeros(units, device=linear.weight.device)
+                    self.utility[key] = torch.zeros(outputs, device=linear.weight.device)
+                    self.mean[key] = torch.zeros(outputs, device=linear.weight.device)
                     self.carry[key], self.replaced[key] = 0.0, 0
         if self.resets_units:  # an unknown layout or one step count per tensor fails now, not later
             optimizer_state_keys(model.policy.optimizer)
@@ -341,7 +354,10 @@ class ContinualBackprop(PlasticityTool):
             if not due:
                 continue
             means = (
-                {layer: self.corrected_mean((network.name, layer))[units] for layer, units in due.items()}
+                {
+                    layer: self.corrected_mean((network.name, layer))[network.outgoing_columns(layer, units)]
+                    for layer, units in due.items()
+                }
                 if self.move_mean_to_bias
                 else None
             )
@@ -350,11 +366,16 @@ class ContinualBackprop(PlasticityTool):
                 self._restart((network.name, layer), units)
                 self.replaced[(network.name, layer)] += len(units)
 
+    def _outputs_per_unit(self, key: LayerKey) -> int:
+        """How many outputs (traced utilities and means) each unit of layer ``key`` has: 2 for CReLU."""
+        return len(self.utility[key]) // len(self.ages[key])
+
     def _restart(self, key: LayerKey, units: torch.Tensor) -> None:
-        """Fresh units of layer ``key``: age 0, utility 0, running mean 0."""
+        """Fresh units of layer ``key``: age 0, utility 0, running mean 0 (of every output of theirs)."""
         self.ages[key][units.cpu().numpy()] = 0
-        self.utility[key][units] = 0.0
-        self.mean[key][units] = 0.0
+        outputs = unit_outputs(units, len(self.ages[key]), self._outputs_per_unit(key))
+        self.utility[key][outputs] = 0.0
+        self.mean[key][outputs] = 0.0
 
     @torch.no_grad()
     def on_reinitialise(self, model: BaseAlgorithm, entries: Entries) -> None:
@@ -370,9 +391,10 @@ class ContinualBackprop(PlasticityTool):
                 self._restart(key, index)
 
     def corrected_mean(self, key: tuple[str, int]) -> torch.Tensor:
-        """f̂ = f / (1 − η^a): the bias-corrected running mean activation of each unit of layer ``key``
-        (0 for a unit of age 0)."""
+        """f̂ = f / (1 − η^a): the bias-corrected running mean of each output of layer ``key`` (0 for a unit
+        of age 0; a CReLU unit's two outputs share its age)."""
         ages = torch.as_tensor(self.ages[key], dtype=self.mean[key].dtype, device=self.mean[key].device)
+        ages = ages.repeat(self._outputs_per_unit(key))
         return self.mean[key] / (1 - self.decay_rate**ages).clamp_min(torch.finfo(ages.dtype).tiny)
 
     def _trace(self, network: Network) -> _NetworkTrace:
@@ -420,7 +442,7 @@ class ContinualBackprop(PlasticityTool):
 
     def _due(self, key: tuple[str, int]) -> torch.Tensor | None:
         """The mature units of layer ``key`` to replace now (the lowest corrected utility), or None."""
-        ages, eta, utility = self.ages[key], self.decay_rate, self.utility[key]
+        ages, eta, utility = self.ages[key], self.decay_rate, self.unit_utility(key)
         mature = ages > self.maturity
         expected = self.replacement_rate * int(np.count_nonzero(mature))
         if self.rounding == "stochastic":
@@ -439,6 +461,12 @@ class ContinualBackprop(PlasticityTool):
         )
         return torch.topk(corrected, count, largest=False).indices
 
+    def unit_utility(self, key: LayerKey) -> torch.Tensor:
+        """U_i of every unit of layer ``key``: the sum of the traced utilities of its outputs (for CReLU
+        and Fourier features U_i = U_{out i} + U_{out n+i}: a unit contributes through both)."""
+        utility, multiplier = self.utility[key], self._outputs_per_unit(key)
+        return utility if multiplier == 1 else utility.view(multiplier, -1).sum(0)
+
     def log(self, logger: Logger) -> None:
         by_network: dict[str, list[tuple[str, int]]] = {}
         for key in self.ages:
@@ -450,7 +478,7 @@ class ContinualBackprop(PlasticityTool):
                 f"cbp/{name}/mean_age", float(np.mean(np.concatenate([self.ages[k] for k in keys])))
             )
             logger.record(
-                f"cbp/{name}/mean_utility", float(torch.cat([self.utility[k] for k in keys]).mean())
+                f"cbp/{name}/mean_utility", float(torch.cat([self.unit_utility(k) for k in keys]).mean())
             )
 
     def state_dict(self) -> dict[str, Any]:
@@ -576,8 +604,9 @@ class ReDo(PlasticityTool):
     """ReDo (Sokar et al., ICML 2023): every ``every`` updates, reset the τ-dormant hidden units.
 
     On the observations of the last rollout, unit i of a layer is τ-dormant when
-    s_i = E|h_i| / mean_j E|h_j| ≤ τ; each is reset as continual backprop replaces a unit (fresh incoming
-    weights, zero outgoing weights, zeroed optimizer state: :func:`reset_units`).
+    s_i = E|h_i| / mean_j E|h_j| ≤ τ (E|h_i| summed over a CReLU or Fourier unit's two outputs:
+    :func:`~nested_ac.metrics.dormant_mask`); each is reset as continual backprop replaces a unit (fresh
+    incoming weights, zero outgoing weights, zeroed optimizer state: :func:`reset_units`).
     """
 
     resets_units = True
@@ -600,7 +629,7 @@ class ReDo(PlasticityTool):
         for network in model.trainable_networks().values():
             dormant = {}
             for layer, h in enumerate(network.hidden_outputs(features)):
-                units = torch.nonzero(dormant_mask(h, self.tau)).flatten()
+                units = torch.nonzero(dormant_mask(h, self.tau, network.width(layer))).flatten()
                 if len(units):
                     dormant[layer] = units
             reset_layers(model, self, network, dormant)

@@ -127,6 +127,7 @@ class LayerReset(PlasticityTool):
     last ``layers`` layers (``all``: every layer) are redrawn from the policy's own initialisation,
 
         W_l, b_l ← a fresh draw of layer l's initialisation   (:func:`initialise_layer`)
+        γ_l, β_l ← 1, 0                                     (a hidden layer's LayerNorm, if it has one)
 
     and their optimizer state is dropped (:func:`forget_optimizer_state`: moments and step count start from
     zero, as in a new optimizer). Whole tensors are reset, so one step count per tensor suffices and the
@@ -168,11 +169,16 @@ class LayerReset(PlasticityTool):
         """Redraw the chosen layers of every network, drop their optimizer state and tell the other tools."""
         policy, entries = model.policy, []
         for network in model.trainable_networks().values():
+            norm_of = {id(linear): norm for linear, norm in zip(network.hidden, network.norms, strict=True)}
             for linear in _last_layers("reset", network, self.layers):
                 initialise_layer(policy, network.name, linear, output=linear is network.output)
-                forget_optimizer_state(policy.optimizer, [linear.weight, linear.bias])
+                norm = norm_of.get(id(linear))  # its LayerNorm restarts too: γ = 1, β = 0
+                if norm is not None:
+                    norm.reset_parameters()
+                reset = [linear.weight, linear.bias, *(() if norm is None else (norm.weight, norm.bias))]
+                forget_optimizer_state(policy.optimizer, reset)
                 rows = torch.arange(linear.out_features, device=linear.weight.device)
-                entries += [(linear.weight, rows), (linear.bias, rows)]
+                entries += [(parameter, rows) for parameter in reset]
             self.count[network.name] = self.count.get(network.name, 0) + 1
         model.notify_reinitialised(entries, self)
 

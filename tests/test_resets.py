@@ -32,6 +32,7 @@ def make_model(
     agent=ContinualPPO,
     init="orthogonal",
     optimizer_class=torch.optim.Adam,
+    layer_norm=False,
     **kwargs,
 ):
     env = make_vec_env(env_id, n_envs=1, seed=0)
@@ -40,6 +41,7 @@ def make_model(
         "activation_fn": nn.ReLU,
         "init": init,
         "optimizer_class": optimizer_class,
+        **({"layer_norm": True} if layer_norm else {}),
     }
     return agent(
         "MlpPolicy",
@@ -280,6 +282,32 @@ def test_reset_redraws_the_last_layers_from_the_policy_initialisation(init):
     }
     assert reported == reset
     assert all(torch.equal(index, torch.arange(len(p))) for p, index in spy.entries)
+
+
+def test_reset_restarts_the_layer_norm_of_a_reset_hidden_layer():
+    """With LayerNorm, a reset hidden layer's gain and bias return to 1 and 0, their optimizer state is
+    dropped and other tools hear of them; the LayerNorm of a layer that is kept stays as trained."""
+    spy = Spy()
+    tool = LayerReset(layers=2, at="every", every=1)
+    model = make_model([tool, spy], layer_norm=True)
+    obs = observations()
+    for _ in range(3):
+        training_step(model, obs)
+    networks = model.trainable_networks()
+    for network in networks.values():
+        for norm in network.norms:  # moved away from (1, 0) by training
+            assert not torch.equal(norm.weight, torch.ones_like(norm.weight))
+    kept = {name: snapshot(networks[name].norms[0].parameters()) for name in networks}
+    tool.reset(model)
+    reported = {id(p) for p, _ in spy.entries}
+    for name, network in networks.items():
+        first, reset = network.norms
+        assert unchanged(list(first.parameters()), kept[name])
+        assert torch.equal(reset.weight, torch.ones_like(reset.weight))
+        assert torch.equal(reset.bias, torch.zeros_like(reset.bias))
+        for parameter in reset.parameters():
+            assert model.policy.optimizer.state.get(parameter, {}) == {}
+            assert id(parameter) in reported
 
 
 def test_reset_layers_restart_as_a_fresh_adam_would():
