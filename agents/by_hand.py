@@ -37,7 +37,14 @@ from stable_baselines3.common.preprocessing import preprocess_obs
 from stable_baselines3.common.torch_layers import MlpExtractor
 from torch import nn
 
-from nested_ac.agents.policy import HALF_LOG_2PI, ContinualActorCriticPolicy, call, hooked, observers_only
+from nested_ac.agents.policy import (
+    HALF_LOG_2PI,
+    ContinualActorCriticPolicy,
+    call,
+    hooked,
+    observers_only,
+    other_hooks,
+)
 from nested_ac.layers import CReLU, Fourier
 from nested_ac.networks import Network, policy_networks
 from nested_ac.optim import shaped_views
@@ -157,7 +164,7 @@ def _network_refusal(policy: ContinualActorCriticPolicy) -> str | None:
             activations.add(id(activation))
     for name, module in modules.items():
         if not (observers_only(module) if id(module) in activations else not hooked(module)):
-            return f"module {name or 'policy'} has a hook (or a global module hook or tracing is on)"
+            return f"module {name or 'policy'} {_hook_kind(module, id(module) in activations)}"
     if hasattr(policy, "log_std"):
         owner[id(policy.log_std)] = "policy"
     for name, parameter in policy.named_parameters():
@@ -170,6 +177,18 @@ def _network_refusal(policy: ContinualActorCriticPolicy) -> str | None:
 Normalised = tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None
 # Each layer's input, and each hidden layer's LayerNorm trace (None where it has none).
 Trace = tuple[list[torch.Tensor], list[Normalised]]
+
+
+def _hook_kind(module: nn.Module, activation: bool) -> str:
+    """What a hooked module has that the hand-written gradient cannot honour, as the run's log says it."""
+    if other_hooks(module):
+        return "has a hook other than a plain forward hook (or a global module hook or tracing is on)"
+    if activation:
+        return (
+            "has a forward hook not marked observes_only (it may replace the output, which the hand-written "
+            "backward would not see; an observer that never does sets hook.observes_only = True)"
+        )
+    return "has a forward hook (observers are honoured on activations only)"
 
 
 class HandGradient:

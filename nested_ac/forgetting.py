@@ -33,7 +33,7 @@ from torch import nn
 from torch.distributions import Categorical, Distribution, Normal, kl_divergence
 
 from nested_ac.hooks import Entries, PlasticityTool
-from nested_ac.networks import policy_networks
+from nested_ac.networks import parameter_names, policy_networks
 
 # The rollout buffer's arrays that make up PPO's loss on a rollout (RolloutBufferSamples, in its order).
 ROLLOUT_FIELDS = ("observations", "actions", "values", "log_probs", "advantages", "returns")
@@ -42,14 +42,14 @@ ROLLOUT_FIELDS = ("observations", "actions", "values", "log_probs", "advantages"
 def named_parameters(model: BaseAlgorithm) -> dict[str, nn.Parameter]:
     """The parameters of the networks tools may change now (``model.trainable_networks()``), by their
     policy name."""
-    name_of = {id(p): name for name, p in model.policy.named_parameters()}
+    name_of = parameter_names(model.policy)
     networks = model.trainable_networks().values()
     return {name_of[id(p)]: p for network in networks for p in network.parameters()}
 
 
 def network_means(model: BaseAlgorithm, values: dict[str, torch.Tensor]) -> dict[str, float]:
     """The mean of ``values`` (tensors by parameter name) over each network's entries that have one."""
-    name_of = {id(p): name for name, p in model.policy.named_parameters()}
+    name_of = parameter_names(model.policy)
     means = {}
     for network in policy_networks(model.policy):
         tensors = [values[name_of[id(p)]] for p in network.parameters() if name_of[id(p)] in values]
@@ -60,7 +60,7 @@ def network_means(model: BaseAlgorithm, values: dict[str, torch.Tensor]) -> dict
 
 def zero_entries(model: BaseAlgorithm, values: dict[str, torch.Tensor], entries: Entries) -> bool:
     """Set ``values`` (tensors by parameter name) to 0 at ``entries``; whether any was there."""
-    name_of = {id(p): name for name, p in model.policy.named_parameters()}
+    name_of = parameter_names(model.policy)
     touched = False
     for parameter, index in entries:
         tensor = values.get(name_of[id(parameter)])
@@ -496,7 +496,7 @@ class NaturalContinualLearning(TaskAwareTool):
         values, so nothing pulls them back toward the weights they replaced."""
         if not self.precision:
             return
-        name_of = {id(p): name for name, p in model.policy.named_parameters()}
+        name_of = parameter_names(model.policy)
         for parameter, index in entries:
             name = name_of[id(parameter)]
             if name in self.precision:

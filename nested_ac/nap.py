@@ -11,7 +11,7 @@ from stable_baselines3.common.logger import Logger
 from torch import nn
 
 from nested_ac.hooks import PlasticityTool
-from nested_ac.networks import Network, policy_networks
+from nested_ac.networks import Network, parameter_names, policy_networks
 
 
 class NormalizeAndProject(PlasticityTool):
@@ -50,7 +50,7 @@ class NormalizeAndProject(PlasticityTool):
     def groups(self, model: BaseAlgorithm, networks: list[Network]) -> dict[str, list[nn.Parameter]]:
         """The tensors projected together, by the name of the group: each hidden weight (and head weight,
         with ``project_output``) alone, each LayerNorm's gain and bias together (``affine="joint"``)."""
-        name_of = {id(p): name for name, p in model.policy.named_parameters()}
+        name_of = parameter_names(model.policy)
         groups: dict[str, list[nn.Parameter]] = {}
         for network in networks:
             if any(norm is None for norm in network.norms):

@@ -92,6 +92,12 @@ def unit_outputs(units: torch.Tensor, width: int, multiplier: int) -> torch.Tens
     return torch.cat([units + k * width for k in range(multiplier)])
 
 
+def parameter_names(module: nn.Module) -> dict[int, str]:
+    """Each parameter's name in ``module`` (as ``named_parameters`` gives it), by the parameter's id: how
+    tools key their per-parameter state (L2-Init's θ_0, SPG's mask, NCL's precision …) by policy name."""
+    return {id(parameter): name for name, parameter in module.named_parameters()}
+
+
 def probe(model: BaseAlgorithm, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A probe batch: the first ``size`` observations of the last rollout (on the policy's device) and the
     policy's features of them (the actor's, where actor and critic have separate extractors). Call it under

@@ -39,7 +39,7 @@ from torch import nn
 from nested_ac.hooks import Entries, PlasticityTool
 from nested_ac.layers import CReLU
 from nested_ac.metrics import dormant_mask
-from nested_ac.networks import Network, lecun_uniform_, policy_networks, probe, unit_outputs
+from nested_ac.networks import Network, lecun_uniform_, parameter_names, policy_networks, probe, unit_outputs
 from nested_ac.optim import keeps_one_step_per_tensor
 
 # Per-parameter state tensors (shaped like the parameter) of torch's optimizers; an optimizer with a
@@ -570,7 +570,7 @@ class L2Init(PlasticityTool):
 
     @torch.no_grad()
     def after_optimizer_step(self, model: BaseAlgorithm, optimizer: torch.optim.Optimizer) -> None:
-        name_of = {id(p): name for name, p in model.policy.named_parameters()}
+        name_of = parameter_names(model.policy)
         lr_of = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
         for parameter in _network_parameters(model):
             initial = self.initial[name_of[id(parameter)]]
@@ -585,7 +585,7 @@ class L2Init(PlasticityTool):
         """Reinitialised entries have new initial values: θ_0 ← their fresh values."""
         if not self.initial:
             return
-        name_of = {id(p): name for name, p in model.policy.named_parameters()}
+        name_of = parameter_names(model.policy)
         for parameter, index in entries:
             name = name_of[id(parameter)]
             if name in self.initial:

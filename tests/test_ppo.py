@@ -187,6 +187,10 @@ def _zero_gradient_hook(policy) -> None:
     policy.mlp_extractor.policy_net[0].weight.register_hook(lambda g: 0 * g)
 
 
+def _doubling_forward_hook(policy) -> None:
+    policy.mlp_extractor.policy_net[1].register_forward_hook(lambda module, inputs, output: 2 * output)
+
+
 def _weight_norm(policy) -> None:
     torch.nn.utils.parametrizations.weight_norm(policy.mlp_extractor.policy_net[0])
     _rebuild_optimizer(policy)
@@ -205,6 +209,7 @@ def _linear_subclass(policy) -> None:
 NOT_BY_HAND = {
     "frozen log_std": (_freeze_log_std, "Pendulum-v1", "parameter log_std does not require a gradient"),
     "gradient hook": (_zero_gradient_hook, "CartPole-v1", "has a gradient hook"),
+    "forward hook": (_doubling_forward_hook, "CartPole-v1", "has a forward hook not marked observes_only"),
     "weight_norm": (_weight_norm, "Pendulum-v1", "is parametrized"),
     "Linear subclass": (_linear_subclass, "CartPole-v1", "is a Doubled, not exactly torch.nn.Linear"),
 }
