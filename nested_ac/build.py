@@ -33,7 +33,7 @@ from nested_ac.config import (
     SPGConfig,
     import_plugins,
 )
-from nested_ac.diagnostics import Diagnostics, UtilityLogger
+from nested_ac.diagnostics import Diagnostics, TracScaleLogger, UtilityLogger
 from nested_ac.errors import ConfigError, unknown_choice
 from nested_ac.forgetting import GradientProjection, NaturalContinualLearning, SoftMasking
 from nested_ac.hooks import PlasticityTool
@@ -271,5 +271,18 @@ TOOLS.register(
         NaturalContinualLearning,
         enabled=lambda n: n.enabled,
         build=lambda n: NaturalContinualLearning(n.prior, n.fisher_samples, n.max_norm),
+    ),
+)
+TOOLS.register(
+    "trac-scale",
+    "TRAC's scale S every N updates (optimizer.log_every, with --optimizer trac)",
+    ToolSpec(
+        "optimizer",
+        OptimizerConfig,
+        TracScaleLogger,
+        enabled=lambda o: o.name == "trac" and o.log_every > 0,
+        build=lambda o: TracScaleLogger(o.log_every),
+        charts={"TRAC: scale S": "trac/scale"},
+        changes_training=False,
     ),
 )

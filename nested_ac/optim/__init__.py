@@ -9,7 +9,12 @@
   replaced weights restart their optimizer state — step count and bias correction included — as a fresh
   optimizer would;
 - :class:`~nested_ac.optim.flat_adam.FlatAdam` — torch's Adam stepped on flat tensors, for the fast PPO
-  engine.
+  engine;
+- :class:`~nested_ac.optim.trac.TRAC` — the parameter-free scale tuner around Adam of Muppidi, Zhang & Yang
+  ("Fast TRAC: A Parameter-Free Optimizer for Lifelong Reinforcement Learning", NeurIPS 2024):
+  θ = θ_ref + S_t·(θ^base − θ_ref), S_t from a sum of discounted erfi tuners;
+- :class:`~nested_ac.optim.kron.Kron` — PSGD with Kronecker-factored preconditioners (Li, "Preconditioned
+  stochastic gradient descent", 2018), heavyball's ``PSGDKron``.
 
 Shared pieces: :mod:`nested_ac.optim.flat` (per-parameter state as views of one flat tensor per key) and
 :mod:`nested_ac.optim.common` (the mixin that keeps torch's compiler unimported, range checks, foreach
@@ -48,6 +53,7 @@ from nested_ac.optim.adaptive_upgd import AdaptiveUPGD
 from nested_ac.optim.elementwise_adam import ElementwiseAdam
 from nested_ac.optim.flat import shaped_views
 from nested_ac.optim.flat_adam import FlatAdam
+from nested_ac.optim.trac import TRAC
 from nested_ac.optim.upgd import UPGD
 
 __all__ = [
@@ -56,6 +62,7 @@ __all__ = [
     "ElementwiseAdam",
     "FlatAdam",
     "OptimizerSpec",
+    "TRAC",
     "keeps_one_step_per_tensor",
     "shaped_views",
     "with_element_steps",
