@@ -40,6 +40,17 @@ def trac(config: OptimizerConfig) -> OptimizerSpec:
     return TRAC, {**_adam_kwargs(config), "weight_decay": config.weight_decay, "l2": config.l2}
 
 
+def kron(config: OptimizerConfig) -> OptimizerSpec:
+    """Kron (heavyball's PSGDKron): ``betas`` and decoupled ``weight_decay``; imported only here."""
+    if config.l2:
+        raise ConfigError(
+            "optimizer.l2 (coupled L2) is Adam's; 'kron' takes decoupled optimizer.weight_decay"
+        )
+    from nested_ac.optim.kron import Kron
+
+    return Kron, {"betas": tuple(config.betas), "weight_decay": config.weight_decay}
+
+
 def _utility_kwargs(config: OptimizerConfig) -> dict[str, Any]:
     if config.l2:
         raise ConfigError(
@@ -72,4 +83,9 @@ OPTIMIZERS.register(
     "trac",
     "TRAC (Muppidi, Zhang & Yang, NeurIPS 2024): parameter-free scale θ_ref + S·(θ_Adam − θ_ref), over Adam",
     trac,
+)
+OPTIMIZERS.register(
+    "kron",
+    "Kron: PSGD with Kronecker-factored preconditioners (Li, 2018), heavyball's PSGDKron, run eagerly",
+    kron,
 )
