@@ -11,9 +11,10 @@ import pytest
 import torch
 from scipy.special import erfi as scipy_erfi
 
+from nested_ac.build import build_agent
 from nested_ac.optim import TRAC
 from nested_ac.optim.trac import TUNER_BETAS, erfi
-from nested_ac.train import train
+from nested_ac.train import make_env, train
 from tests.conftest import FAST, read_scalars
 from tests.test_reliability import assert_same_final_run, cli_args, interrupt_at, small_config
 
@@ -69,6 +70,16 @@ def test_scale_and_parameters_follow_the_papers_recursion():
         np.testing.assert_allclose(parameter.detach().numpy(), thetas[t], rtol=1e-9, atol=1e-15)
     assert scales[0] == 0.0  # h_1 = ⟨g_1, θ_1^base − θ_ref⟩ = 0
     assert max(scales) > 1e-6 and len({round(s, 12) for s in scales}) > 30  # a scale that moved
+
+
+def test_a_scale_past_float32_makes_the_parameters_non_finite_without_an_error():
+    parameter = torch.nn.Parameter(torch.zeros(3))
+    optimizer = TRAC([parameter], lr=0.1)
+    for _ in range(400):  # one gradient throughout: h_t < 0 every step, S grows without bound
+        parameter.grad = torch.ones(3)
+        optimizer.step()
+    assert optimizer.scale > torch.finfo(torch.float32).max
+    assert not torch.isfinite(parameter).all()  # what the run's fault check (check_update) then reports
 
 
 def test_outside_changes_and_restarted_entries_move_the_reference():
@@ -147,16 +158,22 @@ def test_trac_with_continual_backprop_restarts_reset_units(tmp_path, engine):
         "cbp.enabled": True,
         "cbp.replacement_rate": 0.05,
         "cbp.maturity": 4,
-        "optimizer.log_every": 1,
         "ppo.engine": engine,
         "steps": 512,
     }
-    result = train(small_config(tmp_path, "cbp", **overrides))
-    scalars = read_scalars(result.run_dir)
-    assert (
-        scalars["cbp/actor/layer0/replaced"][-1][1] > 0 and scalars["cbp/critic/layer1/replaced"][-1][1] > 0
-    )
-    assert [value for _, value in scalars["trac/scale"]]
+    config = small_config(tmp_path, "cbp", **overrides)
+    agent = build_agent(config, make_env(config))
+    optimizer = agent.policy.optimizer
+    assert type(optimizer) is TRAC
+    weight = agent.policy.mlp_extractor.policy_net[0].weight  # the actor's first layer: rows are units
+    initial = weight.detach().clone()
+    agent.learn(512)
+    state = optimizer.state[weight]
+    restarted = (state["step"] < state["step"].max()).any(dim=1)  # units whose Adam state restarted
+    moved = (state["reference"] != initial).any(dim=1)
+    assert restarted.any() and not restarted.all()
+    assert torch.equal(moved, restarted)  # θ_ref: the initial weights, a reset unit's fresh ones
+    assert optimizer.scale > 0
 
 
 def test_interrupted_trac_run_resumes_exactly(cli, tmp_path, monkeypatch):
