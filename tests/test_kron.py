@@ -19,6 +19,13 @@ from tests.conftest import read_scalars
 from tests.test_reliability import cli_args, interrupt_at, small_config
 
 
+def test_list_shows_trac_and_kron(cli):
+    code, out, _ = cli("list", "optimizers")
+    assert code == 0 and "trac " in out and "kron " in out and "heavyball's PSGDKron" in out
+    code, out, _ = cli("list", "tools")
+    assert code == 0 and "trac-scale" in out
+
+
 @pytest.mark.parametrize("engine", ["fast", "sb3"])
 def test_kron_trains_on_both_engines(tmp_path, engine):
     torch.set_num_threads(1)
