@@ -39,7 +39,7 @@ from nested_ac.config import (
     WeightClippingConfig,
     import_plugins,
 )
-from nested_ac.diagnostics import Diagnostics, UtilityLogger
+from nested_ac.diagnostics import Diagnostics, TracScaleLogger, UtilityLogger
 from nested_ac.errors import ConfigError, unknown_choice
 from nested_ac.forgetting import GradientProjection, NaturalContinualLearning, SoftMasking
 from nested_ac.hooks import PlasticityTool
@@ -361,5 +361,18 @@ TOOLS.register(
         enabled=lambda c: c.enabled,
         build=lambda c: ChurnReduction(c.coef, c.target_scale, c.warmup, c.window, c.value, c.batch_size),
         charts={"C-CHAIN: churn on the reference batch": "cchain/.*_churn", "C-CHAIN: λ": "cchain/.*_coef"},
+    ),
+)
+TOOLS.register(
+    "trac-scale",
+    "TRAC's scale S every N updates (optimizer.log_every, with --optimizer trac)",
+    ToolSpec(
+        "optimizer",
+        OptimizerConfig,
+        TracScaleLogger,
+        enabled=lambda o: o.name == "trac" and o.log_every > 0,
+        build=lambda o: TracScaleLogger(o.log_every),
+        charts={"TRAC: scale S": "trac/scale"},
+        changes_training=False,
     ),
 )

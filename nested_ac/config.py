@@ -130,15 +130,16 @@ class OptimizerConfig:
     name: str = "adam"
     """The optimizer (``nested-ac list optimizers``)."""
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    """Adam's β1, β2 (Adam and UPGD)."""
+    """Adam's β1, β2 (Adam, UPGD and TRAC's Adam); Kron: β1 of its momentum, β2 of its preconditioner."""
     eps: float = 1e-5
-    """Adam's ε (Adam and UPGD)."""
+    """Adam's ε (Adam, UPGD and TRAC's Adam)."""
     weight_decay: float = 0.0
-    """Decoupled weight decay λ (Adam and UPGD): w ← (1 − lr·λ)·w besides the step (AdamW's)."""
+    """Decoupled weight decay λ (Adam, UPGD, TRAC's Adam and Kron): w ← (1 − lr·λ)·w besides the step
+    (AdamW's)."""
     l2: float = 0.0
-    """Adam only: coupled L2 λ, added to the gradient before Adam's moments (g ← g + λ·w: torch Adam's
-    ``weight_decay``), on every parameter, biases and a Gaussian policy's log-std included. Dohare et al.'s
-    "L2" (1e-3) and continual backprop's (1e-4). Not together with ``weight_decay``."""
+    """Adam and TRAC's Adam only: coupled L2 λ, added to the gradient before Adam's moments (g ← g + λ·w:
+    torch Adam's ``weight_decay``), on every parameter, biases and a Gaussian policy's log-std included.
+    Dohare et al.'s "L2" (1e-3) and continual backprop's (1e-4). Not together with ``weight_decay``."""
     beta_utility: float = 0.999
     """UPGD: decay of the utility trace."""
     sigma: float = 1e-3
@@ -146,7 +147,7 @@ class OptimizerConfig:
     protect: bool = True
     """UPGD: gate the gradient too (the paper's UPGD), not only the noise."""
     log_every: int = 10
-    """UPGD: log the scaled utilities every N updates (0: never)."""
+    """UPGD: log the scaled utilities, TRAC: its scale S, every N updates (0: never)."""
 
 
 @dataclass

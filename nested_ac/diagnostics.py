@@ -96,9 +96,12 @@ class UtilityLogger(PlasticityTool):
     @torch.no_grad()
     def log(self, logger: Logger) -> None:
         self.updates += 1
-        if self.model is None or self.updates % self.every:
-            return
-        utilities = self.model.policy.optimizer.scaled_utilities()
+        if self.model is not None and not self.updates % self.every:
+            self.record(logger, self.model.policy.optimizer)
+
+    def record(self, logger: Logger, optimizer: torch.optim.Optimizer) -> None:
+        """Record what ``optimizer`` holds now (here: UPGD's scaled utilities per network)."""
+        utilities = optimizer.scaled_utilities()
         for network in policy_networks(self.model.policy):
             values = [utilities[p].flatten() for p in network.parameters() if p in utilities]
             if not values:
@@ -113,3 +116,11 @@ class UtilityLogger(PlasticityTool):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.updates = state["updates"]
+
+
+class TracScaleLogger(UtilityLogger):
+    """Logs TRAC's scale S_t (:class:`~nested_ac.optim.TRAC`: θ = θ_ref + S·(θ^base − θ_ref)) every
+    ``every`` updates, as ``trac/scale``."""
+
+    def record(self, logger: Logger, optimizer: torch.optim.Optimizer) -> None:
+        logger.record("trac/scale", optimizer.scale)

@@ -9,7 +9,13 @@
   replaced weights restart their optimizer state — step count and bias correction included — as a fresh
   optimizer would;
 - :class:`~nested_ac.optim.flat_adam.FlatAdam` — torch's Adam stepped on flat tensors, for the fast PPO
-  engine.
+  engine;
+- :class:`~nested_ac.optim.trac.TRAC` — the parameter-free scale tuner around Adam of Muppidi, Zhang & Yang
+  ("Fast TRAC: A Parameter-Free Optimizer for Lifelong Reinforcement Learning", NeurIPS 2024):
+  θ = θ_ref + S_t·(θ^base − θ_ref), S_t from a sum of discounted erfi tuners;
+- :class:`~nested_ac.optim.kron.Kron` — PSGD with Kronecker-factored preconditioners (Li, "Preconditioned
+  stochastic gradient descent", 2018), heavyball's ``PSGDKron``; imported from ``nested_ac.optim.kron``
+  only (heavyball imports torch's compiler).
 
 Shared pieces: :mod:`nested_ac.optim.flat` (per-parameter state as views of one flat tensor per key) and
 :mod:`nested_ac.optim.common` (the mixin that keeps torch's compiler unimported, range checks, foreach
@@ -44,10 +50,12 @@ from typing import Any
 
 import torch
 
+from nested_ac.errors import ConfigError
 from nested_ac.optim.adaptive_upgd import AdaptiveUPGD
 from nested_ac.optim.elementwise_adam import ElementwiseAdam
 from nested_ac.optim.flat import shaped_views
 from nested_ac.optim.flat_adam import FlatAdam
+from nested_ac.optim.trac import TRAC
 from nested_ac.optim.upgd import UPGD
 
 __all__ = [
@@ -56,6 +64,7 @@ __all__ = [
     "ElementwiseAdam",
     "FlatAdam",
     "OptimizerSpec",
+    "TRAC",
     "keeps_one_step_per_tensor",
     "shaped_views",
     "with_element_steps",
@@ -67,9 +76,13 @@ OptimizerSpec = tuple[type[torch.optim.Optimizer], dict[str, Any]]
 def with_element_steps(spec: OptimizerSpec) -> OptimizerSpec:
     """``spec`` (an optimizer class and its keyword arguments) with one step count per weight: Adam(W)
     (torch's or :class:`FlatAdam`) becomes :class:`ElementwiseAdam` — AdamW's decoupled ``weight_decay``
-    its ``weight_decay``, Adam's coupled one its ``l2`` — UPGD gets ``per_element_steps``; any other
-    optimizer is returned as it is."""
+    its ``weight_decay``, Adam's coupled one its ``l2`` — UPGD gets ``per_element_steps``; an optimizer
+    with an ``entry_restart_refusal`` (Kron) is refused with a ConfigError that says it; any other optimizer
+    (TRAC, which keeps one step count per weight itself, among them) is returned as it is."""
     optimizer_class, kwargs = spec
+    refusal = getattr(optimizer_class, "entry_restart_refusal", None)  # Kron's
+    if refusal is not None:
+        raise ConfigError(refusal)
     if optimizer_class in (torch.optim.Adam, torch.optim.AdamW, FlatAdam):
         adam_kwargs = {key: kwargs[key] for key in ("betas", "eps") if key in kwargs}
         decay = "weight_decay" if optimizer_class is torch.optim.AdamW else "l2"
