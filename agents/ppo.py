@@ -22,7 +22,7 @@ from nested_ac.agents.by_hand import HandGradient
 from nested_ac.agents.policy import ContinualActorCriticPolicy, call
 from nested_ac.errors import unknown_choice
 from nested_ac.faults import check_gradients, check_losses, check_update
-from nested_ac.hooks import Entries, PlasticityTool
+from nested_ac.hooks import Entries, Tool
 from nested_ac.networks import Network, policy_networks
 from nested_ac.optim import FlatAdam, with_element_steps
 
@@ -100,7 +100,7 @@ class ContinualPPO(PPO):
     ``r_t(θ) = π_θ(a_t|s_t) / π_θ_old(a_t|s_t)`` and GAE(λ) advantages, plus ``c_v · (V(s) - R̂)²`` and an
     entropy bonus — SB3's PPO unchanged. What it adds is the continual-learning default network
     (separate actor and critic MLPs, 64×64 ReLU, as in the loss-of-plasticity literature) and the hooks of
-    :class:`~nested_ac.hooks.PlasticityTool`: each tool in ``plasticity_tools`` runs on the loss's gradients
+    :class:`~nested_ac.hooks.Tool`: each tool in ``tools`` runs on the loss's gradients
     before they are clipped (a loss term of its own), on the clipped gradients before every optimizer step,
     after every optimizer step, at every task switch, after every rollout, and logs after every update;
     :meth:`trainable_networks` tells tools which networks they may change.
@@ -135,7 +135,7 @@ class ContinualPPO(PPO):
         self,
         policy: Any,
         env: Any,
-        plasticity_tools: Sequence[PlasticityTool] = (),
+        tools: Sequence[Tool] = (),
         engine: str = "fast",
         normalize_advantage_over: str = "minibatch",
         **kwargs: Any,
@@ -153,7 +153,7 @@ class ContinualPPO(PPO):
         policy_class = self._get_policy_from_name(policy) if isinstance(policy, str) else policy
         if issubclass(policy_class, ContinualActorCriticPolicy):
             policy_kwargs = {**policy_kwargs, "direct": engine == "fast"}
-        self.plasticity_tools = list(plasticity_tools)
+        self.tools = list(tools)
         self._grad_norms: list[torch.Tensor] = []
         self._networks: tuple[BasePolicy, dict[str, Network]] | None = None  # see trainable_networks
         self._hand: HandGradient | None = None  # this update's hand-written gradient (None: autograd's)
@@ -171,7 +171,7 @@ class ContinualPPO(PPO):
         optimizer_kwargs = kwargs.get("optimizer_kwargs")
         if optimizer_kwargs is None and optimizer_class in (torch.optim.Adam, FlatAdam):
             optimizer_kwargs = {"eps": 1e-5}  # what SB3 gives its Adam by default
-        if any(tool.resets_units for tool in self.plasticity_tools):
+        if any(tool.restarts_entry_state for tool in self.tools):
             optimizer_class, optimizer_kwargs = with_element_steps((optimizer_class, optimizer_kwargs or {}))
         optimizer_class = engine_optimizer(self.engine, optimizer_class)
         if optimizer_kwargs is not None:
@@ -215,26 +215,26 @@ class ContinualPPO(PPO):
 
     def _before_optimizer_step(self) -> None:
         """Hand the clipped gradients to every tool's ``before_optimizer_step`` (masking, projection …)."""
-        for tool in self.plasticity_tools:
+        for tool in self.tools:
             tool.before_optimizer_step(self, self.policy.optimizer)
 
     def _after_optimizer_step(self, optimizer: torch.optim.Optimizer, *_: Any) -> None:
         """Every tool's ``adjust_update`` on the optimizer's update alone, then every tool's
         ``after_optimizer_step``."""
-        for tool in self.plasticity_tools:
+        for tool in self.tools:
             tool.adjust_update(self, optimizer)
-        for tool in self.plasticity_tools:
+        for tool in self.tools:
             tool.after_optimizer_step(self, optimizer)
 
-    def notify_reinitialised(self, entries: Entries, origin: PlasticityTool) -> None:
+    def notify_reinitialised(self, entries: Entries, origin: Tool) -> None:
         """Tell every tool but ``origin`` that ``origin`` has just reinitialised ``entries``."""
-        for tool in self.plasticity_tools:
+        for tool in self.tools:
             if tool is not origin:
                 tool.on_reinitialise(self, entries)
 
     def notify_task_switch(self, task: int) -> None:
         """Tell every tool that the environment's task is now ``task`` (called by the task clock)."""
-        for tool in self.plasticity_tools:
+        for tool in self.tools:
             tool.on_task_switch(self, self.policy.optimizer, task)
 
     def collect_rollouts(
@@ -244,7 +244,7 @@ class ContinualPPO(PPO):
             self._collect_rollouts if self.engine == "fast" and not self.use_sde else super().collect_rollouts
         )
         collected = collect(env, callback, rollout_buffer, n_rollout_steps)
-        for tool in self.plasticity_tools:
+        for tool in self.tools:
             tool.on_rollout_end(self)
         return collected
 
@@ -297,7 +297,7 @@ class ContinualPPO(PPO):
     def train(self) -> None:
         self._update()
         check_update(self)
-        for tool in self.plasticity_tools:
+        for tool in self.tools:
             tool.log(self.logger)
 
     def _minibatches(self) -> Iterator[Iterator[RolloutBufferSamples]]:
@@ -454,7 +454,7 @@ class ContinualPPO(PPO):
         else:
             self.policy.optimizer.zero_grad()
             loss.backward()
-        for tool in self.plasticity_tools:  # loss terms of tools (Parseval, C-CHAIN): clipped with the loss's
+        for tool in self.tools:  # loss terms of tools (Parseval, C-CHAIN): clipped with the loss's
             tool.before_gradient_clipping(self, self.policy.optimizer)
         total_norm = self._clip_gradients()
         check_gradients(self, total_norm, losses)
@@ -494,7 +494,7 @@ class ContinualPPO(PPO):
         # Tools hold references into the policy; their own state goes through state_dict().
         return [
             *super()._excluded_save_params(),
-            "plasticity_tools",
+            "tools",
             "_grad_norms",
             "_networks",
             "_loss_derivatives",

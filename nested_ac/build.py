@@ -42,7 +42,7 @@ from nested_ac.config import (
 from nested_ac.diagnostics import Diagnostics, TracScaleLogger, UtilityLogger
 from nested_ac.errors import ConfigError, unknown_choice
 from nested_ac.forgetting import GradientProjection, NaturalContinualLearning, SoftMasking
-from nested_ac.hooks import PlasticityTool
+from nested_ac.hooks import Tool
 from nested_ac.layers import CReLU, Fourier, width_multiplier
 from nested_ac.nap import NormalizeAndProject
 from nested_ac.optimizers import OptimizerSpec
@@ -67,7 +67,7 @@ def enabled_tools(config: RunConfig) -> list[ToolSpec[Any]]:
     return [entry.target for entry in TOOLS if entry.target.enabled(config.section(entry.target.section))]
 
 
-def plasticity_tools(config: RunConfig) -> list[PlasticityTool]:
+def build_tools(config: RunConfig) -> list[Tool]:
     """The plasticity tools of a run of ``config``; a ConfigError for an out-of-range setting."""
     try:
         return [spec.build(config.section(spec.section)) for spec in enabled_tools(config)]
@@ -165,8 +165,8 @@ def build_agent(config: RunConfig, env: VecEnv) -> BaseAlgorithm:
     """The agent of a run of ``config`` on ``env``, with its plasticity tools; a ConfigError for bad input."""
     import_plugins(config.plugins)
     agent = AGENTS.get(config.agent)
-    tools = plasticity_tools(config)
-    return agent.cls("MlpPolicy", env, plasticity_tools=tools, **agent.kwargs(config))
+    tools = build_tools(config)
+    return agent.cls("MlpPolicy", env, tools=tools, **agent.kwargs(config))
 
 
 AGENTS.register(

@@ -15,7 +15,8 @@ the previous checkpoint intact. Keys:
 - ``env``: the environments' full state (:func:`get_env_state`);
 - ``rng``: python, numpy and torch generator states;
 - ``parts``: ``state_dict()`` of each stateful callback (task clock, episode statistics);
-- ``plasticity_tools``: ``state_dict()`` of each of the agent's plasticity tools, in order;
+- ``tools``: ``state_dict()`` of each of the agent's tools, in order (``plasticity_tools`` in checkpoints
+  written before the protocol was renamed);
 - ``logger``: the values recorded but not yet written to TensorBoard (SB3 writes ``train/*`` one rollout
   later), so the resumed curves match an uninterrupted run;
 - ``events``: the size of each TensorBoard event file once the points up to this step were written; a
@@ -167,7 +168,7 @@ def capture(
         "env": get_env_state(model.get_env()),
         "rng": rng_state(),
         "parts": {name: part.state_dict() for name, part in parts.items()},
-        "plasticity_tools": [tool.state_dict() for tool in getattr(model, "plasticity_tools", [])],
+        "tools": [tool.state_dict() for tool in getattr(model, "tools", [])],
         "logger": {
             "values": dict(logger.name_to_value),
             "counts": dict(logger.name_to_count),
@@ -201,12 +202,11 @@ def restore(
     model: BaseAlgorithm, state: dict[str, Any], parts: Mapping[str, Stateful], logger: Logger
 ) -> None:
     """Put ``state`` (from :func:`capture`, checked by :func:`check_compatible`) back into a fresh run."""
-    tools = getattr(model, "plasticity_tools", [])
-    if len(tools) != len(state["plasticity_tools"]):
-        raise CheckpointError(
-            f"checkpoint has {len(state['plasticity_tools'])} plasticity tools, this run has {len(tools)}"
-        )
-    for tool, tool_state in zip(tools, state["plasticity_tools"], strict=True):
+    tools = getattr(model, "tools", [])
+    tool_states = state["tools"] if "tools" in state else state["plasticity_tools"]  # before the rename
+    if len(tools) != len(tool_states):
+        raise CheckpointError(f"checkpoint has {len(tool_states)} tools, this run has {len(tools)}")
+    for tool, tool_state in zip(tools, tool_states, strict=True):
         tool.rebuild(model, tool_state)  # the networks' shape first (plasticity injection), then the values
     try:
         model.policy.load_state_dict(state["policy"])
@@ -227,7 +227,7 @@ def restore(
     set_env_state(model.get_env(), state["env"])
     for name, part in parts.items():
         part.load_state_dict(state["parts"][name])
-    for tool, tool_state in zip(tools, state["plasticity_tools"], strict=True):
+    for tool, tool_state in zip(tools, tool_states, strict=True):
         tool.load_state_dict(tool_state)
     logger.name_to_value.update(state["logger"]["values"])
     logger.name_to_count.update(state["logger"]["counts"])

@@ -79,7 +79,7 @@ def layout(agent: BaseAlgorithm, switching: bool) -> Layout:
     name), dropping charts of a category that run lacks. Only charts whose tags the run writes; a
     plasticity tool's charts are its registration's (:class:`~nested_ac.registry.ToolSpec` ``charts``),
     the diagnostics' first, then the gradient norm, then the interventions'."""
-    tools = getattr(agent, "plasticity_tools", [])
+    tools = getattr(agent, "tools", [])
     used = [entry.target for entry in TOOLS if any(isinstance(tool, entry.target.tool) for tool in tools)]
 
     def charts(category: str) -> dict[str, list[Any]]:

@@ -9,7 +9,7 @@ import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.logger import Logger
 
-from nested_ac.hooks import PlasticityTool
+from nested_ac.hooks import Tool
 from nested_ac.metrics import (
     distance_from_init,
     dormant_ratio,
@@ -22,7 +22,7 @@ from nested_ac.metrics import (
 from nested_ac.networks import policy_networks, probe
 
 
-class Diagnostics(PlasticityTool):
+class Diagnostics(Tool):
     """Every ``every`` rollouts, on a probe batch of that rollout's observations (no gradients), per
     network (``actor``, ``critic`` or ``critic_<k>``):
 
@@ -77,7 +77,7 @@ class Diagnostics(PlasticityTool):
         self.rollouts, self.initial = state["rollouts"], state["initial"]
 
 
-class UtilityLogger(PlasticityTool):
+class UtilityLogger(Tool):
     """Logs UPGD's scaled utilities ū per network every ``every`` updates.
 
     Tags ``upgd/<network>/utility_mean`` (mean ū), ``upgd/<network>/frac_above_half`` (fraction of weights

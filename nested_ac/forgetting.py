@@ -32,7 +32,7 @@ from stable_baselines3.common.logger import Logger
 from torch import nn
 from torch.distributions import Categorical, Distribution, Normal, kl_divergence
 
-from nested_ac.hooks import Entries, PlasticityTool
+from nested_ac.hooks import Entries, Tool
 from nested_ac.networks import parameter_names, policy_networks
 
 # The rollout buffer's arrays that make up PPO's loss on a rollout (RolloutBufferSamples, in its order).
@@ -75,7 +75,7 @@ def evenly_spaced(count: int, limit: int) -> torch.Tensor:
     return torch.linspace(0, limit - 1, min(count, limit)).round().long()
 
 
-class TaskAwareTool(PlasticityTool):
+class TaskAwareTool(Tool):
     """Base of the forgetting tools: keeps the ending task's data and consolidates it at each switch.
 
     After every rollout it keeps a copy of the rollout (observations, actions, values, log-probabilities,

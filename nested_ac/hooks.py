@@ -1,7 +1,8 @@
-"""The one hook protocol every plasticity tool (continual backprop, ReDo, Shrink & Perturb ...) follows.
+"""The one hook protocol every tool follows: plasticity tools (continual backprop, ReDo, Shrink & Perturb
+...), forgetting tools (SPG, projection, NCL) and diagnostics alike.
 
 An agent that supports tools (``nested_ac.agents.ContinualPPO`` and its subclasses) calls, for each tool in
-its ``plasticity_tools`` list:
+its ``tools`` list:
 
 - ``before_gradient_clipping(model, optimizer)`` on every minibatch of the update, right after the backward
   pass and before the gradient-norm clipping: a tool adds the gradient of its own term of the loss to
@@ -27,7 +28,7 @@ its ``plasticity_tools`` list:
 - ``rebuild(model, state)`` when a run resumes, before the checkpoint's weights are loaded: a tool that
   changes the networks' layers (plasticity injection) gives the fresh networks the checkpointed shape.
 
-A new method is one subclass of :class:`PlasticityTool` overriding what it needs, not a fork of PPO.
+A new method is one subclass of :class:`Tool` overriding what it needs, not a fork of PPO.
 """
 
 from __future__ import annotations
@@ -42,16 +43,19 @@ from stable_baselines3.common.logger import Logger
 Entries = list[tuple[torch.nn.Parameter, Any]]
 
 
-class PlasticityTool:
-    """Base class of plasticity tools: every hook is a no-op until a subclass overrides it.
+class Tool:
+    """Base class of every tool an agent runs (plasticity and forgetting tools, diagnostics): every hook is a
+    no-op until a subclass overrides it.
 
-    ``resets_units``: the tool reinitialises single weights (continual backprop, ReDo) and restarts their
-    optimizer state; the agent then gives its optimizer one step count per weight (Adam becomes
-    ``ElementwiseAdam``, UPGD gets ``per_element_steps``), so a restarted weight's bias correction restarts
-    too. A tool may set it per instance (continual backprop's ``reset_optimizer_state``).
+    ``restarts_entry_state``: the tool restarts the optimizer state of single entries of a tensor (continual
+    backprop's and ReDo's replaced units); the agent then gives its optimizer one step count per weight
+    (Adam becomes ``ElementwiseAdam``, UPGD gets ``per_element_steps``), so a restarted weight's bias
+    correction restarts too. A tool may set it per instance: continual backprop with
+    ``reset_optimizer_state=False`` replaces units and leaves their state, so it says False; a tool that
+    resets whole tensors (layer resets) drops their state and needs no step count per weight.
     """
 
-    resets_units: bool = False
+    restarts_entry_state: bool = False
 
     def before_gradient_clipping(self, model: BaseAlgorithm, optimizer: torch.optim.Optimizer) -> None:
         """Called with the loss's gradients in place, before they are clipped: add a loss term's gradient
@@ -78,7 +82,8 @@ class PlasticityTool:
 
     def on_reinitialise(self, model: BaseAlgorithm, entries: Entries) -> None:
         """Called when another tool has just reinitialised ``entries`` (fresh weights, their optimizer state
-        restarted where that tool's ``resets_units`` says so): reset whatever this tool keeps per entry."""
+        restarted where that tool's ``restarts_entry_state`` says so): reset whatever this tool keeps per
+        entry."""
 
     def log(self, logger: Logger) -> None:
         """Record the tool's scalars; called after each update."""

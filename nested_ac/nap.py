@@ -10,11 +10,11 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.logger import Logger
 from torch import nn
 
-from nested_ac.hooks import PlasticityTool
+from nested_ac.hooks import Tool
 from nested_ac.networks import Network, parameter_names, policy_networks
 
 
-class NormalizeAndProject(PlasticityTool):
+class NormalizeAndProject(Tool):
     """Normalize-and-Project (NaP; Lyle et al., NeurIPS 2024): LayerNorm before every hidden nonlinearity
     (``network.layer_norm``, required) and, after every optimizer step, every hidden layer's weight matrix
     projected back onto the sphere of its initial norm:

@@ -36,7 +36,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.logger import Logger
 from torch import nn
 
-from nested_ac.hooks import Entries, PlasticityTool
+from nested_ac.hooks import Entries, Tool
 from nested_ac.layers import CReLU
 from nested_ac.metrics import dormant_mask
 from nested_ac.networks import Network, lecun_uniform_, parameter_names, policy_networks, probe, unit_outputs
@@ -139,14 +139,14 @@ def transfer_to_bias(network: Network, layer: int, units: torch.Tensor, means: t
 
 def reset_layers(
     model: BaseAlgorithm,
-    origin: PlasticityTool,
+    origin: Tool,
     network: Network,
     units_by_layer: dict[int, torch.Tensor],
     means_by_layer: dict[int, torch.Tensor] | None = None,
 ) -> None:
     """The reset of tool ``origin``: :func:`reset_units` for several layers of one of ``model``'s networks
-    (with the policy's optimizer and initialisation, and the optimizer state reset if ``origin.resets_units``
-    says so), last layer first — a fresh row of layer l+1 would
+    (with the policy's optimizer and initialisation, and the optimizer state reset if
+    ``origin.restarts_entry_state`` says so), last layer first — a fresh row of layer l+1 would
     otherwise give back outgoing weights to the units just replaced in layer l — then every other tool of
     ``model`` is told which entries are fresh (``on_reinitialise``).
 
@@ -161,7 +161,7 @@ def reset_layers(
     init = initialisation(policy)
     for layer in sorted(units_by_layer, reverse=True):
         units = units_by_layer[layer]
-        entries += reset_units(network, layer, units, policy.optimizer, init, origin.resets_units)
+        entries += reset_units(network, layer, units, policy.optimizer, init, origin.restarts_entry_state)
     if entries:
         model.notify_reinitialised(entries, origin)
 
@@ -173,7 +173,7 @@ def check_steps_per_weight(optimizer: torch.optim.Optimizer, tool: str) -> None:
         raise ValueError(
             f"{tool} restarts the optimizer state of the weights it resets, step count included, but "
             f"{type(optimizer).__name__} keeps one step count per tensor; pass the tool when building the "
-            "agent (ContinualPPO(..., plasticity_tools=[...]) then uses ElementwiseAdam, or UPGD with "
+            "agent (ContinualPPO(..., tools=[...]) then uses ElementwiseAdam, or UPGD with "
             "per_element_steps) or build the optimizer so yourself"
         )
 
@@ -248,7 +248,7 @@ class _NetworkTrace:
         return len(current) == len(self.views) and all(map(operator.is_, current, self.views))
 
 
-class ContinualBackprop(PlasticityTool):
+class ContinualBackprop(Tool):
     """Continual backprop (Dohare et al., Nature 2024): generate-and-test over every hidden layer.
 
     After every optimizer step, for hidden unit i of a layer with activation h_i on the minibatch and
@@ -309,7 +309,7 @@ class ContinualBackprop(PlasticityTool):
         self.decay_rate = decay_rate
         self.mean_corrected = mean_corrected
         self.rounding = rounding
-        self.resets_units = reset_optimizer_state
+        self.restarts_entry_state = reset_optimizer_state
         self.move_mean_to_bias = move_mean_to_bias
         self.recorder: ActivationRecorder | None = None
         # Per (network, layer): ages (host), utility U, running mean f, replacement carry, replaced count.
@@ -336,7 +336,7 @@ class ContinualBackprop(PlasticityTool):
                     self.utility[key] = torch.zeros(outputs, device=linear.weight.device)
                     self.mean[key] = torch.zeros(outputs, device=linear.weight.device)
                     self.carry[key], self.replaced[key] = 0.0, 0
-        if self.resets_units:  # an unknown layout or one step count per tensor fails now, not later
+        if self.restarts_entry_state:  # an unknown layout or one step count per tensor fails now, not later
             optimizer_state_keys(model.policy.optimizer)
             check_steps_per_weight(model.policy.optimizer, "continual backprop")
         self.recorder = ActivationRecorder(networks, model)
@@ -502,7 +502,7 @@ def _network_parameters(model: BaseAlgorithm) -> list[nn.Parameter]:
     return [p for network in model.trainable_networks().values() for p in network.parameters()]
 
 
-class ShrinkPerturb(PlasticityTool):
+class ShrinkPerturb(Tool):
     """Shrink & Perturb (Ash & Adams, NeurIPS 2020), each optimizer step or at each task switch.
 
     ``mode="step"``: after every optimizer step θ ← λ·θ + σ·ε, ε ~ N(0, 1) (``shrink`` = λ, ``sigma`` = σ).
@@ -552,7 +552,7 @@ class ShrinkPerturb(PlasticityTool):
         self.task = state["task"]
 
 
-class L2Init(PlasticityTool):
+class L2Init(Tool):
     """L2-Init (Kumar et al., 2023), as a decoupled pull after every optimizer step:
 
         θ ← θ − lr·λ·(θ − θ_0)
@@ -600,7 +600,7 @@ class L2Init(PlasticityTool):
         self.initial = {name: value.clone() for name, value in state["initial"].items()}
 
 
-class ReDo(PlasticityTool):
+class ReDo(Tool):
     """ReDo (Sokar et al., ICML 2023): every ``every`` updates, reset the τ-dormant hidden units.
 
     On the observations of the last rollout, unit i of a layer is τ-dormant when
@@ -609,7 +609,7 @@ class ReDo(PlasticityTool):
     incoming weights, zero outgoing weights, zeroed optimizer state: :func:`reset_units`).
     """
 
-    resets_units = True
+    restarts_entry_state = True
 
     def __init__(self, tau: float = 0.025, every: int = 10, probe_size: int = 1024) -> None:
         if tau < 0 or every <= 0:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from nested_ac.errors import unknown_choice
 
 if TYPE_CHECKING:
-    from nested_ac.hooks import PlasticityTool
+    from nested_ac.hooks import Tool
 
 T = TypeVar("T")
 
@@ -70,15 +70,15 @@ class ToolSpec(Generic[T]):
     tags (chart title → tag regex), shown under *plasticity and interventions*: a ``plasticity`` tool's
     (the diagnostics) first, then the gradient norm, then the ``interventions``' (``category``).
     ``changes_training``: False for a tool that only observes (diagnostics): a run with it alone still
-    counts as a baseline. (A tool that resets units says so itself, ``PlasticityTool.resets_units``: the
+    counts as a baseline. (A tool that resets units says so itself, ``Tool.restarts_entry_state``: the
     agent then keeps one step count per weight.)
     """
 
     section: str
     config: type[T]
-    tool: type[PlasticityTool]
+    tool: type[Tool]
     enabled: Callable[[T], bool]
-    build: Callable[[T], PlasticityTool]
+    build: Callable[[T], Tool]
     charts: Mapping[str, str] = field(default_factory=dict)
     category: str = "interventions"
     changes_training: bool = True

@@ -29,7 +29,7 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from torch import nn
 from torch.distributions import Categorical, Normal
 
-from nested_ac.hooks import Entries, PlasticityTool
+from nested_ac.hooks import Entries, Tool
 from nested_ac.networks import Network
 from nested_ac.plasticity import initialisation
 
@@ -60,7 +60,7 @@ def parseval_residual(weight: torch.Tensor, scale: float) -> torch.Tensor:
     return gram
 
 
-class ParsevalRegularization(PlasticityTool):
+class ParsevalRegularization(Tool):
     """Parseval regularization (Chung, Cherif, Meger & Precup, NeurIPS 2024).
 
     The loss gains, for every hidden layer l (``Network.hidden``: input and hidden-to-hidden layers, not the
@@ -136,7 +136,7 @@ def initial_bound(init: str, network: Network, linear: nn.Linear) -> float:
     return 1 / math.sqrt(fan_in)
 
 
-class WeightClipping(PlasticityTool):
+class WeightClipping(Tool):
     """Weight clipping (Elsayed, Lan, Lyle & Mahmood, RLC 2024).
 
     After every optimizer step (and after every tool that moves weights before it: UPGD's perturbed step,
@@ -222,7 +222,7 @@ def head_outputs(
     return categorical, head, policy.predict_values(observations).flatten() if values else None
 
 
-class ChurnReduction(PlasticityTool):
+class ChurnReduction(Tool):
     """C-CHAIN, continual churn approximated reduction (Tang, Obando-Ceron, Castro, Courville & Berseth,
     ICML 2025), for PPO.
 

@@ -25,7 +25,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.logger import Logger
 from torch import nn
 
-from nested_ac.hooks import Entries, PlasticityTool
+from nested_ac.hooks import Entries, Tool
 from nested_ac.networks import Network, lecun_uniform_
 from nested_ac.plasticity import ContinualBackprop, initialisation
 
@@ -119,7 +119,7 @@ def _last_layers(key: str, network: Network, layers: int | str) -> tuple[nn.Line
     return linears[len(linears) - layers :]
 
 
-class LayerReset(PlasticityTool):
+class LayerReset(Tool):
     """Layer resets (Nikishin et al., ICML 2022; Juliani & Ash, NeurIPS 2024's reset-final and reset-all).
 
     When the :class:`Trigger` fires, for every network the agent lets tools change (the actor and every
@@ -223,7 +223,7 @@ def _frozen(module: nn.Module) -> nn.Module:
     return module.requires_grad_(False)
 
 
-class PlasticityInjection(PlasticityTool):
+class PlasticityInjection(Tool):
     """Plasticity injection (Nikishin, Oh, Ostrovski, Lyle, Pascanu, Dabney & Barreto, NeurIPS 2023).
 
     Each network — the actor and PPO's critic (the nested agent's inner critic V_1, which learns from the
@@ -298,7 +298,7 @@ class PlasticityInjection(PlasticityTool):
 
     def _check(self, model: BaseAlgorithm) -> None:
         """A ValueError for a model injection cannot serve (see the class docstring)."""
-        if self.layers > 1 and any(isinstance(tool, ContinualBackprop) for tool in model.plasticity_tools):
+        if self.layers > 1 and any(isinstance(tool, ContinualBackprop) for tool in model.tools):
             raise ValueError(
                 f"inject.layers = {self.layers} with continual backprop: the injected head's activations "
                 "would go unobserved (continual backprop hooks a network's activations once); use "

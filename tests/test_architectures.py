@@ -18,7 +18,7 @@ from nested_ac.agents.by_hand import refusal as by_hand_refusal
 from nested_ac.build import sb3_ppo_kwargs
 from nested_ac.config import resolve_config
 from nested_ac.errors import ConfigError
-from nested_ac.hooks import PlasticityTool
+from nested_ac.hooks import Tool
 from nested_ac.layers import CReLU, Fourier, hidden_layers, output_features
 from nested_ac.metrics import dormant_mask
 from nested_ac.nap import NormalizeAndProject
@@ -42,7 +42,7 @@ def make_model(activation=torch.nn.ReLU, layer_norm=True, tools=(), cls=Continua
     }
     return cls(
         "MlpPolicy", env, n_steps=64, batch_size=64, seed=0, policy_kwargs=policy_kwargs,
-        plasticity_tools=list(tools), **kwargs,
+        tools=list(tools), **kwargs,
     )  # fmt: skip
 
 
@@ -127,7 +127,7 @@ def test_a_layer_norm_that_is_not_over_the_units_takes_autograd():
     assert "does not normalise over its layer's units" in by_hand.refusal(model)
 
 
-class Recorder(PlasticityTool):
+class Recorder(Tool):
     def __init__(self) -> None:
         self.entries = []
 

@@ -19,7 +19,7 @@ from nested_ac.forgetting import (
     project,
     spg_importance,
 )
-from nested_ac.hooks import PlasticityTool
+from nested_ac.hooks import Tool
 from nested_ac.sweep import load_experiment
 from nested_ac.train import train
 from tests.conftest import FAST, read_scalars
@@ -38,7 +38,7 @@ def minibatch_loss(model: ContinualPPO) -> torch.Tensor:
 
 def after_a_switch(tool, model: ContinualPPO) -> None:
     """One rollout kept by ``tool``, then the task clock's first task and a switch to the next one."""
-    model.plasticity_tools = [tool]
+    model.tools = [tool]
     model.learn(total_timesteps=64)
     tool.on_task_switch(model, model.policy.optimizer, 0)
     tool.on_task_switch(model, model.policy.optimizer, 1)
@@ -83,7 +83,7 @@ def test_spg_consolidates_the_importance_of_the_ppo_loss_gradient_on_the_kept_ro
 def test_spg_with_full_mask_leaves_the_weight_unchanged_and_the_rest_learning():
     model = make_model()
     spg = SoftMasking()
-    model.plasticity_tools = [spg]
+    model.tools = [spg]
     parameters = dict(model.policy.named_parameters())
     spg.mask = {name: torch.zeros_like(p) for name, p in parameters.items() if name != "log_std"}
     spg.mask[WEIGHT] = torch.ones_like(parameters[WEIGHT])
@@ -248,13 +248,13 @@ def with_ncl_state(model: ContinualPPO, ncl: NaturalContinualLearning) -> dict[s
 
 def one_step(model: ContinualPPO, tools: list) -> dict[str, torch.Tensor]:
     """The change of every parameter in one training step (backward, clipping, the tools, the optimizer)."""
-    model.plasticity_tools = tools
+    model.tools = tools
     before = {name: p.detach().clone() for name, p in model.policy.named_parameters()}
     model._optimizer_step(minibatch_loss(model), {})
     return {name: p.detach() - before[name] for name, p in model.policy.named_parameters()}
 
 
-class LaplacePenalty(PlasticityTool):
+class LaplacePenalty(Tool):
     """EWC's gradient, written here: g ← g + Λ(θ − µ), capped at ``max_norm`` as NCL caps it."""
 
     def __init__(self, precision: dict, anchor: dict, max_norm: float) -> None:

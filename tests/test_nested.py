@@ -13,7 +13,7 @@ from nested_ac import envs  # noqa: F401  (registers the permuted CartPole)
 from nested_ac.agents import ContinualPPO, NestedPPO
 from nested_ac.build import build_agent, policy_kwargs, sb3_ppo_kwargs
 from nested_ac.config import RunConfig
-from nested_ac.hooks import PlasticityTool
+from nested_ac.hooks import Tool
 from nested_ac.train import make_env
 from tests.conftest import FAST, read_scalars
 from tests.test_ppo import assert_gradient_by_hand_equals_autograd
@@ -41,7 +41,7 @@ def trained(
     config = small_config(optimizer, engine, **nested)
     config.agent = "nested-ppo" if cls is NestedPPO else "ppo"
     model = build_agent(config, make_env(config))
-    model.plasticity_tools = list(tools)
+    model.tools = list(tools)
     model.learn(steps)  # 384 steps: 3 updates of 2 epochs x 4 minibatches
     return model
 
@@ -56,7 +56,7 @@ def critic_vector(model: NestedPPO, level: int) -> torch.Tensor:
     return torch.cat([p.detach().flatten().clone() for p in [*mlp.parameters(), *head.parameters()]])
 
 
-class Snapshots(PlasticityTool):
+class Snapshots(Tool):
     """Every critic's parameters before each update (after each rollout)."""
 
     def __init__(self) -> None:

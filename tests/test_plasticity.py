@@ -13,11 +13,11 @@ from stable_baselines3.common.logger import Logger
 from nested_ac import envs
 from nested_ac.agents import ContinualPPO, NestedPPO
 from nested_ac.agents.ppo import ENGINES, call
-from nested_ac.build import build_agent, optimizer_spec, plasticity_tools
+from nested_ac.build import build_agent, build_tools, optimizer_spec
 from nested_ac.callbacks import TaskClock
 from nested_ac.config import RunConfig
 from nested_ac.forgetting import GradientProjection, NaturalContinualLearning, SoftMasking
-from nested_ac.hooks import PlasticityTool
+from nested_ac.hooks import Tool
 from nested_ac.networks import policy_networks
 from nested_ac.optim import UPGD, AdaptiveUPGD, ElementwiseAdam, FlatAdam, with_element_steps
 from nested_ac.plasticity import (
@@ -50,7 +50,7 @@ def make_model(
         batch_size=64,
         seed=0,
         policy_kwargs=policy_kwargs,
-        plasticity_tools=list(tools),
+        tools=list(tools),
     )
 
 
@@ -83,9 +83,9 @@ def test_replacing_a_dead_unit_keeps_outputs_and_resets_exactly_its_entries():
         training_step(model, obs)
     assert all(count == 0 for count in cbp.replaced.values())
     # Step 3 without the tool, then the tool alone: every unit is mature, ρ·16 = 1 replacement per layer.
-    model.plasticity_tools = []
+    model.tools = []
     training_step(model, obs)
-    model.plasticity_tools = [cbp]
+    model.tools = [cbp]
     networks = policy_networks(model.policy)
     with torch.no_grad():  # unit 3 of every hidden layer made dead by hand: no outgoing weights
         for network in networks:
@@ -134,7 +134,7 @@ def test_a_replacement_moves_the_mean_contribution_into_the_next_bias():
         training_step(model, obs)
     replaced = dict(cbp.replaced)
     assert all(count > 0 for count in replaced.values())
-    model.plasticity_tools = []
+    model.tools = []
     training_step(model, obs)  # the forward the tool will read; the tool alone after it
     before = outputs(model, obs)
     outgoing = {
@@ -160,7 +160,7 @@ def test_a_reset_weight_restarts_its_optimizer_like_a_fresh_one(name, betas):
     config.optimizer.sigma, config.optimizer.protect = 0.0, False  # UPGD: no noise, the gate only on noise
     optimizer_class, kwargs = optimizer_spec(config)
     model = make_model(
-        optimizer_class, activation=torch.nn.Tanh, optimizer_kwargs=kwargs, tools=plasticity_tools(config)
+        optimizer_class, activation=torch.nn.Tanh, optimizer_kwargs=kwargs, tools=build_tools(config)
     )
     optimizer_class, kwargs = with_element_steps((optimizer_class, kwargs))  # what the agent built
     optimizer, lr = model.policy.optimizer, model.policy.optimizer.param_groups[0]["lr"]
@@ -214,17 +214,17 @@ def test_per_element_steps_only_with_unit_resets():
 
 @pytest.mark.parametrize("tool", [ContinualBackprop, ReDo])
 def test_an_agent_built_directly_with_a_unit_reset_keeps_a_step_count_per_weight(tool):
-    """ContinualPPO(plasticity_tools=[...]) as through a run configuration: Adam becomes ElementwiseAdam
+    """ContinualPPO(tools=[...]) as through a run configuration: Adam becomes ElementwiseAdam
     (SB3's Adam eps), UPGD gets per-element steps; a tool added later to a per-tensor Adam is refused."""
     env = make_vec_env("CartPole-v1", n_envs=1, seed=0)
     for engine in ENGINES:
-        optimizer = ContinualPPO("MlpPolicy", env, engine=engine, plasticity_tools=[tool()]).policy.optimizer
+        optimizer = ContinualPPO("MlpPolicy", env, engine=engine, tools=[tool()]).policy.optimizer
         assert type(optimizer) is ElementwiseAdam and optimizer.defaults["eps"] == 1e-5
     policy_kwargs = {"optimizer_class": AdaptiveUPGD, "optimizer_kwargs": {"sigma": 0.0}}
-    model = ContinualPPO("MlpPolicy", env, plasticity_tools=[tool()], policy_kwargs=policy_kwargs)
+    model = ContinualPPO("MlpPolicy", env, tools=[tool()], policy_kwargs=policy_kwargs)
     assert type(model.policy.optimizer) is AdaptiveUPGD and model.policy.optimizer.per_element_steps
     model = ContinualPPO("MlpPolicy", env, n_steps=64, batch_size=64)
-    model.plasticity_tools = [tool()]
+    model.tools = [tool()]
     with pytest.raises(ValueError, match="keeps one step count per tensor; pass the tool when building"):
         model.learn(64)
 
@@ -240,7 +240,7 @@ def test_replacement_count_follows_rate_with_carry():
     assert cbp.replaced[("actor", 0)] == 16 and cbp.replaced[("critic", 1)] == 16
     assert cbp.carry[("actor", 0)] == pytest.approx(0.0, abs=1e-9)
     cbp_half = ContinualBackprop(replacement_rate=0.03, maturity=0)
-    model.plasticity_tools = [cbp_half]
+    model.tools = [cbp_half]
     cbp.recorder.remove()
     cbp_half.bind(model)
     for _ in range(3):
@@ -405,7 +405,7 @@ def test_shrink_perturb_each_step_and_at_switches():
         torch.testing.assert_close(p.detach(), 0.5 * q)
 
 
-class ParameterSpy(PlasticityTool):
+class ParameterSpy(Tool):
     """The policy's parameters at each task notification."""
 
     def __init__(self) -> None:
@@ -419,9 +419,7 @@ def test_shrink_perturb_fires_at_every_switch_of_a_cyclic_schedule_and_never_at_
     env = make_vec_env("nested_ac/PermutedCartPole-v0", n_envs=2, seed=0)
     before, after = ParameterSpy(), ParameterSpy()
     tools = [before, ShrinkPerturb("switch", alpha=0.5), after]
-    agent = ContinualPPO(
-        "MlpPolicy", env, plasticity_tools=tools, n_steps=64, batch_size=64, n_epochs=1, seed=0
-    )
+    agent = ContinualPPO("MlpPolicy", env, tools=tools, n_steps=64, batch_size=64, n_epochs=1, seed=0)
     agent.learn(total_timesteps=512, callback=TaskClock(envs.Cyclic(128, (0, 1))))
     tasks = [task for task, _ in before.seen]
     assert tasks[:4] == [0, 1, 0, 1]  # the start, then switches at 128, 256 and 384 (and 512, the end)
@@ -499,7 +497,7 @@ def test_continual_backprop_replaces_the_same_units_of_the_same_networks_on_both
     for engine in ENGINES:
         cbp = ContinualBackprop(replacement_rate=0.02, maturity=3, decay_rate=0.9)
         model = NestedPPO(
-            "MlpPolicy", env, engine=engine, seed=0, policy_kwargs=policy_kwargs, plasticity_tools=[cbp],
+            "MlpPolicy", env, engine=engine, seed=0, policy_kwargs=policy_kwargs, tools=[cbp],
             **nested,
         )  # fmt: skip
         cbp.bind(model)
@@ -513,7 +511,7 @@ def test_continual_backprop_replaces_the_same_units_of_the_same_networks_on_both
     assert networks == ({"actor", "critic_1"} if freeze == 0 else {"actor", "critic_1", "critic_2"})
 
 
-class RowsSeen(PlasticityTool):
+class RowsSeen(Tool):
     """After every optimizer step (and after the tools before it), the row counts of the activations
     continual backprop has just scored its units on."""
 
@@ -536,7 +534,7 @@ def test_with_gradient_projection_continual_backprop_scores_units_on_the_minibat
         batch_size=32,
         n_epochs=2,
         seed=0,
-        plasticity_tools=[cbp, projection, seen],
+        tools=[cbp, projection, seen],
         policy_kwargs={"net_arch": {"pi": [16, 16], "vf": [16, 16]}, "optimizer_class": ElementwiseAdam},
     )
     model.learn(128)

@@ -15,7 +15,7 @@ from stable_baselines3.common.logger import Logger
 
 from nested_ac.agents import ContinualPPO
 from nested_ac.agents.by_hand import refusal
-from nested_ac.build import plasticity_tools
+from nested_ac.build import build_tools
 from nested_ac.config import resolve_config
 from nested_ac.errors import ConfigError
 from nested_ac.interrupts import TrainingInterrupted
@@ -47,7 +47,7 @@ def tiny_model(env_id="CartPole-v1", tools=(), optimizer_class=torch.optim.Adam,
     }
     return ContinualPPO(
         "MlpPolicy", env, n_steps=32, batch_size=32, seed=0, policy_kwargs=policy_kwargs,
-        plasticity_tools=list(tools), **kwargs,
+        tools=list(tools), **kwargs,
     )  # fmt: skip
 
 
@@ -323,7 +323,7 @@ def test_the_three_tools_run_the_same_on_both_engines_and_log_and_save_their_sta
     coefs = [value for _, value in scalars["fast"]["cchain/policy_coef"]]
     assert coefs[0] == 100.0 and len(set(coefs)) > 1  # adapted after the warm-up
     checkpoint = max((tmp_path / "fast" / "checkpoints").glob("step_*.pt"), key=lambda p: int(p.stem[5:]))
-    states = torch.load(checkpoint, map_location="cpu", weights_only=False)["plasticity_tools"]
+    states = torch.load(checkpoint, map_location="cpu", weights_only=False)["tools"]
     assert states[-3:-1] == [{}, {}]  # Parseval and weight clipping keep nothing between updates
     assert len(states[-1]["reference"]) == len(finals["fast"]) and states[-1]["updates_in_task"] >= 1
 
@@ -401,7 +401,7 @@ def test_bad_settings_are_config_errors_naming_the_key(key, value, message):
     on = {"parseval.coef": 1e-3, "weight_clipping.kappa": 1.0, "cchain.enabled": True}
     config = resolve_config(overrides={**on, key: value})
     with pytest.raises(ConfigError) as error:
-        plasticity_tools(config)
+        build_tools(config)
     assert message in str(error.value)
 
 
@@ -412,5 +412,5 @@ def test_the_fast_engine_keeps_its_hand_written_gradient_with_the_three_tools():
 
 def test_off_by_default():
     config = resolve_config()
-    names = {type(tool).__name__ for tool in plasticity_tools(config)}
+    names = {type(tool).__name__ for tool in build_tools(config)}
     assert not names & {"ParsevalRegularization", "WeightClipping", "ChurnReduction"}

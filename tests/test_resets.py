@@ -12,10 +12,10 @@ from torch import nn
 
 from nested_ac.agents import ContinualPPO, NestedPPO
 from nested_ac.agents.by_hand import refusal
-from nested_ac.build import build_agent, plasticity_tools
+from nested_ac.build import build_agent, build_tools
 from nested_ac.checkpoint import CheckpointStore
 from nested_ac.config import RunConfig, resolve_config
-from nested_ac.hooks import PlasticityTool
+from nested_ac.hooks import Tool
 from nested_ac.networks import policy_networks
 from nested_ac.optim import AdaptiveUPGD
 from nested_ac.plasticity import ContinualBackprop, L2Init
@@ -50,12 +50,12 @@ def make_model(
         batch_size=64,
         seed=0,
         policy_kwargs=policy_kwargs,
-        plasticity_tools=list(tools),
+        tools=list(tools),
         **kwargs,
     )
 
 
-class Spy(PlasticityTool):
+class Spy(Tool):
     """The entries other tools report as reinitialised."""
 
     def __init__(self) -> None:
@@ -202,13 +202,13 @@ def test_injection_refuses_what_it_cannot_serve():
         PlasticityInjection(at="never")
     model = make_model([PlasticityInjection(layers=4, at="once")])
     with pytest.raises(ValueError, match="network 'actor' has 3 layers"):
-        model.plasticity_tools[0].inject(model)
+        model.tools[0].inject(model)
     model = make_model([PlasticityInjection(layers=2, at="once"), ContinualBackprop()])
     with pytest.raises(ValueError, match="with continual backprop"):
-        model.plasticity_tools[0].inject(model)
+        model.tools[0].inject(model)
     nested = make_model([PlasticityInjection(at="once")], agent=NestedPPO, levels=2, mode="polyak")
     with pytest.raises(ValueError, match="polyak"):
-        nested.plasticity_tools[0].inject(nested)
+        nested.tools[0].inject(nested)
 
 
 def test_injection_acts_on_the_actor_and_the_inner_critic_of_the_nested_agent():
@@ -375,7 +375,7 @@ def test_bad_reset_settings_name_the_key():
         LayerReset(at="every", every=0)
     model = make_model([LayerReset(layers=5)])
     with pytest.raises(ValueError, match="reset.layers is 5, but network 'actor' has 3 layers"):
-        model.plasticity_tools[0].on_task_switch(model, model.policy.optimizer, 0)
+        model.tools[0].on_task_switch(model, model.policy.optimizer, 0)
 
 
 @pytest.mark.parametrize(
@@ -449,12 +449,12 @@ def config(tmp_path, name, **overrides) -> RunConfig:
 def test_training_through_the_config_path(tmp_path, section, tool, tag):
     torch.set_num_threads(1)
     run = config(tmp_path, "run", **section)
-    index = [type(t) for t in plasticity_tools(run)].index(tool)
+    index = [type(t) for t in build_tools(run)].index(tool)
     result = train(run)
     scalars = read_scalars(result.run_dir)
     assert scalars[tag][-1][1] == 2  # switches at 256 and 512
     latest = max((result.run_dir / "checkpoints").glob("step_*.pt"), key=lambda p: int(p.stem[5:]))
-    saved = torch.load(latest, map_location="cpu", weights_only=False)["plasticity_tools"][index]
+    saved = torch.load(latest, map_location="cpu", weights_only=False)["tools"][index]
     assert saved["trigger"]["fired"] >= 1
 
 
@@ -490,9 +490,9 @@ def test_an_interrupted_injected_run_resumes_bit_for_bit(tmp_path, monkeypatch):
     ours, theirs = (
         torch.load(d / "checkpoints" / "step_512.pt", weights_only=False) for d in (run_dir, reference)
     )
-    kinds = [type(t) for t in plasticity_tools(config(tmp_path, "any", **extra))]
+    kinds = [type(t) for t in build_tools(config(tmp_path, "any", **extra))]
     injection, l2 = kinds.index(PlasticityInjection), kinds.index(L2Init)
-    assert ours["plasticity_tools"][injection]["injections"] == 1
+    assert ours["tools"][injection]["injections"] == 1
     assert "action_net.trainable.0.weight" in ours["policy"]
     for key, value in theirs["policy"].items():
         assert torch.equal(ours["policy"][key], value), key
@@ -501,8 +501,8 @@ def test_an_interrupted_injected_run_resumes_bit_for_bit(tmp_path, monkeypatch):
         ours["optimizer"]["state"].values(), theirs["optimizer"]["state"].values(), strict=True
     ):
         assert all(torch.equal(state[key], expected[key]) for key in expected)
-    for key, value in theirs["plasticity_tools"][l2]["initial"].items():  # L2-Init's θ_0, θ′ included
-        assert torch.equal(ours["plasticity_tools"][l2]["initial"][key], value)
+    for key, value in theirs["tools"][l2]["initial"].items():  # L2-Init's θ_0, θ′ included
+        assert torch.equal(ours["tools"][l2]["initial"][key], value)
     got, expected = read_scalars(run_dir), read_scalars(reference)
     for tag, points in expected.items():
         if not tag.startswith("time/"):

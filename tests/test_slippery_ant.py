@@ -18,7 +18,7 @@ from stable_baselines3.common.logger import Logger
 from nested_ac import envs
 from nested_ac.agents import ContinualPPO, NestedPPO
 from nested_ac.agents.ppo import clip_grad_norm, normalize_advantages
-from nested_ac.build import build_agent, optimizer_spec, plasticity_tools, sb3_ppo_kwargs
+from nested_ac.build import build_agent, build_tools, optimizer_spec, sb3_ppo_kwargs
 from nested_ac.callbacks import TaskClock
 from nested_ac.config import RunConfig, resolve_config
 from nested_ac.envs.mujoco import slippery_ant
@@ -308,7 +308,7 @@ def test_without_optimizer_reset_replaced_units_keep_their_adam_state_and_torch_
         training_step(model, obs)
     actor = policy_networks(model.policy)[0]
     state = model.policy.optimizer.state[actor.hidden[0].weight]
-    model.plasticity_tools = []
+    model.tools = []
     training_step(model, obs)  # the forward the tool reads, and the optimizer's own step
     moments = {key: state[key].clone() for key in ("exp_avg", "exp_avg_sq")}
     cbp.after_optimizer_step(model, model.policy.optimizer)
@@ -316,7 +316,7 @@ def test_without_optimizer_reset_replaced_units_keep_their_adam_state_and_torch_
     for key, value in moments.items():
         assert torch.equal(state[key], value) and torch.all(value[replaced] != 0)
     reset = ContinualBackprop(replacement_rate=1 / 16, maturity=2)  # the default: AdamGnT's reset
-    assert reset.resets_units and not cbp.resets_units
+    assert reset.restarts_entry_state and not cbp.restarts_entry_state
 
 
 def test_without_moving_the_mean_the_next_bias_is_left_alone():
@@ -327,7 +327,7 @@ def test_without_moving_the_mean_the_next_bias_is_left_alone():
         obs = observations()
         for _ in range(2):
             training_step(model, obs)
-        model.plasticity_tools = []
+        model.tools = []
         training_step(model, obs)
         actor = policy_networks(model.policy)[0]
         bias = actor.output.bias.detach().clone()  # the head: it receives layer 1's units' means
@@ -359,8 +359,8 @@ def test_the_cbp_paper_preset_is_the_authors_rl_recipe():
     cbp = config.cbp
     assert cbp.enabled and (cbp.replacement_rate, cbp.maturity, cbp.decay_rate) == (1e-4, 10_000, 0.99)
     assert cbp.rounding == "stochastic" and not cbp.reset_optimizer_state and not cbp.move_mean_to_bias
-    (tool,) = [tool for tool in plasticity_tools(config) if isinstance(tool, ContinualBackprop)]
-    assert tool.rounding == "stochastic" and not tool.resets_units and not tool.move_mean_to_bias
+    (tool,) = [tool for tool in build_tools(config) if isinstance(tool, ContinualBackprop)]
+    assert tool.rounding == "stochastic" and not tool.restarts_entry_state and not tool.move_mean_to_bias
 
 
 # --- the world: the change rule and Ant-v3's settings ---------------------------------------------------

@@ -38,7 +38,7 @@ def everything_on() -> RunConfig:
 
 
 def test_every_built_in_tool_is_registered_and_built_in_hook_order():
-    assert [type(tool) for tool in build.plasticity_tools(everything_on())] == [
+    assert [type(tool) for tool in build.build_tools(everything_on())] == [
         Diagnostics,
         UtilityLogger,
         ContinualBackprop,
@@ -49,7 +49,7 @@ def test_every_built_in_tool_is_registered_and_built_in_hook_order():
         GradientProjection,
         NaturalContinualLearning,
     ]
-    assert [type(tool) for tool in build.plasticity_tools(RunConfig())] == [Diagnostics]
+    assert [type(tool) for tool in build.build_tools(RunConfig())] == [Diagnostics]
     assert {entry.target.section for entry in TOOLS} >= {"cbp", "shrink_perturb", "l2_init", "redo", "ncl"}
 
 
