@@ -219,7 +219,8 @@ def restore(
     model.ep_success_buffer = deque(algorithm["ep_success_buffer"], maxlen=model._stats_window_size)
     set_env_state(model.get_env(), state["env"])
     for name, part in parts.items():
-        part.load_state_dict(state["parts"][name])
+        if name in state["parts"]:  # a checkpoint from before a part existed leaves it at its start
+            part.load_state_dict(state["parts"][name])
     tools = getattr(model, "plasticity_tools", [])
     if len(tools) != len(state["plasticity_tools"]):
         raise CheckpointError(

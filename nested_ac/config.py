@@ -280,6 +280,16 @@ class DiagnosticsConfig:
 
 
 @dataclass
+class MetricsConfig:
+    """Metrics beside the per-task ones (``metrics``)."""
+
+    window: int = 0
+    """W > 0: also cut the run into windows of W env steps (global, summed over the copies) and give R_w,
+    P_w against the first window, its late mean and the slide over windows, for a world that drifts
+    without tasks; 0: off."""
+
+
+@dataclass
 class CheckpointConfig:
     """Periodic checkpoints in ``<run>/checkpoints/`` (``checkpoint``)."""
 
@@ -310,6 +320,7 @@ class RunConfig:
     ncl: NCLConfig = field(default_factory=NCLConfig)
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     steps: int = 100_000
     """Env steps in total, summed over the copies; PPO trains whole rollouts, so the last may run past."""
     seed: int = 0
@@ -399,6 +410,11 @@ class RunConfig:
             raise ConfigError("diagnostics.every must be >= 0 (0 = off) and diagnostics.probe_size > 0")
         if self.optimizer.log_every < 0:
             raise ConfigError(f"optimizer.log_every must be >= 0 (0 = never), got {self.optimizer.log_every}")
+        if not 0 <= self.metrics.window <= self.steps:
+            raise ConfigError(
+                f"metrics.window must be 0 (off) or a number of steps in 1 … steps ({self.steps}), got "
+                f"{self.metrics.window}"
+            )
         if any(width <= 0 for width in self.network.actor + self.network.critic):
             raise ConfigError("network.actor and network.critic widths must be positive integers")
 

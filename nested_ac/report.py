@@ -382,6 +382,33 @@ def _world_table(
     return lines
 
 
+WINDOW_HEADER = [
+    "| group | seeds | windows × W steps | late P_w IQM | late P_w mean | R_w of the first window "
+    "| slide over windows |",
+    "|---|---|---|---|---|---|---|",
+]
+
+
+def _windows_table(groups: list[Group], reps: int) -> list[str]:
+    """The windowed metrics (``metrics.window``, ALGORITHMS.md §8) of the groups whose runs have them: a
+    row per group, each run's P_w against its own first window; none where no run has windows."""
+    lines = []
+    for group in groups:
+        windows = [run.summary["windows"] for run in group.runs if run.summary.get("windows")]
+        if not windows:
+            continue
+        late = [_number(w["P_late"]) for w in windows]
+        iqm, mean = iqm_and_mean(late, reps)
+        shape = sorted({f"{len(w['R'])} × {w['window']:,}" for w in windows})
+        firsts = [_number(w["R"][0]) if w["R"] else math.nan for w in windows]
+        lines.append(
+            f"| {group.label} | {iqm.n} | {', '.join(shape)} | {_interval(iqm, iqm.n)} "
+            f"| {_interval(mean, mean.n)} | {_interval(iqm_and_mean(firsts, reps)[1], iqm.n)} "
+            f"| {_mean([_number(w['slide']) for w in windows])} |"
+        )
+    return [*WINDOW_HEADER, *lines] if lines else []
+
+
 def _suite_section(
     worlds: dict[str, list[Group]],
     p_lates: dict[str, dict[str, dict[int, float]]],
@@ -534,6 +561,16 @@ def write_report(
         if len(worlds) > 1:
             lines += ["", f"## {world}"]
         lines += ["", *_world_table(members, p_lates_by_world[world], own_refs, reps), ""]
+        windowed = _windows_table(members, reps)
+        if windowed:
+            lines += [
+                "Windows (a world that drifts without tasks, `metrics.window`): R_w the mean return of the "
+                "episodes that end in window w, P_w = (R_w − R_min)/(R_1 − R_min) against the run's first "
+                "window; late P_w: the mean over the last half of the windows; slide as above, over windows.",
+                "",
+                *windowed,
+                "",
+            ]
         lines += [*(f"![{name}]({name})" for name in plot(members, out, own_refs, reps, suffix)), ""]
     if refs:
         lines.append(
