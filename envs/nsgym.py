@@ -8,9 +8,9 @@ observation ``{"state", "env_change", "delta_change", "relative_time"}`` and, in
 Change"]``, a 0/1 flag per parameter that is 1 on the step whose dynamics ran with the new value.
 
 nested-ac is installed with ns-gym 1.0.12 without its dependencies (``pip install --no-deps
-ns-gym==1.0.12``, as ``scripts/setup.sh`` does): ns-gym declares ``mujoco<3.4`` (and ``stable_baselines3[extra]``,
-``pygame``) while the lock has mujoco 4.0.0; the classic-control wrapper imports and runs with the locked
-packages (``tests/test_nsgym.py``), NS-Gym's MuJoCo wrapper is not checked here.
+ns-gym==1.0.12``, as ``scripts/setup.sh`` does): ns-gym declares ``mujoco<3.4`` (and
+``stable_baselines3[extra]``, ``pygame``) while the lock has mujoco 4.0.0; the classic-control wrapper imports
+and runs with the locked packages (``tests/test_nsgym.py``), NS-Gym's MuJoCo wrapper is not checked here.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ CLOCKS = ("run", "episode")
 
 
 class NSGymAdapter(gym.Wrapper):
-    """An NS-Gym env as a nested-ac world that announces its own changes (``announces_tasks``).
+    """An NS-Gym env as a nested-ac world that announces its own changes (``announces_tasks``), so the
+    trainer segments the continual metrics by them (:class:`nested_ac.callbacks.AnnouncedTasks`).
 
     - The policy gets NS-Gym's ``state`` alone (the observation space is the base env's): the change flags
       and ``relative_time`` are not shown to the agent.
@@ -46,15 +47,20 @@ class NSGymAdapter(gym.Wrapper):
       seeds NS-Gym's own ``reset(seed=seed)`` gives them, and every scheduler that has one (``rng``) with
       ``default_rng([seed, k])``: every copy draws the same parameter sequence, and another run seed
       another; the base env keeps the copy's own reset seed. None: NS-Gym's own seeding.
+    - ``announce=False``: no task boundaries, for a world that changes at (nearly) every step, as under
+      NS-Gym's ``ContinuousScheduler``: per-task metrics are then meaningless; give the run
+      ``metrics.window`` instead (windowed metrics, ALGORITHMS.md §8).
     - ``return_floor``: the base task's, where nested-ac knows it (Acrobot −500, Pendulum ≈ −3255,
       MountainCar −200, MountainCarContinuous −99.9; None for CartPole, whose returns are ≥ 0).
     """
 
-    announces_tasks = True
-
-    def __init__(self, env: gym.Env, seed: int | None = None, clock: str = "run") -> None:
+    def __init__(
+        self, env: gym.Env, seed: int | None = None, clock: str = "run", announce: bool = True
+    ) -> None:
         if not hasattr(env, "tunable_params") or not isinstance(env.observation_space, gym.spaces.Dict):
-            raise TypeError(f"from_ns_gym needs an NS-Gym wrapper (ns_gym.wrappers.*), got {type(env).__name__}")
+            raise TypeError(
+                f"from_ns_gym needs an NS-Gym wrapper (ns_gym.wrappers.*), got {type(env).__name__}"
+            )
         if clock not in CLOCKS:
             raise ValueError(f"clock must be one of {', '.join(CLOCKS)}, got {clock!r}")
         if clock == "run" and not env.persistent_params:
@@ -65,6 +71,7 @@ class NSGymAdapter(gym.Wrapper):
         super().__init__(env)
         self.observation_space = env.observation_space["state"]
         self.run_seed, self.clock, self.steps = seed, clock, 0
+        self.announces_tasks = announce
         base = env.unwrapped.spec.id if env.unwrapped.spec is not None else None
         floors = {task.base_id: task.return_floor for task in CLASSIC_TASKS}
         self.return_floor = floors.get(base)
@@ -86,12 +93,14 @@ class NSGymAdapter(gym.Wrapper):
 
     def step(self, action):
         obs, reward, terminated, truncated, info = self.env.step(action)
-        changed = any(info.get(NS_GYM_CHANGE, {}).values())
-        info[ANNOUNCED_CHANGE] = bool(changed) and self.steps > 0
+        if self.announces_tasks:
+            info[ANNOUNCED_CHANGE] = any(info.get(NS_GYM_CHANGE, {}).values()) and self.steps > 0
         self.steps += 1
         return obs["state"], reward, terminated, truncated, info
 
 
-def from_ns_gym(env: gym.Env, seed: int | None = None, clock: str = "run") -> NSGymAdapter:
+def from_ns_gym(
+    env: gym.Env, seed: int | None = None, clock: str = "run", announce: bool = True
+) -> NSGymAdapter:
     """``env`` (an NS-Gym wrapper) as a nested-ac world: :class:`NSGymAdapter`."""
-    return NSGymAdapter(env, seed, clock)
+    return NSGymAdapter(env, seed, clock, announce)

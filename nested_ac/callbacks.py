@@ -207,7 +207,9 @@ class AnnouncedTasks(BaseCallback):
             for old, task in zip(self.announced, tasks, strict=True)
             if task is not None and task != old and task != self.task
         ]
-        self.announced = [old if task is None else task for old, task in zip(self.announced, tasks, strict=True)]
+        self.announced = [
+            old if task is None else task for old, task in zip(self.announced, tasks, strict=True)
+        ]
         if changed:
             self._check_no_schedule()
             self.task = changed[0]

@@ -73,8 +73,9 @@ def _multiline(*patterns: str) -> list[Any]:
 def layout(agent: BaseAlgorithm, switching: bool, windowed: bool = False) -> Layout:
     """The custom-scalars layout of a run of ``agent`` (``switching``: its env changes task), in torch's
     ``add_custom_scalars`` format: category → chart title → ``["Multiline", tag regexes]`` or
-    ``["Margin", [value, lower, upper]]`` (``windowed``: the run has windows, ``metrics.window``). Each chart holds tags of one scale: the return, the task index,
-    R_k, P_k with the collapse and sustain lines, the ratios. Two categories, neither ever empty:
+    ``["Margin", [value, lower, upper]]`` (``windowed``: the run has windows, ``metrics.window``). Each
+    chart holds tags of one scale: the return, the task index, R_k, P_k with the collapse and sustain
+    lines, the ratios, R_w, P_w. Two categories, neither ever empty:
     TensorBoard shows an empty one, and merges the layouts of the runs it shows into the first run's (by
     name), dropping charts of a category that run lacks. Only charts whose tags the run writes; a
     plasticity tool's charts are its registration's (:class:`~nested_ac.registry.ToolSpec` ``charts``),
@@ -109,7 +110,9 @@ def layout(agent: BaseAlgorithm, switching: bool, windowed: bool = False) -> Lay
             f"windows: P_w against the first window, and their late mean (collapsed ≤ {COLLAPSED_AT}, "
             f"sustained ≥ {SUSTAINED_AT})"
         ] = _multiline("windows/P", "windows/P_late")
-        continual["windows: R_w, the return of the episodes that end in each window"] = _multiline("windows/R")
+        continual["windows: R_w, the return of the episodes that end in each window"] = _multiline(
+            "windows/R"
+        )
     continual["episode return (band: min–max over the rollout's episodes)"] = [
         "Margin",
         ["episode/return", "episode/return_min", "episode/return_max"],

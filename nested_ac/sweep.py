@@ -46,6 +46,7 @@ import multiprocessing
 import os
 import shutil
 import signal
+import socket
 import sys
 import threading
 import time
@@ -373,15 +374,28 @@ def connect_ray(workers: int, address: str | None) -> ModuleType:
         ray.init(num_cpus=workers, include_dashboard=False, _node_ip_address="127.0.0.1")
         return ray
     try:
+        _check_reachable(address)
         ray.init(address=address)
-    except (ConnectionError, TimeoutError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    except (ConnectionError, TimeoutError, OSError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ConfigError(
-            f"cannot reach the Ray cluster at --address {address} ({first_line}); start it (ray start "
-            "--head) or give its address as ray status prints it, or leave --address out to run on a local "
-            "Ray instance"
+            f"cannot reach the Ray cluster at --address {address} ({reason}); start it (ray start --head) or "
+            "give its address as `ray status` prints it, or leave --address out for a local Ray instance"
         ) from None
     return ray
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """An OSError unless a TCP connection to ``address`` (``host:port``, optionally ``ray://``) opens within
+    ``timeout`` seconds: Ray itself retries an unreachable cluster for minutes, logging each try.
+    ``auto`` (a cluster on this machine) is left to Ray, which says at once when there is none."""
+    if address in ("auto", "local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise OSError(f"not host:port or ray://host:port: {address!r}")
+    with socket.create_connection((host, int(port)), timeout=timeout):
+        pass
 
 
 def run_ray(ray: ModuleType, specs: Iterable[RunSpec], on_done: OnDone) -> None:

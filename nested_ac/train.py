@@ -76,11 +76,13 @@ def check_device(device: str) -> None:
     try:
         chosen = torch.device(device)
     except (RuntimeError, ValueError):
-        raise ConfigError(f"device must be a torch device such as cpu, cuda or cuda:0, got {device!r}") from None
+        raise ConfigError(
+            f"device must be a torch device such as cpu, cuda or cuda:0, got {device!r}"
+        ) from None
     if chosen.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(
-            f"device {device!r}: torch {torch.__version__} finds no CUDA device on this machine (a CPU build of "
-            "torch, or no GPU); use --set device=cpu, or a CUDA build of torch on a GPU machine "
+            f"device {device!r}: torch {torch.__version__} finds no CUDA device on this machine (a CPU build "
+            "of torch, or no GPU); use --set device=cpu, or a CUDA build of torch on a GPU machine "
             "(TORCH_SPEC, docs/index.md#quick-start)"
         )
     if chosen.type == "cuda" and chosen.index is not None and chosen.index >= torch.cuda.device_count():
@@ -89,7 +91,9 @@ def check_device(device: str) -> None:
             f"cuda:0 … cuda:{torch.cuda.device_count() - 1}"
         )
     if chosen.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"device {device!r}: torch finds no MPS device on this machine; use --set device=cpu")
+        raise ConfigError(
+            f"device {device!r}: torch finds no MPS device on this machine; use --set device=cpu"
+        )
 
 
 def validate(config: RunConfig) -> gym.envs.registration.EnvSpec:

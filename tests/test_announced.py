@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 
 import gymnasium as gym
-import numpy as np
 import pytest
 
 from nested_ac import continual
 from nested_ac.config import resolve_config
 from nested_ac.errors import ConfigError
+from nested_ac.report import write_report
 from nested_ac.train import train
 from tests.conftest import FAST, read_scalars
 
@@ -68,7 +68,9 @@ def test_an_env_that_switches_itself_gets_the_scheduled_worlds_R_k(tmp_path):
         )
     )
     announced = train(_config(tmp_path, "announced", "tests.test_announced:SelfSwitching-v0"))
-    flagged = train(_config(tmp_path, "flagged", "tests.test_announced:SelfSwitching-v0", "env.kwargs={flag: true}"))
+    flagged = train(
+        _config(tmp_path, "flagged", "tests.test_announced:SelfSwitching-v0", "env.kwargs={flag: true}")
+    )
     assert len(scheduled.summary["R"]) == 4 and None not in scheduled.summary["R"]
     for result in (announced, flagged):
         assert result.switches == scheduled.switches
@@ -90,3 +92,58 @@ def test_a_schedule_and_an_undeclared_announcing_env_stop_with_a_config_error(tm
     config = _config(tmp_path, "both", "tests.test_announced:SelfSwitching-v0", "env.schedule.every=2048")
     with pytest.raises(ConfigError, match="the schedule switched tasks too"):
         train(config)
+
+
+# -- windows, for a world that drifts without tasks --------------------------------------------------------
+
+# (end step, return) of hand-made episodes, 4 windows of 100 steps: R_w = 15, 30, none, 10.
+EPISODES = [(50, 10.0), (100, 20.0), (150, 30.0), (301, 5.0), (400, 15.0), (430, 99.0)]
+
+
+@pytest.mark.parametrize(
+    ("R_min", "P", "late", "slide"),
+    [
+        (None, [1.0, 2.0, None, 10 / 15], 10 / 15, 10 / 30),  # P_w = R_w / R_1
+        (-10.0, [1.0, 40 / 25, None, 20 / 25], 20 / 25, 20 / 40),  # (R_w + 10) / (R_1 + 10)
+    ],
+)
+def test_windowed_metrics_of_a_hand_made_return_sequence(R_min, P, late, slide):
+    """The episode that ends at step 430 lies in the rest after the 4 whole windows and counts nowhere; the
+    empty third window is left out of the late mean (the last 2 windows)."""
+    steps, returns = zip(*EPISODES, strict=True)
+    windows = continual.window_summary(steps, returns, total_steps=450, window=100, R_min=R_min)
+    assert windows["R"] == [15.0, 30.0, None, 10.0] and windows["ends"] == [100, 200, 300, 400]
+    assert windows["P"] == pytest.approx(P)
+    assert windows["P_late"] == pytest.approx(late) and windows["slide"] == pytest.approx(slide)
+
+
+def test_a_drifting_run_logs_its_windows_to_tensorboard_the_summary_and_the_report(tmp_path, cli):
+    """Any run: a stationary CartPole cut into 4 windows of 1024 steps."""
+    args = [
+        "--env",
+        "CartPole-v1",
+        "--steps",
+        "4096",
+        "--n-envs",
+        "2",
+        "--run-dir",
+        str(tmp_path),
+        "--name",
+        "w",
+    ]
+    code, out, err = cli("train", *args, *FAST, "--set", "metrics.window=1024")
+    assert code == 0, err
+    summary = json.loads((tmp_path / "w" / "summary.json").read_text())
+    windows = summary["windows"]
+    assert windows["window"] == 1024 and len(windows["R"]) == 4 and windows["P"][0] == 1.0
+    assert f"4 windows of 1,024 steps: late P_w {windows['P_late']:.2f}" in out
+    scalars = read_scalars(tmp_path / "w")
+    assert [step for step, _ in scalars["windows/R"]] == [1024, 2048, 3072, 4096]
+    assert scalars["windows/P_late"][-1][1] == pytest.approx(windows["P_late"])
+    table = write_report([tmp_path / "w"], tmp_path / "report", reps=100).table
+    assert any(" | 1 | 4 × 1,024 | " in row for row in table), table
+
+
+def test_a_window_longer_than_the_run_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="metrics.window must be 0"):
+        resolve_config(None, {"steps": 1000}, ["metrics.window=2000"]).check()
