@@ -250,6 +250,7 @@ def _report_paths(paths: list, out: str | None, reference: str | None, reps: int
     for note in report.notes:
         print(f"nested-ac: note: {note}", file=sys.stderr)
     print("\n".join(report.table))
+    print("\n".join(report.verdicts))
     return str(report.path)
 
 

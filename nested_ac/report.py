@@ -493,14 +493,41 @@ def _plot_profiles(scores: dict[str, np.ndarray], out: Path, reps: int) -> str:
     return "profiles.png"
 
 
+def verdict(value: float) -> str:
+    """What a P_late says (ALGORITHMS.md §5): collapsed at or below :data:`COLLAPSED_AT`, sustained at or
+    above :data:`SUSTAINED_AT`, in between otherwise."""
+    if math.isnan(value):
+        return "no P_late (too few tasks, or no reference)"
+    if value <= COLLAPSED_AT:
+        return f"collapsed (P_late ≤ {COLLAPSED_AT})"
+    if value >= SUSTAINED_AT:
+        return f"sustained (P_late ≥ {SUSTAINED_AT})"
+    return f"in between ({COLLAPSED_AT} < P_late < {SUSTAINED_AT})"
+
+
+def verdicts(p_lates_by_world: dict[str, dict[str, dict[int, float]]]) -> list[str]:
+    """A line per group (per world in a suite): its P_late, the IQM across seeds, and :func:`verdict`."""
+    lines = []
+    for world, groups in p_lates_by_world.items():
+        prefix = f"{world}: " if len(p_lates_by_world) > 1 else ""
+        for label, by_seed in groups.items():
+            iqm, _ = iqm_and_mean(list(by_seed.values()), reps=1_000)
+            seeds = "" if iqm.n == 1 else f" (IQM of {iqm.n} seeds)"
+            value = "—" if math.isnan(iqm.value) else f"{iqm.value:.2f}"
+            lines.append(f"{prefix}{label}: P_late {value}{seeds}: {verdict(iqm.value)}")
+    return lines
+
+
 class WrittenReport(NamedTuple):
     """What :func:`write_report` wrote (``path``: the report.md), the runs it skipped, one note each, its
-    tables (markdown lines: in a suite, a heading per section) and its notes (each once)."""
+    tables (markdown lines: in a suite, a heading per section), its notes (each once) and a
+    :func:`verdicts` line per group."""
 
     path: Path
     skipped: list[str]
     table: list[str]
     notes: list[str]
+    verdicts: tuple[str, ...] = ()
 
 
 def write_report(
@@ -580,4 +607,4 @@ def write_report(
     lines += [f"- note: {note}" for note in notes] + [f"- skipped: {line}" for line in skipped]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     table = [line for line in lines if line.startswith(("|", "## "))]
-    return WrittenReport(out / "report.md", skipped, table, notes)
+    return WrittenReport(out / "report.md", skipped, table, notes, tuple(verdicts(p_lates_by_world)))

@@ -10,7 +10,7 @@ import pytest
 from nested_ac import continual
 from nested_ac.config import resolve_config
 from nested_ac.errors import ConfigError
-from nested_ac.report import write_report
+from nested_ac.report import verdict, verdicts, write_report
 from nested_ac.train import train
 from tests.conftest import FAST, read_scalars
 
@@ -147,3 +147,12 @@ def test_a_drifting_run_logs_its_windows_to_tensorboard_the_summary_and_the_repo
 def test_a_window_longer_than_the_run_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="metrics.window must be 0"):
         resolve_config(None, {"steps": 1000}, ["metrics.window=2000"]).check()
+
+
+@pytest.mark.parametrize(
+    ("value", "said"),
+    [(0.7, "collapsed (P_late ≤ 0.7)"), (0.75, "in between"), (0.9, "sustained (P_late ≥ 0.9)")],
+)
+def test_the_verdict_a_P_late_gives(value, said):
+    assert verdict(value).startswith(said)
+    assert verdicts({"w": {"ppo-adam": {0: value}}}) == [f"ppo-adam: P_late {value:.2f}: {verdict(value)}"]
