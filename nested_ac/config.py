@@ -330,7 +330,8 @@ class RunConfig:
     name: str | None = None
     """The run's directory name (one name, no ``/``); null: ``<agent>-<optimizer>-<env>-s<seed>``."""
     device: str = "cpu"
-    """The torch device of the networks."""
+    """The torch device of the networks (``cpu``, ``cuda``, ``cuda:1`` …); one this machine lacks is an error
+    before anything is written."""
     torch_threads: int = 1
     """torch's threads in the training process."""
     progress_bar: bool = True

@@ -209,12 +209,12 @@ SCALED_KEYS = ("env.schedule.every", "nested.freeze_outer_after", "checkpoint.ev
 
 def _runnable_train_commands() -> list[list[str]]:
     """The documented ``nested-ac train`` commands that need nothing from an earlier run or a user's
-    folder (the plug-in pages' commands run with their files in tests/test_packaging.py and
-    tests/test_tools.py)."""
+    folder (the plug-in pages' commands run with their files in tests/test_packaging.py,
+    tests/test_tools.py and tests/test_nsgym.py)."""
     commands = []
     for _, line in _all_commands():
         args = shlex.split(line)[1:]
-        user_module = "mypkg" in line or "plugins=" in line
+        user_module = "mypkg" in line or "nsworld" in line or "plugins=" in line
         runnable = len(args) > 1 and not {"--resume", "--config"} & set(args) and not user_module
         if args[0] == "train" and runnable and args not in commands:  # not a bare mention of the subcommand
             commands.append(args)
