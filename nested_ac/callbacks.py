@@ -133,18 +133,20 @@ def mark_switch(callback: BaseCallback, step: int, task: int) -> None:
 class AnnouncedTasks(BaseCallback):
     """Task phases from the env's own announcements, for an env that changes by itself (ALGORITHMS.md §8).
 
-    Each copy may put in the ``info`` of every step either ``info["task"]``, the integer task the step ran
-    on, or ``info["task_changed"]``, true on the first step of a new task (the copy's tasks are then
-    counted 0, 1, 2 …). A copy announces a change when its task differs from the one it announced before.
-    The run's phase changes at the first vector step in which some copy announces a task other than the
-    phase's: the new phase starts at the step before it (``num_timesteps − n_envs``), so an episode that
-    ends in that vector step ran its last step on the new task and counts for the new phase, and one that
-    ended before counts for the old: the same boundaries as :class:`TaskClock`'s for a world switched by a
-    schedule after the same steps. Copies that follow later (their own change to the phase's task) start
-    nothing. Like the clock it writes ``task/switch`` at each boundary, ``task/index`` every rollout, keeps
-    ``switches`` and tells the agent's tools (``notify_task_switch``), one vector step after the change
-    itself (it is seen in the info of the change's first step). The first announcement is the start: it
-    notifies only where no ``clock`` did already.
+    Each copy may put in the ``info`` of every step, from the first on, either ``info["task"]``, the integer
+    task the step ran on, or ``info["task_changed"]``, true on the first step of a new task (the copy's tasks
+    are then counted 0, 1, 2 …). Where no copy's first step (in a process: a resumed run's too) announces, the
+    env is taken not to announce and later steps are not read, which keeps the callback off the per-step cost
+    of every other run. A copy announces a change when its task differs from the one it announced before. The
+    run's phase changes at the first vector step in which some copy announces a task other than the phase's:
+    the new phase starts at the step before it (``num_timesteps − n_envs``), so an episode that ends in that
+    vector step ran its last step on the new task and counts for the new phase, and one that ended before
+    counts for the old: the same boundaries as :class:`TaskClock`'s for a world switched by a schedule after
+    the same steps. Copies that follow later (their own change to the phase's task) start nothing. Like the
+    clock it writes ``task/switch`` at each boundary, ``task/index`` every rollout, keeps ``switches`` and
+    tells the agent's tools (``notify_task_switch``), one vector step after the change itself (it is seen in
+    the info of the change's first step). The first announcement is the start: it notifies only where no
+    ``clock`` did already.
 
     A schedule and an announcing env together are a ConfigError: the env says when its task changes, a
     ``clock`` that switches tasks (a non-stationary schedule) would make two task sequences. An env that
@@ -159,6 +161,7 @@ class AnnouncedTasks(BaseCallback):
         self.switches: list[tuple[int, int]] = []
         self.announced: list[int] = []  # each copy's last announced task
         self.counts: list[int] = []  # each copy's changes flagged (task_changed)
+        self.watching: bool | None = None  # whether the env announces; None until the first step
 
     @property
     def active(self) -> bool:
@@ -192,6 +195,11 @@ class AnnouncedTasks(BaseCallback):
             )
 
     def _on_step(self) -> bool:
+        if self.watching is None:
+            keys = (ANNOUNCED_TASK, ANNOUNCED_CHANGE)
+            self.watching = any(key in info for info in self.locals["infos"] for key in keys)
+        if not self.watching:
+            return True
         tasks, flagged = self._announcements()
         if all(task is None for task in tasks):
             return True
