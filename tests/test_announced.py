@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 
 import gymnasium as gym
 import pytest
@@ -10,8 +11,9 @@ import pytest
 from nested_ac import continual
 from nested_ac.config import resolve_config
 from nested_ac.errors import ConfigError
+from nested_ac.interrupts import TrainingInterrupted
 from nested_ac.report import verdict, verdicts, write_report
-from nested_ac.train import train
+from nested_ac.train import resume, train
 from tests.conftest import FAST, read_scalars
 
 EVERY = 512  # each copy's own steps per task
@@ -156,3 +158,18 @@ def test_a_window_longer_than_the_run_is_a_config_error(tmp_path):
 def test_the_verdict_a_P_late_gives(value, said):
     assert verdict(value).startswith(said)
     assert verdicts({"w": {"ppo-adam": {0: value}}}) == [f"ppo-adam: P_late {value:.2f}: {verdict(value)}"]
+
+
+def test_an_announcing_run_interrupted_and_resumed_keeps_its_phases(tmp_path, cli, monkeypatch):
+    """The announcements' state (each copy's last task, the switches) is in the checkpoint: a run stopped
+    after the second change and resumed has the uninterrupted run's phases and R_k."""
+    from tests.test_reliability import interrupt_at
+
+    whole = train(_config(tmp_path, "whole", "tests.test_announced:SelfSwitching-v0"))
+    config = _config(tmp_path, "stopped", "tests.test_announced:SelfSwitching-v0", "checkpoint.every=256")
+    interrupt_at(monkeypatch, 2 * EVERY * COPIES + 300, signal.SIGTERM)
+    with pytest.raises(TrainingInterrupted):
+        train(config)
+    monkeypatch.undo()
+    resumed = resume(tmp_path / "stopped")
+    assert resumed.switches == whole.switches and resumed.summary["R"] == whole.summary["R"]
