@@ -2,6 +2,7 @@
 
 from nested_ac.envs.classic import classic_worlds
 from nested_ac.envs.effects import TaskEffect
+from nested_ac.envs.nsgym import NSGymAdapter, from_ns_gym
 from nested_ac.envs.registry import NONSTATIONARY_ENVS, register_nonstationary, resolve_env_id
 from nested_ac.envs.schedules import Cyclic, EveryNSteps, Explicit, RandomDraw, TaskSchedule
 from nested_ac.envs.vector import GymnasiumVecEnv, native_vector
@@ -48,6 +49,7 @@ __all__ = [
     "Explicit",
     "FlipActions",
     "GymnasiumVecEnv",
+    "NSGymAdapter",
     "OffsetObservation",
     "PermuteActions",
     "PermuteObservation",
@@ -58,6 +60,7 @@ __all__ = [
     "TaskWrapper",
     "VectorTaskWrapper",
     "World",
+    "from_ns_gym",
     "native_vector",
     "register_nonstationary",
     "register_world",

@@ -164,11 +164,23 @@ def make_schedule(config: RunConfig) -> TaskSchedule:
     return RandomDraw(schedule.every, tasks, config.seed)
 
 
+def announces_tasks(env: VecEnv) -> bool:
+    """Whether the env declares that it announces its own tasks (an ``announces_tasks`` attribute that is
+    true, on the env or any wrapper layer: :class:`nested_ac.callbacks.AnnouncedTasks`)."""
+    return bool(env.has_attr("announces_tasks") and env.get_attr("announces_tasks", indices=[0])[0])
+
+
 def check_schedule_fits(config: RunConfig, schedule: TaskSchedule, env: VecEnv) -> None:
-    """A ConfigError if the env cannot follow ``schedule``: no ``set_task``, or a task past ``num_tasks``."""
+    """A ConfigError if the env cannot follow ``schedule``: no ``set_task``, a task past ``num_tasks``, or
+    an env that announces its own tasks (``announces_tasks``) under a schedule that switches."""
     tasks = schedule.tasks_before(config.steps)
     if tasks == {0}:
         return
+    if announces_tasks(env):
+        raise ConfigError(
+            f"env {config.env.id!r} announces its own tasks (announces_tasks), so a schedule cannot switch "
+            "them too; set env.schedule.every=0 (its announcements then give the tasks)"
+        )
     if not env.has_attr("set_task"):
         raise ConfigError(
             f"env {config.env.id!r} has no set_task, so it cannot follow a schedule; make it non-stationary "

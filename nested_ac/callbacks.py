@@ -8,6 +8,8 @@ from typing import Any, Protocol
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback, ProgressBarCallback
 
+from nested_ac.errors import ConfigError
+
 
 class TaskAtStep(Protocol):
     """What the task clock needs of a schedule (:mod:`nested_ac.envs.schedules`): the task at a step."""
@@ -60,12 +62,7 @@ class TaskClock(BaseCallback):
             self.pending = set(range(self.training_env.num_envs))
         self.task = task
         self.switches.append((self.num_timesteps, task))
-        # One point at the switch step, through the run's (checkpoint-deferred) outputs, not a dump.
-        for output in self.logger.output_formats:
-            output.write({"task/switch": task}, {"task/switch": None}, self.num_timesteps)
-        notify = getattr(self.model, "notify_task_switch", None)
-        if notify is not None:
-            notify(task)
+        mark_switch(self, self.num_timesteps, task)
 
     def _scheduled_task(self) -> int:
         """The task the schedule sets at the current step (counted from switch to switch, the task of the
@@ -117,6 +114,136 @@ class TaskClock(BaseCallback):
         self.task, self.switches = state["task"], list(state["switches"])
         self.pending = set(state.get("pending", []))
         self.phase, self.last_switch = state.get("phase", 0), state.get("last_switch", 0)
+
+
+ANNOUNCED_TASK = "task"  # info key: the task the step just taken ran on (an integer)
+ANNOUNCED_CHANGE = "task_changed"  # info key: true on the first step of a new task
+
+
+def mark_switch(callback: BaseCallback, step: int, task: int) -> None:
+    """Write ``task/switch`` (valued the new task) at ``step``, through the run's (checkpoint-deferred)
+    outputs, not a dump, and tell an agent with ``notify_task_switch`` (its plasticity tools)."""
+    for output in callback.logger.output_formats:
+        output.write({"task/switch": task}, {"task/switch": None}, step)
+    notify = getattr(callback.model, "notify_task_switch", None)
+    if notify is not None:
+        notify(task)
+
+
+class AnnouncedTasks(BaseCallback):
+    """Task phases from the env's own announcements, for an env that changes by itself (ALGORITHMS.md §8).
+
+    Each copy may put in the ``info`` of every step, from the first on, either ``info["task"]``, the integer
+    task the step ran on, or ``info["task_changed"]``, true on the first step of a new task (the copy's tasks
+    are then counted 0, 1, 2 …). Where no copy's first step (in a process: a resumed run's too) announces, the
+    env is taken not to announce and later steps are not read, which keeps the callback off the per-step cost
+    of every other run. A copy announces a change when its task differs from the one it announced before. The
+    run's phase changes at the first vector step in which some copy announces a task other than the phase's:
+    the new phase starts at the step before it (``num_timesteps − n_envs``), so an episode that ends in that
+    vector step ran its last step on the new task and counts for the new phase, and one that ended before
+    counts for the old: the same boundaries as :class:`TaskClock`'s for a world switched by a schedule after
+    the same steps. Copies that follow later (their own change to the phase's task) start nothing. Like the
+    clock it writes ``task/switch`` at each boundary, ``task/index`` every rollout, keeps ``switches`` and
+    tells the agent's tools (``notify_task_switch``), one vector step after the change itself (it is seen in
+    the info of the change's first step). The first announcement is the start: it notifies only where no
+    ``clock`` did already.
+
+    A schedule and an announcing env together are a ConfigError: the env says when its task changes, a
+    ``clock`` that switches tasks (a non-stationary schedule) would make two task sequences. An env that
+    declares ``announces_tasks = True`` gets this error before the run starts
+    (:func:`nested_ac.envs.schedules.check_schedule_fits`); any other, at its first announcement.
+    """
+
+    def __init__(self, clock: TaskClock | None = None) -> None:
+        super().__init__()
+        self.clock = clock
+        self.task = -1
+        self.switches: list[tuple[int, int]] = []
+        self.announced: list[int] = []  # each copy's last announced task
+        self.counts: list[int] = []  # each copy's changes flagged (task_changed)
+        self.watching: bool | None = None  # whether the env announces; None until the first step
+
+    @property
+    def active(self) -> bool:
+        """Whether the env has announced any task."""
+        return bool(self.switches)
+
+    def _announcements(self) -> tuple[list[int | None], bool]:
+        """Each copy's announced task (None: it announced nothing), and whether any came as a flag."""
+        infos = self.locals["infos"]
+        if not self.counts:
+            self.counts = [0] * len(infos)
+        tasks: list[int | None] = []
+        flagged = False
+        for i, info in enumerate(infos):
+            if ANNOUNCED_TASK in info:
+                tasks.append(int(info[ANNOUNCED_TASK]))
+            elif ANNOUNCED_CHANGE in info:
+                self.counts[i] += bool(info[ANNOUNCED_CHANGE])
+                tasks.append(self.counts[i])
+                flagged = True
+            else:
+                tasks.append(None)
+        return tasks, flagged
+
+    def _check_no_schedule(self) -> None:
+        if self.clock is not None and len(self.clock.switches) > 1:
+            raise ConfigError(
+                "the env announces its own tasks (info['task'] or info['task_changed']) and the schedule "
+                "switched tasks too; use one: set env.schedule.every=0 (the env's announcements then give "
+                "the tasks), or an env that does not announce"
+            )
+
+    def _on_step(self) -> bool:
+        if self.watching is None:
+            keys = (ANNOUNCED_TASK, ANNOUNCED_CHANGE)
+            self.watching = any(key in info for info in self.locals["infos"] for key in keys)
+        if not self.watching:
+            return True
+        tasks, flagged = self._announcements()
+        if all(task is None for task in tasks):
+            return True
+        if not self.switches:  # the start: task 0 before the first flag, else the first task announced
+            self._check_no_schedule()
+            self.task = 0 if flagged else next(task for task in tasks if task is not None)
+            self.announced = [self.task] * len(tasks)
+            self.switches.append((0, self.task))
+            if self.clock is None:
+                mark_switch(self, 0, self.task)
+        changed = [
+            task
+            for old, task in zip(self.announced, tasks, strict=True)
+            if task is not None and task != old and task != self.task
+        ]
+        self.announced = [
+            old if task is None else task for old, task in zip(self.announced, tasks, strict=True)
+        ]
+        if changed:
+            self._check_no_schedule()
+            self.task = changed[0]
+            step = self.num_timesteps - self.training_env.num_envs
+            if self.switches[-1][0] == step:  # copies that started on different tasks: the last one counts
+                self.switches.pop()
+            self.switches.append((step, self.task))
+            mark_switch(self, step, self.task)
+        return True
+
+    def _on_rollout_end(self) -> None:
+        if self.active:  # after the clock's, which it overrides
+            self._check_no_schedule()
+            self.logger.record("task/index", self.task)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "task": self.task,
+            "switches": list(self.switches),
+            "announced": list(self.announced),
+            "counts": list(self.counts),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.task, self.switches = state["task"], [tuple(s) for s in state["switches"]]
+        self.announced, self.counts = list(state["announced"]), list(state["counts"])
 
 
 class EpisodeStats(BaseCallback):

@@ -226,7 +226,8 @@ def restore(
     model.ep_success_buffer = deque(algorithm["ep_success_buffer"], maxlen=model._stats_window_size)
     set_env_state(model.get_env(), state["env"])
     for name, part in parts.items():
-        part.load_state_dict(state["parts"][name])
+        if name in state["parts"]:  # a checkpoint from before a part existed leaves it at its start
+            part.load_state_dict(state["parts"][name])
     for tool, tool_state in zip(tools, tool_states, strict=True):
         tool.load_state_dict(tool_state)
     logger.name_to_value.update(state["logger"]["values"])

@@ -174,6 +174,8 @@ def _train(args: argparse.Namespace) -> int:
         print(f"nested-ac: note: {note}", file=sys.stderr)
     print(f"trained {result.steps:,} steps{past} in {result.seconds:.0f} s")
     print(learned(result.summary))
+    if "windows" in result.summary:
+        print(learned_windows(result.summary["windows"]))
     view = f"{tensorboard_command()} --logdir {result.run_dir.parent}"
     report = f", its report to {result.run_dir / REPORT_DIR / 'report.md'}" if config.report else ""
     print(f"run written to {result.run_dir}{report}  (view: {view})")
@@ -195,6 +197,16 @@ def learned(summary: dict) -> str:
     p_late = summary["P_late"]
     tail = f"; P_late {p_late:.2f}" if p_late is not None else "; P_late —"
     return f"return at the end of each of {len(summary['R'])} tasks (R_k): {', '.join(R)}{tail}"
+
+
+def learned_windows(windows: dict) -> str:
+    """The windowed metrics of a finished run in a line: how many windows, P_w's late mean and the slide."""
+    late, slide = windows["P_late"], windows["slide"]
+    return (
+        f"{len(windows['R'])} windows of {windows['window']:,} steps: late P_w "
+        f"{'—' if late is None else f'{late:.2f}'} (against the first window), slide "
+        f"{'—' if slide is None else f'{slide:.2f}'}"
+    )
 
 
 def tensorboard_command() -> str:
@@ -238,6 +250,7 @@ def _report_paths(paths: list, out: str | None, reference: str | None, reps: int
     for note in report.notes:
         print(f"nested-ac: note: {note}", file=sys.stderr)
     print("\n".join(report.table))
+    print("\n".join(report.verdicts))
     return str(report.path)
 
 

@@ -387,6 +387,16 @@ class DiagnosticsConfig:
 
 
 @dataclass
+class MetricsConfig:
+    """Metrics beside the per-task ones (``metrics``)."""
+
+    window: int = 0
+    """W > 0: also cut the run into windows of W env steps (global, summed over the copies) and give R_w,
+    P_w against the first window, its late mean and the slide over windows, for a world that drifts
+    without tasks; 0: off."""
+
+
+@dataclass
 class CheckpointConfig:
     """Periodic checkpoints in ``<run>/checkpoints/`` (``checkpoint``)."""
 
@@ -423,6 +433,7 @@ class RunConfig:
     cchain: CChainConfig = field(default_factory=CChainConfig)
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     steps: int = 100_000
     """Env steps in total, summed over the copies; PPO trains whole rollouts, so the last may run past."""
     seed: int = 0
@@ -432,7 +443,8 @@ class RunConfig:
     name: str | None = None
     """The run's directory name (one name, no ``/``); null: ``<agent>-<optimizer>-<env>-s<seed>``."""
     device: str = "cpu"
-    """The torch device of the networks."""
+    """The torch device of the networks (``cpu``, ``cuda``, ``cuda:1`` …); one this machine lacks is an error
+    before anything is written."""
     torch_threads: int = 1
     """torch's threads in the training process."""
     progress_bar: bool = True
@@ -512,6 +524,11 @@ class RunConfig:
             raise ConfigError("diagnostics.every must be >= 0 (0 = off) and diagnostics.probe_size > 0")
         if self.optimizer.log_every < 0:
             raise ConfigError(f"optimizer.log_every must be >= 0 (0 = never), got {self.optimizer.log_every}")
+        if not 0 <= self.metrics.window <= self.steps:
+            raise ConfigError(
+                f"metrics.window must be 0 (off) or a number of steps in 1 … steps ({self.steps}), got "
+                f"{self.metrics.window}"
+            )
         if any(width <= 0 for width in self.network.actor + self.network.critic):
             raise ConfigError("network.actor and network.critic widths must be positive integers")
         if self.nap.enabled and not self.network.layer_norm:

@@ -28,6 +28,9 @@ Inputs: the episodes of a run — the global step at which each ended and its re
 - Forgetting, for a phase whose task occurred before: R at the end of that task's previous phase minus the
   mean return of the episodes that ended in the first 10 % of the new phase, (start, start + 0.1·(end −
   start)]; NaN for a task's first phase.
+- Windows, for a world that drifts without tasks (``metrics.window`` = W steps): R_w, the mean return of
+  the episodes that ended in (w·W, (w+1)·W]; P_w = (R_w − R_min)/(R_1 − R_min), against the first window;
+  the late mean of P_w over the last ⌈n/2⌉ windows and the slide over windows, as for phases above.
 - Across seeds (Agarwal et al., "Deep RL at the Edge of the Statistical Precipice", NeurIPS 2021, with
   their ``rliable`` library): the interquartile mean (IQM) and the mean, each with a 95 % stratified-
   bootstrap confidence interval (10 000 resamples by default), and the probability of improvement
@@ -168,6 +171,45 @@ def forgetting(
             )
         last_seen[task] = k
     return values
+
+
+def window_phases(total_steps: int, window: int) -> list[Phase]:
+    """The ``total_steps // window`` whole windows of ``window`` steps, ``(w·W, (w+1)·W, w)``; a rest
+    shorter than a window is left out."""
+    if window <= 0:
+        raise ValueError(f"the window must be a positive number of steps, got {window}")
+    return [(w * window, (w + 1) * window, w) for w in range(total_steps // window)]
+
+
+def window_summary(
+    steps: Sequence[int],
+    returns: Sequence[float],
+    total_steps: int,
+    window: int,
+    R_min: float | None = None,
+) -> dict[str, Any]:
+    """The windowed metrics of a world that drifts without tasks (ALGORITHMS.md §8), JSON-ready (NaN →
+    None): ``R``, R_w per window, the mean return of the episodes that ended in (w·W, (w+1)·W] (NaN where
+    none did); ``P``, P_w = (R_w − R_min)/(R_1 − R_min) against the first window (R_min = 0 when None; all
+    None where R_1 ≤ R_min or is missing); ``P_late``, the nan-mean of P_w over the last ⌈n/2⌉ windows
+    (n ≥ 2); ``slide``, as :func:`slide` over windows (n ≥ 4); ``window`` and ``ends``, each window's last
+    step."""
+    phases = window_phases(total_steps, window)
+    steps_, returns_ = np.asarray(steps, dtype=float), np.asarray(returns, dtype=float)
+    R = np.array([_window_mean(steps_, returns_, start, end) for start, end, _ in phases])
+    n = len(R)
+    try:
+        P = plasticity_ratios(R, float(R[0]) if n else math.nan, R_min)
+    except ValueError:  # R_1 missing or at the floor: no ratio
+        P = np.full(n, math.nan)
+    return {
+        "window": window,
+        "ends": [end for _, end, _ in phases],
+        "R": [_plain(r) for r in R],
+        "P": [_plain(p) for p in P],
+        "P_late": _plain(p_late(P)) if n >= 2 else None,
+        "slide": _plain(slide(R, R_min)) if n >= 4 else None,
+    }
 
 
 @dataclass(frozen=True)

@@ -70,11 +70,12 @@ def _multiline(*patterns: str) -> list[Any]:
     return ["Multiline", [f"^{pattern}$" for pattern in patterns]]
 
 
-def layout(agent: BaseAlgorithm, switching: bool) -> Layout:
+def layout(agent: BaseAlgorithm, switching: bool, windowed: bool = False) -> Layout:
     """The custom-scalars layout of a run of ``agent`` (``switching``: its env changes task), in torch's
     ``add_custom_scalars`` format: category → chart title → ``["Multiline", tag regexes]`` or
-    ``["Margin", [value, lower, upper]]``. Each chart holds tags of one scale: the return, the task index,
-    R_k, P_k with the collapse and sustain lines, the ratios. Two categories, neither ever empty:
+    ``["Margin", [value, lower, upper]]`` (``windowed``: the run has windows, ``metrics.window``). Each
+    chart holds tags of one scale: the return, the task index, R_k, P_k with the collapse and sustain
+    lines, the ratios, R_w, P_w. Two categories, neither ever empty:
     TensorBoard shows an empty one, and merges the layouts of the runs it shows into the first run's (by
     name), dropping charts of a category that run lacks. Only charts whose tags the run writes; a
     plasticity tool's charts are its registration's (:class:`~nested_ac.registry.ToolSpec` ``charts``),
@@ -103,6 +104,14 @@ def layout(agent: BaseAlgorithm, switching: bool) -> Layout:
         continual["task: index, and the new task at each switch"] = _multiline("task/index", "task/switch")
         continual["run-level ratios: slide S (collapse ≤ 0.75, sustained ≥ 0.95), late/early"] = _multiline(
             "continual/slide", "continual/late_early"
+        )
+    if windowed:
+        continual[
+            f"windows: P_w against the first window, and their late mean (collapsed ≤ {COLLAPSED_AT}, "
+            f"sustained ≥ {SUSTAINED_AT})"
+        ] = _multiline("windows/P", "windows/P_late")
+        continual["windows: R_w, the return of the episodes that end in each window"] = _multiline(
+            "windows/R"
         )
     continual["episode return (band: min–max over the rollout's episodes)"] = [
         "Margin",
@@ -202,13 +211,14 @@ def start_run(
     agent: BaseAlgorithm,
     switching: bool,
     keys: Sequence[str] = (),
+    windowed: bool = False,
 ) -> None:
     """Write the run's layout and HParams session start, unless an earlier process of it did; flushed at
     once (they are not points past a checkpoint, so :class:`~nested_ac.events.DeferredOutput` need not
     hold them)."""
     present = written_tags(run_dir)
     if LAYOUT_TAG not in present:
-        writer.add_custom_scalars(layout(agent, switching))
+        writer.add_custom_scalars(layout(agent, switching, windowed))
     if SESSION_TAG not in present:
         summary = hp.hparams_pb(hparams(config, keys), trial_id=session_group(config))
         writer.file_writer.add_summary(summary)
@@ -217,7 +227,8 @@ def start_run(
 
 def final_metrics(summary: dict[str, Any]) -> dict[str, float]:
     """The run-level scalars a finished run writes at its last step: :data:`METRICS` and the other
-    run-level numbers of ``summary.json`` (late/early, mean forgetting); a metric it has too few tasks for
+    run-level numbers of ``summary.json`` (late/early, mean forgetting, the windows' late mean and slide);
+    a metric it has too few tasks for
     is left out."""
     R = summary["R"]
     values = {
@@ -228,6 +239,9 @@ def final_metrics(summary: dict[str, Any]) -> dict[str, float]:
         "continual/late_early": summary["late_early"],
         "continual/forgetting_mean": summary["forgetting_mean"],
     }
+    windows = summary.get("windows")
+    if windows:
+        values |= {"windows/P_late": windows["P_late"], "windows/slide": windows["slide"]}
     return {tag: value for tag, value in values.items() if value is not None and not math.isnan(value)}
 
 

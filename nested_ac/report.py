@@ -382,6 +382,33 @@ def _world_table(
     return lines
 
 
+WINDOW_HEADER = [
+    "| group | seeds | windows × W steps | late P_w IQM | late P_w mean | R_w of the first window "
+    "| slide over windows |",
+    "|---|---|---|---|---|---|---|",
+]
+
+
+def _windows_table(groups: list[Group], reps: int) -> list[str]:
+    """The windowed metrics (``metrics.window``, ALGORITHMS.md §8) of the groups whose runs have them: a
+    row per group, each run's P_w against its own first window; none where no run has windows."""
+    lines = []
+    for group in groups:
+        windows = [run.summary["windows"] for run in group.runs if run.summary.get("windows")]
+        if not windows:
+            continue
+        late = [_number(w["P_late"]) for w in windows]
+        iqm, mean = iqm_and_mean(late, reps)
+        shape = sorted({f"{len(w['R'])} × {w['window']:,}" for w in windows})
+        firsts = [_number(w["R"][0]) if w["R"] else math.nan for w in windows]
+        lines.append(
+            f"| {group.label} | {iqm.n} | {', '.join(shape)} | {_interval(iqm, iqm.n)} "
+            f"| {_interval(mean, mean.n)} | {_interval(iqm_and_mean(firsts, reps)[1], iqm.n)} "
+            f"| {_mean([_number(w['slide']) for w in windows])} |"
+        )
+    return [*WINDOW_HEADER, *lines] if lines else []
+
+
 def _suite_section(
     worlds: dict[str, list[Group]],
     p_lates: dict[str, dict[str, dict[int, float]]],
@@ -466,14 +493,41 @@ def _plot_profiles(scores: dict[str, np.ndarray], out: Path, reps: int) -> str:
     return "profiles.png"
 
 
+def verdict(value: float) -> str:
+    """What a P_late says (ALGORITHMS.md §5): collapsed at or below :data:`COLLAPSED_AT`, sustained at or
+    above :data:`SUSTAINED_AT`, in between otherwise."""
+    if math.isnan(value):
+        return "no P_late (too few tasks, or no reference)"
+    if value <= COLLAPSED_AT:
+        return f"collapsed (P_late ≤ {COLLAPSED_AT})"
+    if value >= SUSTAINED_AT:
+        return f"sustained (P_late ≥ {SUSTAINED_AT})"
+    return f"in between ({COLLAPSED_AT} < P_late < {SUSTAINED_AT})"
+
+
+def verdicts(p_lates_by_world: dict[str, dict[str, dict[int, float]]]) -> list[str]:
+    """A line per group (per world in a suite): its P_late, the IQM across seeds, and :func:`verdict`."""
+    lines = []
+    for world, groups in p_lates_by_world.items():
+        prefix = f"{world}: " if len(p_lates_by_world) > 1 else ""
+        for label, by_seed in groups.items():
+            iqm, _ = iqm_and_mean(list(by_seed.values()), reps=1_000)
+            seeds = "" if iqm.n == 1 else f" (IQM of {iqm.n} seeds)"
+            value = "—" if math.isnan(iqm.value) else f"{iqm.value:.2f}"
+            lines.append(f"{prefix}{label}: P_late {value}{seeds}: {verdict(iqm.value)}")
+    return lines
+
+
 class WrittenReport(NamedTuple):
     """What :func:`write_report` wrote (``path``: the report.md), the runs it skipped, one note each, its
-    tables (markdown lines: in a suite, a heading per section) and its notes (each once)."""
+    tables (markdown lines: in a suite, a heading per section), its notes (each once) and a
+    :func:`verdicts` line per group."""
 
     path: Path
     skipped: list[str]
     table: list[str]
     notes: list[str]
+    verdicts: tuple[str, ...] = ()
 
 
 def write_report(
@@ -534,6 +588,16 @@ def write_report(
         if len(worlds) > 1:
             lines += ["", f"## {world}"]
         lines += ["", *_world_table(members, p_lates_by_world[world], own_refs, reps), ""]
+        windowed = _windows_table(members, reps)
+        if windowed:
+            lines += [
+                "Windows (a world that drifts without tasks, `metrics.window`): R_w the mean return of the "
+                "episodes that end in window w, P_w = (R_w − R_min)/(R_1 − R_min) against the run's first "
+                "window; late P_w: the mean over the last half of the windows; slide as above, over windows.",
+                "",
+                *windowed,
+                "",
+            ]
         lines += [*(f"![{name}]({name})" for name in plot(members, out, own_refs, reps, suffix)), ""]
     if refs:
         lines.append(
@@ -543,4 +607,4 @@ def write_report(
     lines += [f"- note: {note}" for note in notes] + [f"- skipped: {line}" for line in skipped]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     table = [line for line in lines if line.startswith(("|", "## "))]
-    return WrittenReport(out / "report.md", skipped, table, notes)
+    return WrittenReport(out / "report.md", skipped, table, notes, tuple(verdicts(p_lates_by_world)))

@@ -46,12 +46,14 @@ import multiprocessing
 import os
 import shutil
 import signal
+import socket
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from nested_ac import dashboard, rundir
@@ -360,22 +362,45 @@ def run_local(specs: Iterable[RunSpec], workers: int, on_done: OnDone) -> None:
         raise WorkerDied()
 
 
-def run_ray(
-    specs: Iterable[RunSpec],
-    workers: int,
-    address: str | None,
-    on_done: OnDone,
-) -> None:
-    """Each run as a Ray task needing one CPU: on the cluster at ``address``, or a local Ray instance
-    on the loopback interface with ``workers`` CPUs when ``address`` is None."""
+def connect_ray(workers: int, address: str | None) -> ModuleType:
+    """Start Ray: connect to the cluster at ``address``, or start a local instance on the loopback
+    interface with ``workers`` CPUs when ``address`` is None; returns the ``ray`` module. A ConfigError
+    (nothing written yet) where Ray is not installed or ``address`` cannot be reached."""
     try:
         import ray
     except ImportError:
         raise ConfigError("the ray backend needs Ray: pip install 'nested-ac[ray]'") from None
     if address is None:
         ray.init(num_cpus=workers, include_dashboard=False, _node_ip_address="127.0.0.1")
-    else:
+        return ray
+    try:
+        _check_reachable(address)
         ray.init(address=address)
+    except (ConnectionError, TimeoutError, OSError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(
+            f"cannot reach the Ray cluster at --address {address} ({reason}); start it (ray start --head) or "
+            "give its address as `ray status` prints it, or leave --address out for a local Ray instance"
+        ) from None
+    return ray
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """An OSError unless a TCP connection to ``address`` (``host:port``, optionally ``ray://``) opens within
+    ``timeout`` seconds: Ray itself retries an unreachable cluster for minutes, logging each try.
+    ``auto`` (a cluster on this machine) is left to Ray, which says at once when there is none."""
+    if address in ("auto", "local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise OSError(f"not host:port or ray://host:port: {address!r}")
+    with socket.create_connection((host, int(port)), timeout=timeout):
+        pass
+
+
+def run_ray(ray: ModuleType, specs: Iterable[RunSpec], on_done: OnDone) -> None:
+    """Each run as a Ray task needing one CPU, on the Ray that :func:`connect_ray` started; shuts it
+    down after."""
     try:
         task = ray.remote(num_cpus=1)(run_one)
         pending = {task.remote(spec): spec for spec in specs}
@@ -411,6 +436,8 @@ def run_sweep(
             todo.append(spec)
         else:
             unfinished.append(f"{spec.run_dir}: running elsewhere (process {pid}); not started")
+    workers = workers or os.cpu_count() or 1
+    ray = connect_ray(workers, address) if todo and backend == "ray" else None  # before anything is written
     total = len(experiment.runs)
     elsewhere = f", {len(unfinished)} running elsewhere" if unfinished else ""
     print(
@@ -440,9 +467,8 @@ def run_sweep(
                     unfinished.append(f"{spec.run_dir}: FAILED: {reason}")
             progress.console.print(f"{spec.variant} seed {spec.seed}: {status}")
 
-        workers = workers or os.cpu_count() or 1
-        if todo and backend == "ray":
-            run_ray(todo, workers, address, on_done)
+        if ray is not None:
+            run_ray(ray, todo, on_done)
         elif todo:
             run_local(todo, workers, on_done)
     return unfinished

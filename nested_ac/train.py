@@ -36,11 +36,17 @@ from nested_ac import (
     rundir,
 )
 from nested_ac.build import build_agent
-from nested_ac.callbacks import EpisodeStats, ProgressBar, TaskClock, Throughput
+from nested_ac.callbacks import AnnouncedTasks, EpisodeStats, ProgressBar, TaskClock, Throughput
 from nested_ac.checkpoint import Checkpointer, CheckpointStore, restore
 from nested_ac.config import RunConfig, resolve_config
 from nested_ac.envs.registry import registration, takes_task_seed
-from nested_ac.envs.schedules import TaskSchedule, check_kind, check_schedule_fits, make_schedule
+from nested_ac.envs.schedules import (
+    TaskSchedule,
+    announces_tasks,
+    check_kind,
+    check_schedule_fits,
+    make_schedule,
+)
 from nested_ac.errors import ConfigError
 from nested_ac.events import DeferredOutput, rewind_events
 from nested_ac.faults import EnvFaultCheck, NumericalFault
@@ -64,8 +70,36 @@ class RunResult:
     summary: dict[str, Any]
 
 
+def check_device(device: str) -> None:
+    """A ConfigError unless ``device`` names a torch device this machine has: SB3 would take ``cuda``
+    without a CUDA device as the CPU without a word."""
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ConfigError(
+            f"device must be a torch device such as cpu, cuda or cuda:0, got {device!r}"
+        ) from None
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"device {device!r}: torch {torch.__version__} finds no CUDA device on this machine (a CPU build "
+            "of torch, or no GPU); use --set device=cpu, or a CUDA build of torch on a GPU machine "
+            "(TORCH_SPEC, docs/index.md#quick-start)"
+        )
+    if chosen.type == "cuda" and chosen.index is not None and chosen.index >= torch.cuda.device_count():
+        raise ConfigError(
+            f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+            f"cuda:0 … cuda:{torch.cuda.device_count() - 1}"
+        )
+    if chosen.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(
+            f"device {device!r}: torch finds no MPS device on this machine; use --set device=cpu"
+        )
+
+
 def validate(config: RunConfig) -> gym.envs.registration.EnvSpec:
-    """Every name in ``config`` exists (agent, optimizer, env, schedule); returns the env's spec."""
+    """Every name in ``config`` exists (agent, optimizer, env, schedule) and its device is here; returns
+    the env's spec."""
+    check_device(config.device)
     AGENTS.get(config.agent)
     OPTIMIZERS.get(config.optimizer.name)
     check_kind(config.env.schedule.kind)
@@ -241,19 +275,23 @@ def write_summary(
     logger: Logger,
     R_min: float | None = None,
     notes: Sequence[str] = (),
+    window: int = 0,
 ) -> dict[str, Any]:
     """Write the run's continual metrics to ``summary.json`` and TensorBoard (``continual/*``): R_k and P_k
     at each phase's last step (with the collapse and sustain lines, :data:`dashboard.THRESHOLDS`), the
     run-level numbers at the final step. Phases end at ``steps``: the last
     rollout may overshoot it, and a switch there starts no phase. ``R_min``: the env's return floor if
     any (P_k then measures the return above it). ``notes``: what the reader of the numbers must know
-    (``summary.json``'s ``notes``, repeated by the report)."""
+    (``summary.json``'s ``notes``, repeated by the report). ``window`` > 0: also the windowed metrics
+    (``summary.json``'s ``windows``; ``windows/R`` and ``windows/P`` at each window's last step)."""
     total = agent.num_timesteps
     phases = continual.phases_from_switches(switches or [(0, 0)], steps_budget)
     steps = [step for step, _, _ in episodes]
     returns = [episode_return for _, episode_return, _ in episodes]
     summary = continual.summarize(steps, returns, phases, R_min=R_min, copies=agent.n_envs)
     summary["notes"] = list(notes)
+    if window:
+        summary["windows"] = continual.window_summary(steps, returns, steps_budget, window, R_min)
     missing = [k + 1 for k, R in enumerate(summary["R"]) if R is None]
     if missing:
         warnings.warn(
@@ -271,6 +309,12 @@ def write_summary(
         for tag, value in dashboard.THRESHOLDS.items():
             logger.record(tag, value)
         logger.dump(end)
+    windows = summary.get("windows")
+    for end, R, P in zip(*(windows[key] for key in ("ends", "R", "P")), strict=True) if windows else ():
+        for name, value in (("R", R), ("P", P)):
+            if value is not None:
+                logger.record(f"windows/{name}", value)
+        logger.dump(end)
     for tag, value in dashboard.final_metrics(summary).items():
         logger.record(tag, value)
     logger.dump(total)
@@ -285,6 +329,13 @@ def write_run_report(run_dir: Path) -> Path:
     report = write_report([run_dir], run_dir / rundir.REPORT_DIR).path
     dashboard.add_report_images(run_dir, report)
     return report
+
+
+def run_switches(clock: TaskClock | None, announced: AnnouncedTasks) -> list[tuple[int, int]]:
+    """The run's ``(step, task)`` switches: the env's announcements where it made any, else the clock's."""
+    if announced.active:
+        return announced.switches
+    return clock.switches if clock is not None else []
 
 
 def _learn(
@@ -311,8 +362,15 @@ def _learn(
         if agent.get_env().has_attr("set_task")
         else None
     )
-    dashboard.start_run(tensorboard.writer, run_dir, config, agent, clock is not None, hparam_keys)
-    parts = {"episode_stats": episodes, **({"task_clock": clock} if clock is not None else {})}
+    announced = AnnouncedTasks(clock)
+    switching = clock is not None or announces_tasks(agent.get_env())
+    windowed = config.metrics.window > 0
+    dashboard.start_run(tensorboard.writer, run_dir, config, agent, switching, hparam_keys, windowed)
+    parts = {
+        "episode_stats": episodes,
+        **({"task_clock": clock} if clock is not None else {}),
+        "announced_tasks": announced,
+    }
     start = time.perf_counter()
     with InterruptGuard() as guard:
         checkpointer = Checkpointer(
@@ -326,6 +384,7 @@ def _learn(
         callbacks = [checkpointer, episodes, Throughput(), EnvFaultCheck()]
         if clock is not None:
             callbacks.append(clock)
+        callbacks.append(announced)  # after the clock: its task/index overrides the clock's
         if config.progress_bar:
             callbacks.append(ProgressBar())
         try:
@@ -337,12 +396,20 @@ def _learn(
                 reset_num_timesteps=checkpoint is None,
             )
             if checkpointer.stopped_at is None:  # a finished run: its continual metrics
-                switches = clock.switches if clock else []
+                switches = run_switches(clock, announced)
                 floor = return_floor(config, agent.get_env())
                 note = floor_note(config.env.id, episodes.episodes, floor)
                 notes = [note] if note else []
                 summary = write_summary(
-                    run_dir, episodes.episodes, switches, config.steps, agent, logger, floor, notes
+                    run_dir,
+                    episodes.episodes,
+                    switches,
+                    config.steps,
+                    agent,
+                    logger,
+                    floor,
+                    notes,
+                    config.metrics.window,
                 )
             with writing("a TensorBoard event file"):
                 events.flush()
@@ -364,5 +431,5 @@ def _learn(
     seconds = time.perf_counter() - start  # the training's, not the report's
     if config.report:
         write_run_report(run_dir)
-    switches = clock.switches if clock is not None else []
+    switches = run_switches(clock, announced)
     return RunResult(config, run_dir, episodes.episodes, switches, seconds, agent.num_timesteps, summary)

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Set-up on a fresh machine: a virtual environment in .venv holding exactly the versions of
 # requirements.lock (every transitive dependency, pinned; refresh it with `bash scripts/lock.sh`), the CPU
-# build of PyTorch first (never the multi-GB CUDA build on a machine without a GPU), then nested-ac in
-# editable mode without dependencies. Idempotent and silent when nothing changed; otherwise one line per
-# phase.
+# build of PyTorch first (never the multi-GB CUDA build on a machine without a GPU), then NS-Gym pinned
+# without its dependencies (scripts/ns-gym-pin.txt), then nested-ac in editable mode without dependencies.
+# Idempotent and silent when nothing changed; otherwise one line per phase.
 #
 # The locked torch is a CPU build (torch==X+cpu). pip looks for it where its configuration says (the
 # package index, a local wheel folder); where it is not found there, as on a machine with a default pip
@@ -19,7 +19,7 @@ PYTHON=${PYTHON:-python3}
 TORCH_SPEC=${TORCH_SPEC:-$(grep '^torch==' requirements.lock)}
 TORCH_INDEX=${TORCH_INDEX:-https://download.pytorch.org/whl/cpu}
 stamp=.venv/.nested-ac-installed
-want="$TORCH_SPEC $(cat pyproject.toml requirements.lock | sha256sum | cut -c1-16)"
+want="$TORCH_SPEC $(cat pyproject.toml requirements.lock scripts/ns-gym-pin.txt | sha256sum | cut -c1-16)"
 
 if [ -x .venv/bin/python ] && [ "$(cat "$stamp" 2>/dev/null)" == "$want" ]; then
     exit 0
@@ -53,6 +53,10 @@ grep -v '^torch==' requirements.lock > .venv/requirements-without-torch.txt
 count=$(grep -c '^[a-zA-Z0-9]' .venv/requirements-without-torch.txt)
 say "installing the $count other locked packages (requirements.lock)"
 "${pip[@]}" -r .venv/requirements-without-torch.txt
+# NS-Gym (docs/environments.md#ns-gym) declares mujoco<3.4, the lock has mujoco 4: pinned, without its
+# dependencies; its classic-control wrappers run with the locked packages (tests/test_nsgym.py).
+say "installing $(cat scripts/ns-gym-pin.txt) without its dependencies (scripts/ns-gym-pin.txt)"
+"${pip[@]}" --no-deps -r scripts/ns-gym-pin.txt
 say "installing nested-ac from this folder (editable)"
 "${pip[@]}" --no-deps -e .
 echo "$want" > "$stamp"

@@ -87,15 +87,18 @@ def test_readme_is_a_short_front_page():
 
 
 def test_the_demo_ends_where_a_task_does_after_whole_rollouts():
-    """The demo's last rollout ends on a task boundary: it trains no steps of a task it does not finish."""
-    args = shlex.split(
-        (ROOT / "scripts" / "demo.sh").read_text().split(".venv/bin/nested-ac ")[1].splitlines()[0]
-    )
-    steps = int(args[args.index("--steps") + 1])
-    (every,) = [int(arg.split("=")[1]) for arg in args if arg.startswith("env.schedule.every=")]
-    defaults = RunConfig()
-    rollout = defaults.ppo.n_steps * defaults.env.n_envs
-    assert every and steps % every == 0 and every % rollout == 0, (steps, every, rollout)
+    """The demo (scripts/demo.sh: the shipped experiment ``demo``) trains at least 10 tasks, and its last
+    rollout ends on a task boundary: it trains no steps of a task it does not finish; README and the
+    getting-started page name its tasks as they are."""
+    script = (ROOT / "scripts" / "demo.sh").read_text()
+    assert "nested-ac sweep demo --workers 2" in script
+    experiment = load_experiment("demo")
+    names = [spec.variant for spec in experiment.runs]
+    assert names == ["ppo-adam", "ppo-cbp", "ppo-shrink-perturb"]
+    config = experiment.runs[0].config
+    steps, every = config.steps, config.env.schedule.every
+    rollout = config.ppo.n_steps * config.env.n_envs
+    assert every and steps % every == 0 and every % rollout == 0 and steps // every >= 10, (steps, every)
     tasks = f"{steps // every} tasks of {every:,} steps"
     assert tasks in README.read_text() and tasks in (ROOT / "docs" / "index.md").read_text()
 
@@ -206,12 +209,12 @@ SCALED_KEYS = ("env.schedule.every", "nested.freeze_outer_after", "checkpoint.ev
 
 def _runnable_train_commands() -> list[list[str]]:
     """The documented ``nested-ac train`` commands that need nothing from an earlier run or a user's
-    folder (the plug-in pages' commands run with their files in tests/test_packaging.py and
-    tests/test_tools.py)."""
+    folder (the plug-in pages' commands run with their files in tests/test_packaging.py,
+    tests/test_tools.py and tests/test_nsgym.py)."""
     commands = []
     for _, line in _all_commands():
         args = shlex.split(line)[1:]
-        user_module = "mypkg" in line or "plugins=" in line
+        user_module = "mypkg" in line or "nsworld" in line or "plugins=" in line
         runnable = len(args) > 1 and not {"--resume", "--config"} & set(args) and not user_module
         if args[0] == "train" and runnable and args not in commands:  # not a bare mention of the subcommand
             commands.append(args)

@@ -19,9 +19,11 @@ import pytest
 import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.logger import Logger, TensorBoardOutputFormat
 
 from nested_ac import checkpoint, rundir
+from nested_ac.agents import ContinualPPO
 from nested_ac.agents.by_hand import HandGradient
 from nested_ac.agents.policy import ContinualActorCriticPolicy
 from nested_ac.callbacks import Throughput
@@ -30,6 +32,7 @@ from nested_ac.config import RunConfig, resolve_config
 from nested_ac.envs.effects import ObservationPermutation
 from nested_ac.faults import NumericalFault, check_gradients, check_update
 from nested_ac.interrupts import TrainingInterrupted
+from nested_ac.plasticity import ReDo
 from nested_ac.train import resume, train
 from tests.conftest import read_scalars
 
@@ -437,3 +440,20 @@ def test_checkpoints_of_the_old_top_level_packages_still_load():
     assert b"cnested_ac" not in old and b"envs.schedules" in old
     restored = _loads(old)
     assert type(restored) is EveryNSteps and restored.task_at(2500) == 2
+
+
+def test_a_checkpoint_written_before_the_tool_protocol_was_renamed_restores_its_tools():
+    """Checkpoints of earlier versions keep the tools' states under ``plasticity_tools``: they restore."""
+
+    def model() -> ContinualPPO:
+        env = make_vec_env("CartPole-v1", n_envs=1, seed=0)
+        return ContinualPPO("MlpPolicy", env, n_steps=64, batch_size=64, seed=0, tools=[ReDo(every=1)])
+
+    trained = model()
+    trained.learn(128)
+    state = checkpoint.capture(trained, "ppo", "CartPole-v1", {}, trained.logger)
+    state["plasticity_tools"] = state.pop("tools")
+    fresh = model()
+    fresh.set_logger(trained.logger)
+    checkpoint.restore(fresh, state, {}, fresh.logger)
+    assert fresh.tools[0].state_dict() == trained.tools[0].state_dict() and fresh.tools[0].rollouts == 2

@@ -44,7 +44,7 @@ STAND_IN = textwrap.dedent(
 @pytest.fixture
 def checkout(tmp_path) -> Path:
     """A copy of the files set-up reads, with a stand-in interpreter already in .venv."""
-    for name in ("scripts/setup.sh", "requirements.lock", "pyproject.toml"):
+    for name in ("scripts/setup.sh", "requirements.lock", "pyproject.toml", "scripts/ns-gym-pin.txt"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / name, tmp_path / name)
     python = tmp_path / ".venv" / "bin" / "python"
@@ -76,6 +76,7 @@ def test_the_locked_cpu_torch_found_where_pip_looks_is_installed_from_there(chec
     assert calls == [
         f"-m pip install --quiet {LOCKED_TORCH}",
         "-m pip install --quiet -r .venv/requirements-without-torch.txt",
+        "-m pip install --quiet --no-deps -r scripts/ns-gym-pin.txt",
         "-m pip install --quiet --no-deps -e .",
     ]
     assert "torch==" not in (checkout / ".venv" / "requirements-without-torch.txt").read_text()
@@ -88,6 +89,7 @@ def test_with_a_default_pip_configuration_torch_comes_from_pytorchs_cpu_index(ch
         f"-m pip install --quiet {LOCKED_TORCH}",
         f"-m pip install --quiet --index-url {PYTORCH_CPU_INDEX} --no-deps {LOCKED_TORCH}",
         "-m pip install --quiet -r .venv/requirements-without-torch.txt",
+        "-m pip install --quiet --no-deps -r scripts/ns-gym-pin.txt",
         "-m pip install --quiet --no-deps -e .",
     ]
     assert f"asking PyTorch's CPU index {PYTORCH_CPU_INDEX}" in result.stdout
@@ -107,13 +109,13 @@ def test_a_gpu_override_is_never_fetched_from_the_cpu_index(checkout):
     result, calls = set_up(checkout, TORCH_SPEC="torch==2.13.0", INDEXES=PYTORCH_CPU_INDEX)
     assert result.returncode != 0 and calls == ["-m pip install --quiet torch==2.13.0"]
     result, calls = set_up(checkout, TORCH_SPEC="torch==2.13.0", FOUND="torch==2.13.0")
-    assert result.returncode == 0 and calls[-3] == "-m pip install --quiet torch==2.13.0"
+    assert result.returncode == 0 and calls[-4] == "-m pip install --quiet torch==2.13.0"
 
 
 def test_each_phase_is_one_line_and_an_installed_venv_is_left_alone(checkout):
     result, _ = set_up(checkout, FOUND=LOCKED_TORCH)
     lines = result.stdout.splitlines()
-    assert [line.split(" ")[1] for line in lines] == ["installing", "installing", "installing", "done"]
+    assert [line.split(" ")[1] for line in lines] == ["installing"] * 4 + ["done"]
     assert all(line.startswith("set-up: ") for line in lines)
     (checkout / "calls.txt").unlink()
     again, calls = set_up(checkout, FOUND=LOCKED_TORCH)
