@@ -2,7 +2,7 @@
 
 Both through ``nested-ac train`` at identical settings (permuted CartPole, 8 copies, 256 steps, batch 256,
 10 epochs, same seed), interleaved in this one process; Kron (heavyball's PSGDKron, eager) at its defaults.
-The ratio is compared with 0.5 only to print a verdict: nothing is claimed for it.
+No target: the ratio is its cost, stated.
 
     .venv/bin/python bench/kron_throughput.py [--steps 50000] [--rounds 3]
 """
@@ -17,4 +17,4 @@ def use_kron(config) -> None:
 
 
 if __name__ == "__main__":
-    compare_variant(__doc__, ("adam", "kron"), 0.5, use_kron)
+    compare_variant(__doc__, ("adam", "kron"), 0.0, use_kron)

@@ -256,7 +256,7 @@ def _report_paths(paths: list, out: str | None, reference: str | None, reps: int
 
 def _list(topic: str) -> int:
     from nested_ac import (
-        build,  # noqa: F401  (registers the agents, optimizers and tools)
+        build,  # (importing it registers the agents, optimizers and tools)
         envs,
     )
     from nested_ac.experiments import EXPERIMENTS
@@ -283,7 +283,11 @@ def _list(topic: str) -> int:
         )
     elif topic == "tools":
         rows = [(entry.name, entry.description) for entry in TOOLS]
-        footer = "Write your own: docs/write-your-own-tool.md (a module with one TOOLS.register call)."
+        activations = ", ".join(build.ACTIVATIONS)
+        footer = (
+            f"Architectures: network.layer_norm, network.activation ({activations}): docs/architectures.md.\n"
+            "Write your own: docs/write-your-own-tool.md (a module with one TOOLS.register call)."
+        )
     else:
         registry = AGENTS if topic == "agents" else OPTIMIZERS
         rows = [(entry.name, entry.description) for entry in registry]

@@ -146,6 +146,15 @@ def test_list(cli, topic, expected):
     assert len(line.split()) > 2  # a name and a description
 
 
+def test_list_tools_names_every_intervention_and_the_architectures(cli):
+    code, out, _ = cli("list", "tools")
+    assert code == 0
+    names = {line.split()[0] for line in out.splitlines() if line and not line.startswith(("Write", "Arch"))}
+    assert {"cbp", "redo", "nap", "reset", "inject", "parseval", "weight-clipping", "cchain"} <= names
+    architectures = next(line for line in out.splitlines() if line.startswith("Architectures"))
+    assert "network.layer_norm" in architectures and "crelu" in architectures and "fourier" in architectures
+
+
 def test_console_script_is_installed():
     script = shutil.which("nested-ac") or str(__import__("pathlib").Path(sys.executable).parent / "nested-ac")
     result = subprocess.run([script, "list", "agents"], capture_output=True, text=True, check=False)
