@@ -49,7 +49,7 @@ class NSGymAdapter(gym.Wrapper):
       another; the base env keeps the copy's own reset seed. None: NS-Gym's own seeding.
     - ``announce=False``: no task boundaries, for a world that changes at (nearly) every step, as under
       NS-Gym's ``ContinuousScheduler``: per-task metrics are then meaningless; give the run
-      ``metrics.window`` instead (windowed metrics, ALGORITHMS.md §8).
+      ``metrics.window`` instead (windowed metrics: docs/metrics-and-reports.md).
     - ``return_floor``: the base task's, where nested-ac knows it (Acrobot −500, Pendulum ≈ −3255,
       MountainCar −200, MountainCarContinuous −99.9; None for CartPole, whose returns are ≥ 0).
     """

@@ -131,7 +131,7 @@ def mark_switch(callback: BaseCallback, step: int, task: int) -> None:
 
 
 class AnnouncedTasks(BaseCallback):
-    """Task phases from the env's own announcements, for an env that changes by itself (ALGORITHMS.md §8).
+    """Task phases from the env's own announcements, for an env that changes by itself.
 
     Each copy may put in the ``info`` of every step, from the first on, either ``info["task"]``, the integer
     task the step ran on, or ``info["task_changed"]``, true on the first step of a new task (the copy's tasks

@@ -188,7 +188,7 @@ def window_summary(
     window: int,
     R_min: float | None = None,
 ) -> dict[str, Any]:
-    """The windowed metrics of a world that drifts without tasks (ALGORITHMS.md §8), JSON-ready (NaN →
+    """The windowed metrics of a world that drifts without tasks, JSON-ready (NaN →
     None): ``R``, R_w per window, the mean return of the episodes that ended in (w·W, (w+1)·W] (NaN where
     none did); ``P``, P_w = (R_w − R_min)/(R_1 − R_min) against the first window (R_min = 0 when None; all
     None where R_1 ≤ R_min or is missing); ``P_late``, the nan-mean of P_w over the last ⌈n/2⌉ windows

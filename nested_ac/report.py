@@ -390,7 +390,7 @@ WINDOW_HEADER = [
 
 
 def _windows_table(groups: list[Group], reps: int) -> list[str]:
-    """The windowed metrics (``metrics.window``, ALGORITHMS.md §8) of the groups whose runs have them: a
+    """The windowed metrics (``metrics.window``) of the groups whose runs have them: a
     row per group, each run's P_w against its own first window; none where no run has windows."""
     lines = []
     for group in groups:
@@ -494,7 +494,7 @@ def _plot_profiles(scores: dict[str, np.ndarray], out: Path, reps: int) -> str:
 
 
 def verdict(value: float) -> str:
-    """What a P_late says (ALGORITHMS.md §5): collapsed at or below :data:`COLLAPSED_AT`, sustained at or
+    """What a P_late says: collapsed at or below :data:`COLLAPSED_AT`, sustained at or
     above :data:`SUSTAINED_AT`, in between otherwise."""
     if math.isnan(value):
         return "no P_late (too few tasks, or no reference)"

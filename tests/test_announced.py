@@ -1,4 +1,4 @@
-"""Worlds that change on their own: tasks an env announces, and windows for drift (ALGORITHMS.md §8)."""
+"""Worlds that change on their own: tasks an env announces, and windows for drift."""
 
 from __future__ import annotations
 
