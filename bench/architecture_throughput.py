@@ -12,10 +12,7 @@ architecture; every variant on the fast engine's hand-written gradient. No targe
 
 from __future__ import annotations
 
-import argparse
-
-import torch
-from throughput import bench_config, compare_configs
+from throughput import compare_variants
 
 from nested_ac.config import RunConfig
 
@@ -39,19 +36,5 @@ def nap(config: RunConfig) -> None:
 
 VARIANTS = {"layer_norm": layer_norm, "crelu": crelu, "fourier": fourier, "nap": nap}
 
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=50_000)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    for name in args.variants:
-        base, ours = bench_config(args.steps), bench_config(args.steps)
-        VARIANTS[name](ours)
-        compare_configs(base, ours, ("ppo", f"ppo + {name}"), args.rounds, 0.0)
-
-
 if __name__ == "__main__":
-    main()
+    compare_variants(__doc__, {name: (switch_on, 0.0) for name, switch_on in VARIANTS.items()})

@@ -11,26 +11,21 @@ its cost stated, no target.
 
 from __future__ import annotations
 
-import argparse
+from throughput import compare_variants
 
-import torch
-from throughput import bench_config, compare_configs
+from nested_ac.config import RunConfig
 
 TARGETS = {"spg": 0.8, "ncl": 0.8, "projection": 0.0}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=50_000)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--tools", nargs="+", choices=list(TARGETS), default=list(TARGETS))
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    for tool in args.tools:
-        base, ours = bench_config(args.steps), bench_config(args.steps)
-        getattr(ours, tool).enabled = True
-        compare_configs(base, ours, ("ppo", f"ppo + {tool}"), args.rounds, TARGETS[tool])
+def switch_on(tool: str):
+    def enable(config: RunConfig) -> None:
+        getattr(config, tool).enabled = True
+
+    return enable
 
 
 if __name__ == "__main__":
-    main()
+    compare_variants(
+        __doc__, {tool: (switch_on(tool), target) for tool, target in TARGETS.items()}, "--tools"
+    )

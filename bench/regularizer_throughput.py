@@ -8,11 +8,12 @@ step); C-CHAIN (two forward passes and one backward pass on its reference batch 
 its cost stated, no target.
 
     .venv/bin/python bench/regularizer_throughput.py [--steps 50000] [--rounds 3]
+        [--variants parseval weight_clipping cchain]
 """
 
 from __future__ import annotations
 
-from throughput import compare_variant
+from throughput import compare_variants
 
 SETTINGS = {  # tool: (its setting on a RunConfig, target)
     "parseval": (lambda config: setattr(config.parseval, "coef", 1e-3), 0.9),
@@ -21,5 +22,4 @@ SETTINGS = {  # tool: (its setting on a RunConfig, target)
 }
 
 if __name__ == "__main__":
-    for tool, (switch_on, target) in SETTINGS.items():
-        compare_variant(__doc__, ("ppo", f"ppo + {tool}"), target, switch_on)
+    compare_variants(__doc__, SETTINGS)

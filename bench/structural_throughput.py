@@ -12,26 +12,17 @@ plain ``Linear`` heads only). No target: the cost is stated.
 
 from __future__ import annotations
 
-import argparse
+from throughput import compare_variants
 
-import torch
-from throughput import bench_config, compare_configs
-
-VARIANTS = ("reset", "inject")
+from nested_ac.config import RunConfig
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=50_000)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--tools", nargs="+", choices=VARIANTS, default=list(VARIANTS))
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    for tool in args.tools:
-        base, ours = bench_config(args.steps), bench_config(args.steps)
-        getattr(ours, tool).at = "switch"
-        compare_configs(base, ours, ("ppo", f"ppo + {tool}"), args.rounds, 0.0)
+def at_switch(tool: str):
+    def enable(config: RunConfig) -> None:
+        getattr(config, tool).at = "switch"
+
+    return enable
 
 
 if __name__ == "__main__":
-    main()
+    compare_variants(__doc__, {tool: (at_switch(tool), 0.0) for tool in ("reset", "inject")}, "--tools")

@@ -112,6 +112,28 @@ def compare_variant(
     compare_configs(base, ours, labels, args.rounds, target)
 
 
+def compare_variants(
+    doc: str,
+    variants: dict[str, tuple[Callable[[RunConfig], None], float]],
+    flag: str = "--variants",
+    steps: int = 50_000,
+) -> None:
+    """The command line of a benchmark of several variants against plain PPO: ``--steps``, ``--rounds`` and
+    ``flag`` (which of ``variants`` to run, all by default); each variant, ``name: (switch_on, target)``, is
+    :func:`bench_config` changed in place by ``switch_on`` and compared with the unchanged one in turn."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=steps)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(flag, nargs="+", choices=list(variants), default=list(variants), dest="chosen")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    for name in args.chosen:
+        switch_on, target = variants[name]
+        base, ours = bench_config(args.steps), bench_config(args.steps)
+        switch_on(ours)
+        compare_configs(base, ours, ("ppo", f"ppo + {name}"), args.rounds, target)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=100_000)
